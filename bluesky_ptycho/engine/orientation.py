@@ -1,0 +1,36 @@
+"""The eight D4 orientations of a detector frame, applied on the last two axes.
+
+Names follow docs/engine.md: ``rot90_cw`` turns the picture a quarter turn
+clockwise as displayed with row 0 at the top; ``transpose`` swaps rows and
+columns; ``antitranspose`` mirrors about the other diagonal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import D4_ORIENTATIONS
+
+_INVERSE = {"rot90_cw": "rot90_ccw", "rot90_ccw": "rot90_cw"}
+
+
+def orient_frames(frames: Any, name: str) -> Any:
+    """Apply the D4 transform ``name`` to the last two axes of ``frames`` (a view)."""
+    if name not in D4_ORIENTATIONS:
+        raise ValueError(f"dp_orient: expected one of {', '.join(D4_ORIENTATIONS)}, got {name!r}")
+    swapped = frames.swapaxes(-1, -2)
+    return {
+        "identity": frames,
+        "rot90_cw": swapped[..., ::-1],
+        "rot90_ccw": swapped[..., ::-1, :],
+        "rot180": frames[..., ::-1, ::-1],
+        "fliplr": frames[..., ::-1],
+        "flipud": frames[..., ::-1, :],
+        "transpose": swapped,
+        "antitranspose": swapped[..., ::-1, ::-1],
+    }[name]
+
+
+def inverse_orientation(name: str) -> str:
+    """The D4 name that undoes ``name``."""
+    return _INVERSE.get(name, name)

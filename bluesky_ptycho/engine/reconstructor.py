@@ -1,0 +1,397 @@
+"""Streaming ML_grad (maximum likelihood, Poisson) ptychography engine.
+
+One object and probe estimate improved by :meth:`Reconstructor.iterate`, with
+frames joining through :meth:`Reconstructor.add_frames` between any two
+iterations. The same code runs on NumPy and CuPy arrays.
+
+Forward model for frame ``j`` (docs/engine.md): ``a_j = FFT_ortho(P_j * O_j)``
+with ``O_j`` the M x N object window at the integer corner of the probe
+position and ``P_j`` the probe shifted by the fractional remainder.
+
+Each iteration: far-field gradient -> one inverse FFT -> preconditioned object
+and probe gradients -> Polak-Ribiere conjugate direction -> forward FFTs of the
+direction's first- and second-order exit-wave terms -> Newton line search of the
+Poisson NLL -> update of object, probe and stored far fields (by linearity, no
+extra FFT). The stored far fields are recomputed from scratch every
+``REFRESH_EVERY`` iterations to bound rounding drift.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..config import ReconConfig
+from . import patches, poisson, shift
+from .backend import get_array_module, to_host
+from .orientation import orient_frames
+from .probe_init import cold_start_probe, first_mode, load_probe, scale_to_photons
+from .propagation import propagate
+
+#: iterations between full recomputations of the stored far fields
+REFRESH_EVERY = 20
+#: illumination (relative to its maximum) below which a pixel counts as unreached
+UNREACHED_RELATIVE = 1e-9
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Host copy of the reconstruction state.
+
+    object : (H, W) complex, NaN where no probe reached when taken ``live``.
+    probe : (M, N) complex, centred, same scale as the data (photons).
+    coverage : (H, W) float32, illumination sum |P_j|^2 over frames / its maximum.
+    origin_m : (y, x) position in metres of object pixel [0, 0] in probe coordinates.
+    pixel_m : (dy, dx) object pixel size in metres.
+    metrics : poisson_nll, step, n_frames_active, ... and histories.
+    """
+
+    object: np.ndarray
+    probe: np.ndarray
+    coverage: np.ndarray
+    iteration: int
+    n_frames: int
+    origin_m: tuple[float, float]
+    pixel_m: tuple[float, float]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Reconstructor:
+    """Streaming ML_grad reconstruction (see module docstring).
+
+    Parameters
+    ----------
+    config : geometry, conventions and algorithm settings.
+    backend : "numpy", "cupy", or "auto" (CuPy when a CUDA device is present).
+    """
+
+    def __init__(self, config: ReconConfig, backend: str = "auto") -> None:
+        self.config = config
+        self.xp = get_array_module(backend)
+        self.backend = self.xp.__name__
+        self._complex = config.dtype
+        self._real = "float32" if config.dtype == "complex64" else "float64"
+        self._shape = config.frame_shape
+        self._pixel_m = config.object_pixel_m
+        self._mask = None
+        if config.mask is not None:
+            oriented = orient_frames(np.asarray(config.mask), config.dp_orient)
+            self._mask = self.xp.asarray(np.fft.ifftshift(oriented != 0))
+        self._warm_probe = self._requested_probe()
+        # Frame storage (capacity grows by doubling): counts and model far fields.
+        self._n = 0
+        self._counts = self.xp.zeros((0, *self._shape), self._real)
+        self._farfield = self.xp.zeros((0, *self._shape), self._complex)
+        self._positions_px = np.zeros((0, 2))  # probe centres, global object pixels (y, x)
+        self._n_fresh = 0  # frames whose stored far field is current
+        self._photons_per_frame = 0.0
+        self._excluded_pixels = 0
+        # Object canvas.
+        self._origin_px = np.zeros(2, dtype=np.int64)  # global pixel of canvas [0, 0]
+        self.object = self.xp.ones((0, 0), self._complex)
+        self.probe: Any = None
+        # Iteration state.
+        self.iteration = 0
+        self._since_refresh = 0
+        # (dir_O, dir_P, <g, s>, s_O, s_P) of the last iteration, None to restart
+        self._previous: tuple[Any, Any, float, Any, Any] | None = None
+        self._history: list[dict[str, float]] = []
+        self._illumination: Any = None
+
+    # ------------------------------------------------------------------ input
+    def add_frames(self, frames: Any, x: Any, y: Any) -> None:
+        """Append frames and their motor readings; they join at the next iteration.
+
+        frames : (n, M, N) photon counts, DC centred, as the detector recorded them.
+        x, y : (n,) motor readings (units of ``position_scale_m``).
+        Non-finite, negative or saturated pixels are excluded from the likelihood.
+        """
+        frames = np.asarray(frames) if not hasattr(frames, "__cuda_array_interface__") else frames
+        x_read = np.asarray(x, dtype=np.float64).reshape(-1)
+        y_read = np.asarray(y, dtype=np.float64).reshape(-1)
+        if frames.ndim == 2:
+            frames = frames[None]
+        if frames.ndim != 3 or tuple(frames.shape[1:]) != self._shape:
+            raise ValueError(
+                f"add_frames: frames must have shape (n, {self._shape[0]}, {self._shape[1]}) "
+                f"(ReconConfig.frame_shape), got {tuple(frames.shape)}"
+            )
+        n_new = frames.shape[0]
+        if x_read.shape != (n_new,) or y_read.shape != (n_new,):
+            raise ValueError(
+                f"add_frames: x and y need one reading per frame ({n_new}), "
+                f"got {x_read.size} and {y_read.size}"
+            )
+        if not (np.isfinite(x_read).all() and np.isfinite(y_read).all()):
+            raise ValueError("add_frames: x and y positions must be finite numbers")
+        if n_new == 0:
+            return
+        counts = self._preprocess(frames)
+        cfg = self.config
+        centres = np.stack(
+            [
+                y_read * cfg.position_scale_m * cfg.y_direction / self._pixel_m[0],
+                x_read * cfg.position_scale_m * cfg.x_direction / self._pixel_m[1],
+            ],
+            axis=1,
+        )
+        self._ensure_capacity(self._n + n_new)
+        self._counts[self._n : self._n + n_new] = counts
+        self._positions_px = np.concatenate([self._positions_px, centres])
+        total_valid = float(self.xp.where(counts >= 0, counts, 0).sum())
+        self._photons_per_frame = (self._photons_per_frame * self._n + total_valid) / (
+            self._n + n_new
+        )
+        self._n += n_new
+        self._fit_canvas()
+        self._previous = None  # the objective changed: restart conjugate directions
+
+    def _preprocess(self, frames: Any) -> Any:
+        """Orient, exclude bad pixels (-1), move DC to the corner; returns (n, M, N)."""
+        xp = self.xp
+        counts = xp.asarray(orient_frames(xp.asarray(frames), self.config.dp_orient), self._real)
+        bad = ~xp.isfinite(counts) | (counts < 0)
+        if self.config.saturation_counts is not None:
+            bad |= counts >= self.config.saturation_counts
+        counts = xp.fft.ifftshift(xp.where(bad, -1, counts), axes=(-2, -1))
+        if self._mask is not None:
+            counts = xp.where(self._mask, counts, -1)
+        self._excluded_pixels += int((counts < 0).sum())
+        return counts.astype(self._real)
+
+    def _ensure_capacity(self, needed: int) -> None:
+        capacity = self._counts.shape[0]
+        if needed <= capacity:
+            return
+        new_capacity = max(needed, 2 * capacity, 16)
+        for name, dtype in (("_counts", self._real), ("_farfield", self._complex)):
+            old = getattr(self, name)
+            grown = self.xp.zeros((new_capacity, *self._shape), dtype)
+            grown[: self._n] = old[: self._n]
+            setattr(self, name, grown)
+
+    def _fit_canvas(self) -> None:
+        """Grow the object canvas so every window fits with ``object_margin_px`` spare."""
+        half = np.array(self._shape) // 2
+        corners = np.floor(self._positions_px - half).astype(np.int64)
+        margin = self.config.object_margin_px
+        low = corners.min(axis=0) - margin
+        high = corners.max(axis=0) + np.array(self._shape) + 1 + margin
+        if self.object.size:
+            old_low = self._origin_px
+            old_high = self._origin_px + np.array(self.object.shape)
+            if (low >= old_low).all() and (high <= old_high).all():
+                return
+            low = np.minimum(low, old_low)
+            high = np.maximum(high, old_high)
+        grown = self.xp.ones(tuple(int(v) for v in high - low), self._complex)
+        if self.object.size:
+            r0, c0 = (self._origin_px - low).astype(int)
+            grown[r0 : r0 + self.object.shape[0], c0 : c0 + self.object.shape[1]] = self.object
+        self.object = grown
+        self._origin_px = low
+
+    # ------------------------------------------------------------- probe init
+    def _requested_probe(self) -> np.ndarray | None:
+        cfg = self.config
+        if cfg.probe is not None:
+            probe = first_mode(np.asarray(cfg.probe), "ReconConfig.probe")
+        elif cfg.probe_path is not None:
+            probe = load_probe(cfg.probe_path)
+        else:
+            return None
+        if probe.shape != self._shape:
+            raise ValueError(
+                f"ReconConfig.probe: expected shape {self._shape} (frame_shape), got {probe.shape}"
+            )
+        return probe
+
+    def _initial_probe(self) -> Any:
+        xp = self.xp
+        if self._warm_probe is not None:
+            probe = xp.asarray(self._warm_probe, self._complex)
+        else:
+            probe = cold_start_probe(xp, self._counts[: self._n], self._complex)
+        if self.config.probe_propagation_m:
+            probe = propagate(
+                probe, self.config.probe_propagation_m, self._pixel_m, self.config.wavelength_m
+            )
+        return scale_to_photons(xp, probe, self._photons_per_frame).astype(self._complex)
+
+    # -------------------------------------------------------------- operators
+    def _geometry(self) -> tuple[Any, Any]:
+        """Flat window indices (n, M, N) and bilinear weights (n, 4) of active frames."""
+        xp = self.xp
+        tl = self._positions_px[: self._n] - np.array(self._shape) // 2 - self._origin_px
+        corners = np.floor(tl)
+        weights = shift.bilinear_weights(xp.asarray(tl - corners, dtype=self._real))
+        indices = patches.window_flat_indices(
+            xp.asarray(corners.astype(np.int64)), self._shape, self.object.shape[1]
+        )
+        return indices, weights
+
+    def _exit_waves(self, indices: Any, weights: Any) -> Any:
+        return shift.shifted_probes(self.probe, weights) * patches.extract(self.object, indices)
+
+    def _fft(self, waves: Any) -> Any:
+        return self.xp.fft.fft2(waves, norm="ortho")
+
+    def _refresh_farfield(self, start: int, indices: Any, weights: Any) -> None:
+        self._farfield[start : self._n] = self._fft(
+            shift.shifted_probes(self.probe, weights[start:])
+            * patches.extract(self.object, indices[start:])
+        )
+        self._n_fresh = self._n
+
+    # -------------------------------------------------------------- iterating
+    def iterate(self, n_iterations: int = 1) -> float:
+        """Run ML_grad iterations over all frames added so far; returns the last NLL."""
+        if self._n == 0:
+            raise ValueError("iterate: no frames yet; call add_frames(frames, x, y) first")
+        if not isinstance(n_iterations, int) or n_iterations < 0:
+            raise ValueError(f"iterate: n_iterations must be an integer >= 0, got {n_iterations!r}")
+        if self.probe is None:
+            self.probe = self._initial_probe()
+        nll = math.nan
+        for _ in range(n_iterations):
+            nll = self._step()
+        return nll
+
+    def _step(self) -> float:
+        xp = self.xp
+        started = time.perf_counter()
+        n = self._n
+        indices, weights = self._geometry()
+        if self._since_refresh >= REFRESH_EVERY:
+            self._n_fresh, self._since_refresh = 0, 0
+        if self._n_fresh < n:
+            self._refresh_farfield(self._n_fresh, indices, weights)
+        farfield, counts = self._farfield[:n], self._counts[:n]
+        update_probe = self.iteration >= self.config.probe_hold_iterations
+
+        nll = poisson.negative_log_likelihood(farfield, counts)
+        chi = xp.fft.ifft2(poisson.farfield_gradient(farfield, counts), norm="ortho")
+        probes = shift.shifted_probes(self.probe, weights)
+        views = patches.extract(self.object, indices)
+        grad_obj = patches.scatter_add(xp.conj(probes) * chi, indices, self.object.shape)
+        illum = patches.scatter_add(
+            (probes.real**2 + probes.imag**2).astype(self._real), indices, self.object.shape
+        )
+        self._illumination = illum
+        step_obj = grad_obj / (illum + self.config.alpha_relative * illum.max())
+        grad_probe = step_probe = None
+        if update_probe:
+            grad_probe = shift.shifted_probes_adjoint(xp.conj(views) * chi, weights)
+            views_power = shift.shifted_probes_adjoint(
+                (views.real**2 + views.imag**2).astype(self._real), weights
+            )
+            step_probe = grad_probe / (views_power + self.config.alpha_relative * views_power.max())
+
+        dir_obj, dir_probe = self._conjugate_direction(grad_obj, step_obj, grad_probe, step_probe)
+
+        linear = probes * patches.extract(dir_obj, indices)
+        quadratic = None
+        if dir_probe is not None:
+            probe_dirs = shift.shifted_probes(dir_probe, weights)
+            linear += probe_dirs * views
+            quadratic = self._fft(probe_dirs * patches.extract(dir_obj, indices))
+        linear = self._fft(linear)
+        tau = poisson.line_search(farfield, linear, quadratic, counts)
+        if tau > 0:
+            self.object += tau * dir_obj
+            farfield += tau * linear
+            if dir_probe is not None:
+                self.probe += tau * dir_probe
+                farfield += (tau * tau) * quadratic
+        else:
+            self._previous = None
+        self.iteration += 1
+        self._since_refresh += 1
+        if self.xp.__name__ == "cupy":
+            xp.cuda.get_current_stream().synchronize()
+        self._history.append(
+            {
+                "iteration": self.iteration,
+                "poisson_nll": nll,
+                "step": tau,
+                "n_frames": n,
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        return nll
+
+    def _conjugate_direction(
+        self, grad_obj: Any, step_obj: Any, grad_probe: Any, step_probe: Any
+    ) -> tuple[Any, Any]:
+        """Polak-Ribiere direction on the preconditioned gradient, restarted as needed."""
+
+        def dot(a: Any, b: Any) -> float:
+            return float(self.xp.vdot(a, b).real)
+
+        update = grad_probe is not None
+        g_dot_s = dot(grad_obj, step_obj) + (dot(grad_probe, step_probe) if update else 0.0)
+        dir_obj, dir_probe = -step_obj, (-step_probe if update else None)
+        previous = self._previous
+        if previous is not None and (previous[1] is None) == (not update):
+            prev_obj, prev_probe, prev_g_dot_s, prev_step_obj, prev_step_probe = previous
+            numerator = g_dot_s - dot(grad_obj, prev_step_obj)
+            if update:
+                numerator -= dot(grad_probe, prev_step_probe)
+            beta = max(0.0, numerator / prev_g_dot_s) if prev_g_dot_s > 0 else 0.0
+            if beta > 0:
+                dir_obj = dir_obj + beta * prev_obj
+                if update:
+                    dir_probe = dir_probe + beta * prev_probe
+                descent = dot(grad_obj, dir_obj) + (dot(grad_probe, dir_probe) if update else 0.0)
+                if descent >= 0:  # not a descent direction: restart
+                    dir_obj, dir_probe = -step_obj, (-step_probe if update else None)
+        self._previous = (dir_obj, dir_probe, g_dot_s, step_obj, step_probe)
+        return dir_obj, dir_probe
+
+    # -------------------------------------------------------------- snapshots
+    def snapshot(self, live: bool = True) -> Snapshot:
+        """Host copies of object, probe, coverage and metrics.
+
+        With ``live`` (default) object pixels no probe has reached are NaN (display
+        only); ``live=False`` keeps the finite values (for stored results).
+        """
+        shape = self.object.shape
+        if self._illumination is not None and self._illumination.shape == shape:
+            illum = to_host(self._illumination).astype(np.float32)
+        else:
+            illum = np.zeros(shape, np.float32)
+        peak = float(illum.max()) if illum.size else 0.0
+        coverage = illum / peak if peak > 0 else illum
+        obj = to_host(self.object).copy()
+        if live:
+            obj[coverage <= UNREACHED_RELATIVE] = np.nan
+        probe = to_host(self.probe) if self.probe is not None else np.zeros(self._shape, self._complex)
+        last = self._history[-1] if self._history else {}
+        metrics: dict[str, Any] = {
+            "poisson_nll": last.get("poisson_nll", math.nan),
+            "step": last.get("step", math.nan),
+            "n_frames_active": last.get("n_frames", 0),
+            "excluded_pixels": self._excluded_pixels,
+            "backend": self.backend,
+            "history": list(self._history),
+        }
+        origin = tuple(float(o * p) for o, p in zip(self._origin_px, self._pixel_m, strict=True))
+        return Snapshot(
+            object=obj,
+            probe=probe.copy(),
+            coverage=coverage,
+            iteration=self.iteration,
+            n_frames=self._n,
+            origin_m=origin,  # type: ignore[arg-type]
+            pixel_m=self._pixel_m,
+            metrics=metrics,
+        )
+
+    @property
+    def n_frames(self) -> int:
+        """Frames added so far."""
+        return self._n
