@@ -12,8 +12,8 @@ minimiser; it is ~0.5 per pixel at the noise level, which makes it readable.
 
 Along a search direction with far fields ``b`` (linear term) and ``c``
 (quadratic term) the model is ``a(t) = a + t b + t^2 c`` exactly;
-:func:`line_search` minimises ``L(t)`` by safeguarded Newton steps on exact
-derivatives.
+:func:`line_search` finds the first minimum of ``L(t)`` by safeguarded Newton
+steps on its exact derivatives.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from .backend import array_module_of
 
 #: floor added to model intensities (photons) so n ln I stays finite
 EPS_PHOTONS = 1e-6
-#: Newton evaluations per line search
-LINE_SEARCH_EVALUATIONS = 4
+#: Newton evaluations per line search (after the one at t = 0)
+LINE_SEARCH_EVALUATIONS = 3
+#: relative change of the step below which the line search stops
+LINE_SEARCH_TOLERANCE = 0.05
 
 
 def _pixel_nll(intensity: Any, counts: Any) -> Any:
@@ -52,26 +54,24 @@ def farfield_gradient(farfield: Any, counts: Any) -> Any:
 
 def line_search_terms(
     farfield: Any, linear: Any, quadratic: Any | None, counts: Any, tau: float
-) -> tuple[float, float, float]:
-    """``L(t), L'(t), L''(t)`` at ``t = tau`` for ``a(t) = a + t b + t^2 c``."""
+) -> tuple[float, float]:
+    """``L'(t), L''(t)`` at ``t = tau`` for ``a(t) = a + t b + t^2 c``."""
     xp = array_module_of(farfield)
     model = farfield + tau * linear
     slope_field = linear
     if quadratic is not None:
-        model = model + (tau * tau) * quadratic
+        model += (tau * tau) * quadratic
         slope_field = linear + (2 * tau) * quadratic
     intensity = model.real**2 + model.imag**2 + EPS_PHOTONS
     d1 = 2 * (model.real * slope_field.real + model.imag * slope_field.imag)
     d2 = 2 * (slope_field.real**2 + slope_field.imag**2)
     if quadratic is not None:
-        d2 = d2 + 4 * (model.real * quadratic.real + model.imag * quadratic.imag)
-    valid = counts >= 0
-    ratio = xp.where(valid, counts / intensity, 0)
-    weight = xp.where(valid, 1 - ratio, 0)
-    value = float(_pixel_nll(intensity, counts).sum(dtype="float64"))
+        d2 += 4 * (model.real * quadratic.real + model.imag * quadratic.imag)
+    ratio = xp.where(counts >= 0, counts / intensity, 0)
+    weight = xp.where(counts >= 0, 1 - ratio, 0)
     slope = float((weight * d1).sum(dtype="float64"))
     curvature = float((weight * d2 + ratio / intensity * d1 * d1).sum(dtype="float64"))
-    return value, slope, curvature
+    return slope, curvature
 
 
 def line_search(
@@ -81,31 +81,32 @@ def line_search(
     counts: Any,
     terms: Any = line_search_terms,
 ) -> float:
-    """Step ``t > 0`` that lowers ``L(t)``, or 0 when the direction does not descend.
+    """Step ``t > 0`` at the first minimum of ``L(t)``, or 0 when the direction does not descend.
 
-    Safeguarded Newton: a Newton step from the best point so far when the
-    curvature is positive, otherwise doubling; halving after an increase.
-    ``terms`` evaluates (L, L', L'') at a step (a fused GPU kernel may be passed).
+    Safeguarded Newton on ``L'(t) = 0``: the sign of ``L'`` brackets the
+    minimum, Newton steps that leave the bracket are replaced by bisection (or
+    doubling while no upper bound is known). ``terms`` evaluates (L', L'') at a
+    step; a fused GPU kernel may be passed.
     """
-    best_tau = 0.0
-    best_value, slope, curvature = terms(farfield, linear, quadratic, counts, 0.0)
+    slope, curvature = terms(farfield, linear, quadratic, counts, 0.0)
     if not slope < 0:
         return 0.0
-    trial = -slope / curvature if curvature > 0 else 1.0
-    upper = math.inf  # smallest step known to overshoot
+    low, high = 0.0, math.inf
+    tau = -slope / curvature if curvature > 0 else 1.0
     for _ in range(LINE_SEARCH_EVALUATIONS):
-        if not (math.isfinite(trial) and trial > 0):
-            break
-        value, slope, curvature = terms(farfield, linear, quadratic, counts, trial)
-        if value < best_value:
-            best_tau, best_value = trial, value
-            if slope >= 0:
-                upper = min(upper, trial)
-            newton = trial - slope / curvature if curvature > 0 else 2 * trial
-            trial = newton if newton < upper else 0.5 * (trial + upper)
-            if abs(trial - best_tau) < 1e-3 * best_tau:
+        slope, curvature = terms(farfield, linear, quadratic, counts, tau)
+        if not (math.isfinite(slope) and math.isfinite(curvature)):
+            high = tau
+        elif slope < 0:
+            low = tau
+        else:
+            high = tau
+        newton = tau - slope / curvature if curvature > 0 else math.nan
+        if low < newton < high:
+            converged = abs(newton - tau) <= LINE_SEARCH_TOLERANCE * tau
+            tau = newton
+            if converged:
                 break
         else:
-            upper = min(upper, trial)
-            trial = 0.5 * (best_tau + trial)
-    return best_tau
+            tau = 2 * low if math.isinf(high) else 0.5 * (low + high)
+    return tau if tau < high else low

@@ -187,7 +187,7 @@ def default_config(frame_size: int = 64, **changes: object) -> ReconConfig:
 def simulate_scan(
     config: ReconConfig | None = None,
     n_frames: int = 200,
-    step_fraction: float = 0.25,
+    step_fraction: float = 0.12,
     scan: str = "spiral",
     photons_per_frame: float = 1e6,
     seed: int = 0,

@@ -1,0 +1,62 @@
+"""Argument types shared by several commands (no NumPy-heavy or Bluesky imports)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import D4_ORIENTATIONS
+
+__all__ = [
+    "D4_ORIENTATIONS",
+    "PRECISIONS",
+    "direction",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+]
+
+PRECISIONS = {"single": "complex64", "double": "complex128"}
+
+
+def direction(text: str) -> int:
+    """+1 or -1 (accepts '1', '+1', '-1')."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value not in (1, -1):
+        raise argparse.ArgumentTypeError(f"expected +1 or -1, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
