@@ -150,7 +150,9 @@ def _require(handle: Any, name: str, path: Path, what: str) -> Any:
 def _scalar(handle: Any, name: str, path: Path, what: str) -> float:
     value = np.asarray(_require(handle, name, path, what)[()], dtype=np.float64)
     if value.size != 1 or not np.isfinite(value).all():
-        raise ValueError(f"{path}: CXI field {name} ({what}) must be one finite number, got {value}")
+        raise ValueError(
+            f"{path}: CXI field {name} ({what}) must be one finite number, got {value}"
+        )
     return float(value.reshape(-1)[0])
 
 
@@ -199,12 +201,18 @@ def read_cxi(
         elif DETECTOR_DATA in handle:
             frames = handle[DETECTOR_DATA]
         else:
-            raise ValueError(f"{path}: CXI field {DATA} (diffraction frames) is missing")
+            raise ValueError(f"{path}: CXI field {DATA} ((n, M, N) diffraction frames) is missing")
         if frames.ndim != 3:
             raise ValueError(f"{path}: {frames.name} must be (n, M, N) frames, got {frames.shape}")
         n = frames.shape[0]
-        name = TRANSLATION if TRANSLATION in handle else DATA_TRANSLATION
-        translation = np.asarray(_require(handle, name, path, "positions in m")[()], np.float64)
+        name = (
+            DATA_TRANSLATION
+            if TRANSLATION not in handle and DATA_TRANSLATION in handle
+            else TRANSLATION
+        )
+        translation = np.asarray(
+            _require(handle, name, path, "(n, 3) positions in m")[()], np.float64
+        )
         if translation.ndim != 2 or translation.shape[0] != n or translation.shape[1] not in (2, 3):
             raise ValueError(
                 f"{path}: {name} must be ({n}, 3) positions in metres (one per frame), "

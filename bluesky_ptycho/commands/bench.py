@@ -79,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="single",
         help="single (complex64) or double (complex128) (single)",
     )
+    parser.add_argument(
+        "--step-fraction",
+        type=positive_float,
+        default=None,
+        help="scan step as a fraction of the frame width (default: simulate_scan's, 0.12)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     parser.set_defaults(run=run)
@@ -89,14 +95,32 @@ def _sync(xp: ModuleType) -> None:
         xp.cuda.Device().synchronize()
 
 
+def default_step_fraction() -> float:
+    """``simulate_scan``'s default scan step (fraction of the frame width)."""
+    import inspect
+
+    from ..sim.sample import simulate_scan
+
+    return float(inspect.signature(simulate_scan).parameters["step_fraction"].default)
+
+
 def scan_positions(
-    config: Any, n_frames: int, scan: str, step_fraction: float = 0.25, seed: int = 0
+    config: Any,
+    n_frames: int,
+    scan: str,
+    step_fraction: float | None = None,
+    seed: int = 0,
 ) -> tuple[Any, Any]:
-    """(x_m, y_m) probe positions of the scan ``simulate_scan`` would make."""
+    """(x_m, y_m) probe positions of the scan ``simulate_scan`` would make.
+
+    step_fraction : scan step as a fraction of the frame width (default: simulate_scan's).
+    """
     import numpy as np
 
     from ..sim.sample import fermat_spiral, raster
 
+    if step_fraction is None:
+        step_fraction = default_step_fraction()
     step_m = step_fraction * config.frame_shape[1] * config.object_pixel_m[1]
     if scan == "spiral":
         return fermat_spiral(n_frames, step_m)
@@ -145,9 +169,7 @@ def expected_intensities(sample: Any, x_motor: Any, y_motor: Any, xp: ModuleType
     return xp.fft.fftshift(far_field.real**2 + far_field.imag**2, axes=(-2, -1))
 
 
-def simulate_frames(
-    sample: Any, x_motor: Any, y_motor: Any, xp: ModuleType, seed: int = 0
-) -> Any:
+def simulate_frames(sample: Any, x_motor: Any, y_motor: Any, xp: ModuleType, seed: int = 0) -> Any:
     """(n, M, N) uint32 Poisson frames as recorded (detector orientation), on ``xp``."""
     import numpy as np
 
@@ -174,6 +196,7 @@ def make_scan(
     photons_per_frame: float = 1e6,
     seed: int = 0,
     xp: ModuleType | None = None,
+    step_fraction: float | None = None,
 ) -> tuple[Any, Any, Any, Any]:
     """``(sample, frames, x_motor, y_motor)``: a simulated scan, frames on ``xp``."""
     import numpy as np
@@ -181,7 +204,7 @@ def make_scan(
     from ..sim.sample import SimulatedSample
 
     xp = xp or np
-    x_m, y_m = scan_positions(config, n_frames, scan, seed=seed)
+    x_m, y_m = scan_positions(config, n_frames, scan, step_fraction, seed)
     extent = 2 * float(max(np.abs(x_m).max(), np.abs(y_m).max()))
     sample = SimulatedSample.create(config, extent, photons_per_frame, seed)
     x_motor = x_m / (config.position_scale_m * config.x_direction)
@@ -238,6 +261,7 @@ def benchmark(
     scan: str = "spiral",
     precision: str = "single",
     seed: int = 0,
+    step_fraction: float | None = None,
     report: Any = print,
 ) -> dict[str, Any]:
     """Run the benchmark; ``report`` receives each printed line. Returns the results."""
@@ -255,8 +279,10 @@ def benchmark(
     config = default_config(frame_size, dtype=PRECISIONS[precision])
 
     started = time.perf_counter()
+    if step_fraction is None:
+        step_fraction = default_step_fraction()
     sample, frames, x_motor, y_motor = make_scan(
-        config, n_frames, scan, photons_per_frame, seed, xp
+        config, n_frames, scan, photons_per_frame, seed, xp, step_fraction
     )
     _sync(xp)
     simulate_s = time.perf_counter() - started
@@ -317,6 +343,7 @@ def benchmark(
         + (f" --iterations {iterations}" if iterations is not None else "")
         + (f" --seconds {seconds:g}" if seconds is not None else "")
         + f" --block {block} --photons {photons_per_frame:g} --scan {scan}"
+        + f" --step-fraction {step_fraction:g}"
         + f" --precision {precision} --seed {seed}"
     )
     return {
@@ -331,6 +358,7 @@ def benchmark(
         "frames": n_frames,
         "precision": precision,
         "scan": scan,
+        "step_fraction": step_fraction,
         "photons_per_frame": photons_per_frame,
         "object_shape": list(rec.object.shape),
         "simulate_s": simulate_s,
@@ -357,6 +385,7 @@ def run(args: argparse.Namespace) -> int:
         scan=args.scan,
         precision=args.precision,
         seed=args.seed,
+        step_fraction=args.step_fraction,
     )
     if args.json:
         path = Path(args.json)

@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--step-fraction",
         type=positive_float,
-        default=0.25,
-        help="scan step as a fraction of the frame width (0.25)",
+        default=None,
+        help="scan step as a fraction of the frame width (default: simulate_scan's, 0.12)",
     )
     parser.add_argument(
         "--dp-orient",
@@ -54,13 +54,14 @@ def run(args: argparse.Namespace) -> int:
     if args.frame_size < 8:
         raise ValueError(f"--frame-size must be >= 8, got {args.frame_size}")
     config = default_config(args.frame_size, dp_orient=args.dp_orient)
+    options = {} if args.step_fraction is None else {"step_fraction": args.step_fraction}
     scan = simulate_scan(
         config,
         n_frames=args.frames,
-        step_fraction=args.step_fraction,
         scan=args.scan,
         photons_per_frame=args.photons,
         seed=args.seed,
+        **options,
     )
     positions_m = np.stack(
         [

@@ -1,0 +1,126 @@
+"""``bluesky-ptycho bench``: batched simulation twin, tiny CPU run, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bluesky_ptycho
+from bluesky_ptycho import cli
+from bluesky_ptycho.commands import bench
+from bluesky_ptycho.engine.backend import cupy_device_available
+from bluesky_ptycho.engine.orientation import inverse_orientation, orient_frames
+from bluesky_ptycho.sim.sample import SimulatedSample, default_config
+
+#: folder that holds the bluesky_ptycho package being tested
+PACKAGE_ROOT = str(Path(bluesky_ptycho.__file__).resolve().parent.parent)
+
+
+def run_python(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -c code`` with this checkout first on the import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def _sample(size: int = 16, **changes):
+    config = default_config(size, **changes)
+    x_m, y_m = bench.scan_positions(config, 9, "spiral")
+    extent = 2 * float(max(np.abs(x_m).max(), np.abs(y_m).max()))
+    sample = SimulatedSample.create(config, extent, 1e5, seed=3)
+    scale = config.position_scale_m
+    return sample, x_m / (scale * config.x_direction), y_m / (scale * config.y_direction)
+
+
+@pytest.mark.parametrize("changes", [{}, {"x_direction": -1, "position_scale_m": 1e-3}])
+def test_batched_intensity_matches_simulated_sample(changes):
+    sample, x_motor, y_motor = _sample(**changes)
+    batched = bench.expected_intensities(sample, x_motor, y_motor, np)
+    single = np.stack(
+        [sample.expected_intensity(x, y) for x, y in zip(x_motor, y_motor, strict=True)]
+    )
+    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-4 * single.max())
+
+
+def test_simulated_frames_are_recorded_in_detector_orientation():
+    sample, x_motor, y_motor = _sample()
+    plain = bench.simulate_frames(sample, x_motor, y_motor, np, seed=5)
+    assert plain.dtype == np.uint32 and plain.shape == (9, 16, 16)
+    turned_sample, _, _ = _sample(dp_orient="rot90_cw")
+    turned = bench.simulate_frames(turned_sample, x_motor, y_motor, np, seed=5)
+    np.testing.assert_array_equal(turned, orient_frames(plain, inverse_orientation("rot90_cw")))
+
+
+def test_sample_edge_is_an_error():
+    sample, x_motor, y_motor = _sample()
+    with pytest.raises(ValueError, match="outside the simulated sample"):
+        bench.expected_intensities(sample, x_motor + 1e6, y_motor, np)
+
+
+def test_bench_cli_tiny_numpy(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--backend", "numpy", "--frame-size", "16", "--frames", "30"]
+    argv += ["--iterations", "6", "--block", "3", "--json", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "frame-iterations/s:" in printed
+    assert "elapsed_s" in printed and "nrmse" in printed
+    results = json.loads(out.read_text())
+    assert results["backend"] == "numpy"
+    assert results["iterations"] == 6 and len(results["blocks"]) == 2
+    assert results["frame_iterations_per_s"] > 0
+    expected = 30 * 6 / results["iterate_s"]
+    assert results["frame_iterations_per_s"] == pytest.approx(expected)
+    assert all(np.isfinite(row["nrmse"]) for row in results["blocks"])
+    assert results["command"].startswith("bluesky-ptycho bench --backend numpy --frame-size 16")
+
+
+def test_bench_seconds_limit(capsys):
+    results = bench.benchmark(
+        backend="numpy", frame_size=16, n_frames=20, iterations=None, seconds=1e-6, block=2
+    )
+    assert results["iterations"] == 2 and len(results["blocks"]) == 1
+    assert "frame-iterations/s" in capsys.readouterr().out
+
+
+def test_bench_path_imports_no_bluesky_or_cupy(tmp_path):
+    code = (
+        "import sys\n"
+        "from bluesky_ptycho import cli\n"
+        "status = cli.main(['bench', '--backend', 'numpy', '--frame-size', '16', '--frames', '12',"
+        " '--iterations', '2', '--block', '2'])\n"
+        "heavy = {'bluesky', 'event_model', 'tiled', 'ophyd', 'ophyd_async', 'databroker',"
+        " 'bluesky_tiled_plugins', 'cupy'}\n"
+        "loaded = sorted(heavy & {name.split('.')[0] for name in sys.modules})\n"
+        "print('LOADED', loaded)\n"
+        "sys.exit(status or bool(loaded))\n"
+    )
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "LOADED []" in result.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cupy_device_available(), reason="needs CuPy and a CUDA device")
+def test_bench_cupy_matches_numpy_twin():
+    import cupy
+
+    sample, x_motor, y_motor = _sample()
+    on_gpu = bench.expected_intensities(sample, x_motor, y_motor, cupy).get()
+    on_cpu = bench.expected_intensities(sample, x_motor, y_motor, np)
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=0, atol=1e-6 * on_cpu.max())
+    results = bench.benchmark(backend="cupy", frame_size=32, n_frames=64, iterations=4, block=2)
+    assert results["backend"] == "cupy" and results["frame_iterations_per_s"] > 0
