@@ -143,3 +143,12 @@ def test_imports_stay_light(tmp_path):
     result = run_python(code, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "LOADED []" in result.stdout, result.stdout
+
+
+def test_console_script_installed():
+    script = Path(sys.executable).parent / "bluesky-ptycho"
+    if not script.exists():
+        pytest.skip("bluesky-ptycho is not installed in this environment (pip install -e .)")
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert bluesky_ptycho.__version__ in result.stdout
