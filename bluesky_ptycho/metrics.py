@@ -1,9 +1,11 @@
 """Reconstruction quality against a known object.
 
-``object_nrmse`` removes the two ambiguities ptychography cannot resolve from
-the data - a global complex factor and a rigid (sub-pixel) shift - and returns
+``object_nrmse`` removes the ambiguities ptychography cannot resolve from the
+data - a rigid (sub-pixel) shift, a linear phase ramp (it moves between object
+and probe without changing any exit wave but by a constant phase) and a global
+complex factor - and returns
 
-    || c * shift(recon) - truth || / || truth ||   over the covered region,
+    || c * ramp * shift(recon) - truth || / || truth ||   over the covered region,
 
 with ``c`` the least-squares complex factor.
 """
@@ -29,9 +31,8 @@ def _dft_upsampled(spectrum: np.ndarray, size: int, factor: int, offset: np.ndar
     return kernel_r @ spectrum @ kernel_c
 
 
-def register_shift(reference: np.ndarray, moving: np.ndarray, upsample: int = 20) -> np.ndarray:
-    """(dy, dx) that moves ``moving`` onto ``reference`` (peak of the cross-correlation)."""
-    spectrum = np.fft.fft2(reference) * np.conj(np.fft.fft2(moving))
+def upsampled_peak(spectrum: np.ndarray, upsample: int = 20) -> np.ndarray:
+    """Sub-pixel (row, col) of the maximum of ``|ifft2(spectrum)|``, wrapped to +-N/2."""
     correlation = np.abs(np.fft.ifft2(spectrum))
     peak = np.array(np.unravel_index(np.argmax(correlation), correlation.shape), dtype=float)
     shape = np.array(correlation.shape)
@@ -39,6 +40,21 @@ def register_shift(reference: np.ndarray, moving: np.ndarray, upsample: int = 20
     patch = np.abs(_dft_upsampled(spectrum, 3 * upsample, upsample, peak))
     fine = np.array(np.unravel_index(np.argmax(patch), patch.shape), dtype=float) - 3 * upsample // 2
     return peak + fine / upsample
+
+
+def register_shift(reference: np.ndarray, moving: np.ndarray, upsample: int = 20) -> np.ndarray:
+    """(dy, dx) that moves ``moving`` onto ``reference`` (peak of the cross-correlation)."""
+    return upsampled_peak(np.fft.fft2(reference) * np.conj(np.fft.fft2(moving)), upsample)
+
+
+def remove_phase_ramp(recon: np.ndarray, reference: np.ndarray, upsample: int = 100) -> np.ndarray:
+    """``recon`` times the linear phase ramp that best aligns its phase with ``reference``."""
+    # ifftshift: the DFT sees centred coordinates, so positions do not wrap.
+    product = np.fft.ifftshift(reference * np.conj(recon))
+    cycles = upsampled_peak(product, upsample) / np.array(recon.shape)
+    rows = np.arange(recon.shape[0])[:, None] * cycles[0]
+    cols = np.arange(recon.shape[1])[None, :] * cycles[1]
+    return recon * np.exp(-2j * np.pi * (rows + cols))
 
 
 def shift_image(image: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
@@ -72,6 +88,7 @@ def object_nrmse(
         )
         recon = shift_image(np.where(region, recon, recon[region].mean()), shift)
         recon = np.where(region, recon, 0)
+        recon = remove_phase_ramp(recon, target)
     factor = np.vdot(recon[region], target[region]) / np.vdot(recon[region], recon[region])
     error = factor * recon[region] - target[region]
     return float(np.linalg.norm(error) / np.linalg.norm(target[region]))

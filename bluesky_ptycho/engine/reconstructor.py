@@ -14,6 +14,11 @@ direction's first- and second-order exit-wave terms -> Newton line search of the
 Poisson NLL -> update of object, probe and stored far fields (by linearity, no
 extra FFT). The stored far fields are recomputed from scratch every
 ``REFRESH_EVERY`` iterations to bound rounding drift.
+
+A linear phase ramp moved from the probe to the object leaves every exit wave
+unchanged up to a constant phase: the data cannot fix it. The engine fixes it
+by convention at every refresh: the centroid of the probe's far-field intensity
+is kept where the initial probe had it (:meth:`Reconstructor._remove_phase_ramp`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from .probe_init import cold_start_probe, first_mode, load_probe, scale_to_photo
 from .propagation import propagate
 
 #: iterations between full recomputations of the stored far fields
-REFRESH_EVERY = 20
+REFRESH_EVERY = 10
+#: far-field centroid offset (detector pixels) below which no ramp is removed
+RAMP_TOLERANCE_PX = 1e-3
 #: illumination (relative to its maximum) below which a pixel counts as unreached
 UNREACHED_RELATIVE = 1e-9
 
@@ -94,6 +101,7 @@ class Reconstructor:
         self._origin_px = np.zeros(2, dtype=np.int64)  # global pixel of canvas [0, 0]
         self.object = self.xp.ones((0, 0), self._complex)
         self.probe: Any = None
+        self._probe_centroid = np.zeros(2)  # far-field centroid of the initial probe
         # Iteration state.
         self.iteration = 0
         self._since_refresh = 0
@@ -210,6 +218,11 @@ class Reconstructor:
             )
         return probe
 
+    def _ensure_probe(self) -> None:
+        if self.probe is None and self._n:
+            self.probe = self._initial_probe()
+            self._probe_centroid = _centroid(self.xp, self.xp.abs(self._fft(self.probe)) ** 2)
+
     def _initial_probe(self) -> Any:
         xp = self.xp
         if self._warm_probe is not None:
@@ -254,8 +267,7 @@ class Reconstructor:
             raise ValueError("iterate: no frames yet; call add_frames(frames, x, y) first")
         if not isinstance(n_iterations, int) or n_iterations < 0:
             raise ValueError(f"iterate: n_iterations must be an integer >= 0, got {n_iterations!r}")
-        if self.probe is None:
-            self.probe = self._initial_probe()
+        self._ensure_probe()
         nll = math.nan
         for _ in range(n_iterations):
             nll = self._step()
@@ -268,6 +280,7 @@ class Reconstructor:
         indices, weights = self._geometry()
         if self._since_refresh >= REFRESH_EVERY:
             self._n_fresh, self._since_refresh = 0, 0
+            self._remove_phase_ramp()
         if self._n_fresh < n:
             self._refresh_farfield(self._n_fresh, indices, weights)
         farfield, counts = self._farfield[:n], self._counts[:n]
@@ -324,6 +337,17 @@ class Reconstructor:
         )
         return nll
 
+    def _remove_phase_ramp(self) -> None:
+        """Move the probe's far-field centroid back to the initial probe's (module doc)."""
+        xp = self.xp
+        offset = self._probe_centroid - _centroid(xp, xp.abs(self._fft(self.probe)) ** 2)
+        if np.abs(offset).max() < RAMP_TOLERANCE_PX:
+            return
+        cycles = offset / np.array(self._shape)  # per object pixel
+        self.probe *= _ramp(xp, self._shape, cycles, self._complex)
+        self.object *= _ramp(xp, self.object.shape, -cycles, self._complex)
+        self._previous = None
+
     def _conjugate_direction(
         self, grad_obj: Any, step_obj: Any, grad_probe: Any, step_probe: Any
     ) -> tuple[Any, Any]:
@@ -360,7 +384,14 @@ class Reconstructor:
         only); ``live=False`` keeps the finite values (for stored results).
         """
         shape = self.object.shape
-        if self._illumination is not None and self._illumination.shape == shape:
+        self._ensure_probe()
+        if self._n and (self._illumination is None or self._illumination.shape != shape):
+            indices, weights = self._geometry()
+            probes = shift.shifted_probes(self.probe, weights)
+            self._illumination = patches.scatter_add(
+                (probes.real**2 + probes.imag**2).astype(self._real), indices, shape
+            )
+        if self._illumination is not None:
             illum = to_host(self._illumination).astype(np.float32)
         else:
             illum = np.zeros(shape, np.float32)
@@ -395,3 +426,20 @@ class Reconstructor:
     def n_frames(self) -> int:
         """Frames added so far."""
         return self._n
+
+
+def _centroid(xp: Any, pattern: Any) -> np.ndarray:
+    """(row, col) centroid of a DC-at-corner pattern, relative to DC, in pixels."""
+    centred = xp.fft.fftshift(pattern)
+    total = float(centred.sum())
+    rows, cols = centred.shape
+    row_c = float((centred.sum(axis=1) * xp.arange(rows)).sum()) / total - rows // 2
+    col_c = float((centred.sum(axis=0) * xp.arange(cols)).sum()) / total - cols // 2
+    return np.array([row_c, col_c])
+
+
+def _ramp(xp: Any, shape: tuple[int, ...], cycles: np.ndarray, dtype: str) -> Any:
+    """``exp(2 pi i (cycles_r * row + cycles_c * col))`` on a ``shape`` grid."""
+    rows = xp.arange(shape[0])[:, None] * cycles[0]
+    cols = xp.arange(shape[1])[None, :] * cycles[1]
+    return xp.exp(2j * np.pi * (rows + cols)).astype(dtype)

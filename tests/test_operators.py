@@ -1,0 +1,113 @@
+"""Adjoint and convention tests for the engine's linear operators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bluesky_ptycho.config import D4_ORIENTATIONS
+from bluesky_ptycho.engine import patches, shift
+from bluesky_ptycho.engine.orientation import inverse_orientation, orient_frames
+from bluesky_ptycho.engine.propagation import propagate
+
+
+def random_complex(xp, shape, dtype, rng):
+    data = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    return xp.asarray(data.astype(dtype))
+
+
+def inner(xp, a, b) -> complex:
+    return complex(xp.vdot(a, b))
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_extract_scatter_are_adjoint(xp, dtype):
+    rng = np.random.default_rng(1)
+    corners = xp.asarray(rng.integers(0, 20, (7, 2)))
+    indices = patches.window_flat_indices(corners, (8, 6), 30)
+    obj = random_complex(xp, (28, 30), dtype, rng)
+    views = random_complex(xp, (7, 8, 6), dtype, rng)
+    lhs = inner(xp, patches.extract(obj, indices), views)
+    rhs = inner(xp, obj, patches.scatter_add(views, indices, obj.shape))
+    tol = 1e-4 if dtype == "complex64" else 1e-12
+    assert abs(lhs - rhs) <= tol * abs(lhs)
+
+
+def test_extract_takes_the_window(xp):
+    obj = xp.arange(100).reshape(10, 10)
+    indices = patches.window_flat_indices(xp.asarray([[2, 3]]), (2, 3), 10)
+    assert patches.extract(obj, indices).tolist() == [[[23, 24, 25], [33, 34, 35]]]
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_bilinear_shift_is_adjoint(xp, dtype):
+    rng = np.random.default_rng(2)
+    real = "float32" if dtype == "complex64" else "float64"
+    weights = shift.bilinear_weights(xp.asarray(rng.uniform(0, 1, (5, 2)).astype(real)))
+    probe = random_complex(xp, (8, 8), dtype, rng)
+    stack = random_complex(xp, (5, 8, 8), dtype, rng)
+    lhs = inner(xp, shift.shifted_probes(probe, weights), stack)
+    rhs = inner(xp, probe, shift.shifted_probes_adjoint(stack, weights))
+    tol = 1e-4 if dtype == "complex64" else 1e-12
+    assert abs(lhs - rhs) <= tol * abs(lhs)
+
+
+def test_bilinear_shift_moves_by_the_fraction(xp):
+    probe = xp.zeros((6, 6), "complex128")
+    probe[2, 2] = 1
+    weights = shift.bilinear_weights(xp.asarray([[0.25, 0.5]]))
+    moved = shift.shifted_probes(probe, weights)[0]
+    expected = np.zeros((6, 6))
+    expected[2, 2], expected[2, 3] = 0.75 * 0.5, 0.75 * 0.5
+    expected[3, 2], expected[3, 3] = 0.25 * 0.5, 0.25 * 0.5
+    np.testing.assert_allclose(np.asarray(moved.get() if hasattr(moved, "get") else moved), expected)
+
+
+def test_whole_pixel_weights_are_exact(xp):
+    weights = shift.bilinear_weights(xp.asarray([[0.0, 0.0]]))
+    assert weights.tolist() == [[1.0, 0.0, 0.0, 0.0]]
+
+
+def test_propagation_is_unitary_and_reversible(xp):
+    rng = np.random.default_rng(3)
+    field = random_complex(xp, (32, 32), "complex128", rng)
+    args = ((1e-8, 1e-8), 1.4e-10)
+    forward = propagate(field, 50e-6, *args)
+    back = propagate(forward, -50e-6, *args)
+    # Evanescent components are dropped; at this sampling all components propagate.
+    assert abs(float(xp.linalg.norm(forward)) - float(xp.linalg.norm(field))) < 1e-9 * float(
+        xp.linalg.norm(field)
+    )
+    assert float(xp.abs(back - field).max()) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"),
+    [
+        ("identity", lambda f: f),
+        ("rot90_cw", lambda f: np.rot90(f, -1)),
+        ("rot90_ccw", lambda f: np.rot90(f, 1)),
+        ("rot180", lambda f: np.rot90(f, 2)),
+        ("fliplr", np.fliplr),
+        ("flipud", np.flipud),
+        ("transpose", lambda f: f.T),
+        ("antitranspose", lambda f: np.rot90(f, 2).T),
+    ],
+)
+def test_d4_orientations_match_numpy(name, reference):
+    frame = np.arange(12).reshape(3, 4)
+    np.testing.assert_array_equal(orient_frames(frame[None], name)[0], reference(frame))
+    np.testing.assert_array_equal(
+        orient_frames(orient_frames(frame, name), inverse_orientation(name)), frame
+    )
+
+
+def test_d4_orientations_are_distinct():
+    frame = np.arange(16).reshape(4, 4)
+    seen = {orient_frames(frame, name).tobytes() for name in D4_ORIENTATIONS}
+    assert len(seen) == 8
+
+
+def test_unknown_orientation_is_rejected():
+    with pytest.raises(ValueError, match="dp_orient"):
+        orient_frames(np.zeros((2, 2)), "rot45")

@@ -1,0 +1,66 @@
+"""The Poisson likelihood, its gradient and the line search against finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bluesky_ptycho.engine import poisson
+
+
+def fields(seed: int = 0, shape=(3, 8, 8)):
+    rng = np.random.default_rng(seed)
+
+    def cplx():
+        return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+    a, b, c = 4 * cplx(), cplx(), 0.3 * cplx()
+    counts = rng.poisson(np.abs(a) ** 2 * 1.2).astype(np.float64)
+    counts[0, 0, :3] = -1  # excluded pixels
+    return a, b, c, counts
+
+
+def nll_along(a, b, c, counts, t):
+    return poisson.negative_log_likelihood(a + t * b + t * t * c, counts)
+
+
+def test_gradient_matches_finite_differences():
+    a, b, _, counts = fields()
+    grad = poisson.farfield_gradient(a, counts)
+    step = 1e-6
+    numeric = (nll_along(a, b, 0 * b, counts, step) - nll_along(a, b, 0 * b, counts, -step)) / (2 * step)
+    analytic = 2 * np.vdot(grad, b).real
+    assert abs(numeric - analytic) < 1e-5 * abs(analytic)
+
+
+def test_line_search_terms_match_finite_differences():
+    a, b, c, counts = fields(1)
+    tau, step = 0.3, 1e-5
+    slope, curvature = poisson.line_search_terms(a, b, c, counts, tau)
+    values = [nll_along(a, b, c, counts, tau + k * step) for k in (-1, 0, 1)]
+    assert abs((values[2] - values[0]) / (2 * step) - slope) < 1e-5 * abs(slope)
+    numeric_curvature = (values[2] - 2 * values[1] + values[0]) / step**2
+    assert abs(numeric_curvature - curvature) < 1e-3 * abs(curvature)
+
+
+def test_line_search_finds_the_minimum_along_the_path():
+    a, b, c, counts = fields(2)
+    direction = -poisson.farfield_gradient(a, counts)
+    tau = poisson.line_search(a, direction, c * 1e-3, counts)
+    grid = np.linspace(0, 3 * tau, 301)
+    values = [nll_along(a, direction, c * 1e-3, counts, t) for t in grid]
+    best = grid[int(np.argmin(values))]
+    assert tau > 0 and abs(tau - best) <= 0.05 * tau
+
+
+def test_line_search_refuses_an_ascent_direction():
+    a, _, _, counts = fields(3)
+    ascent = poisson.farfield_gradient(a, counts)
+    assert poisson.line_search(a, ascent, None, counts) == 0.0
+
+
+def test_excluded_pixels_do_not_count():
+    a, _, _, counts = fields(4)
+    changed = a.copy()
+    changed[0, 0, :3] *= 10
+    assert poisson.negative_log_likelihood(changed, counts) == poisson.negative_log_likelihood(a, counts)
+    assert np.all(poisson.farfield_gradient(a, counts)[0, 0, :3] == 0)
