@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from ..config import ReconConfig
-from . import patches, poisson, shift
-from .backend import get_array_module, to_host
+from . import poisson, shift
+from .backend import get_array_module, is_cupy, to_host
+from .operators import ArrayOperators
 from .orientation import orient_frames
 from .probe_init import cold_start_probe, first_mode, load_probe, scale_to_photons
 from .propagation import propagate
@@ -74,14 +75,20 @@ class Reconstructor:
     ----------
     config : geometry, conventions and algorithm settings.
     backend : "numpy", "cupy", or "auto" (CuPy when a CUDA device is present).
+    operators : "fused" (CUDA kernels, CuPy only), "array" (array-module code) or
+        "auto" (fused on CuPy, array on NumPy).
     """
 
-    def __init__(self, config: ReconConfig, backend: str = "auto") -> None:
+    def __init__(
+        self, config: ReconConfig, backend: str = "auto", operators: str = "auto"
+    ) -> None:
         self.config = config
         self.xp = get_array_module(backend)
         self.backend = self.xp.__name__
         self._complex = config.dtype
         self._real = "float32" if config.dtype == "complex64" else "float64"
+        self._ops = make_operators(self.xp, config.frame_shape, self._real, operators)
+        self._geometry_frames = -1  # frames covered by the operators' geometry
         self._shape = config.frame_shape
         self._pixel_m = config.object_pixel_m
         self._mask = None
@@ -202,6 +209,7 @@ class Reconstructor:
             grown[r0 : r0 + self.object.shape[0], c0 : c0 + self.object.shape[1]] = self.object
         self.object = grown
         self._origin_px = low
+        self._geometry_frames = -1
 
     # ------------------------------------------------------------- probe init
     def _requested_probe(self) -> np.ndarray | None:
@@ -236,29 +244,15 @@ class Reconstructor:
         return scale_to_photons(xp, probe, self._photons_per_frame).astype(self._complex)
 
     # -------------------------------------------------------------- operators
-    def _geometry(self) -> tuple[Any, Any]:
-        """Flat window indices (n, M, N) and bilinear weights (n, 4) of active frames."""
-        xp = self.xp
-        tl = self._positions_px[: self._n] - np.array(self._shape) // 2 - self._origin_px
-        corners = np.floor(tl)
-        weights = shift.bilinear_weights(xp.asarray(tl - corners, dtype=self._real))
-        indices = patches.window_flat_indices(
-            xp.asarray(corners.astype(np.int64)), self._shape, self.object.shape[1]
-        )
-        return indices, weights
-
-    def _exit_waves(self, indices: Any, weights: Any) -> Any:
-        return shift.shifted_probes(self.probe, weights) * patches.extract(self.object, indices)
+    def _update_geometry(self) -> None:
+        """Hand window corners and probe fractions of the active frames to the operators."""
+        top_left = self._positions_px[: self._n] - np.array(self._shape) // 2 - self._origin_px
+        corners = np.floor(top_left)
+        self._ops.set_geometry(corners.astype(np.int64), top_left - corners, self.object.shape)
+        self._geometry_frames = self._n
 
     def _fft(self, waves: Any) -> Any:
         return self.xp.fft.fft2(waves, norm="ortho")
-
-    def _refresh_farfield(self, start: int, indices: Any, weights: Any) -> None:
-        self._farfield[start : self._n] = self._fft(
-            shift.shifted_probes(self.probe, weights[start:])
-            * patches.extract(self.object, indices[start:])
-        )
-        self._n_fresh = self._n
 
     # -------------------------------------------------------------- iterating
     def iterate(self, n_iterations: int = 1) -> float:
@@ -274,58 +268,54 @@ class Reconstructor:
         return nll
 
     def _step(self) -> float:
-        xp = self.xp
+        xp, ops, cfg = self.xp, self._ops, self.config
         started = time.perf_counter()
         n = self._n
-        indices, weights = self._geometry()
+        if self._geometry_frames != n:
+            self._update_geometry()
         if self._since_refresh >= REFRESH_EVERY:
             self._n_fresh, self._since_refresh = 0, 0
             self._remove_phase_ramp()
         if self._n_fresh < n:
-            self._refresh_farfield(self._n_fresh, indices, weights)
+            self._farfield[self._n_fresh : n] = self._fft(
+                ops.exit_waves(self.probe, self.object, self._n_fresh)
+            )
+            self._n_fresh = n
         farfield, counts = self._farfield[:n], self._counts[:n]
-        update_probe = self.iteration >= self.config.probe_hold_iterations
+        update_probe = self.iteration >= cfg.probe_hold_iterations
 
-        nll = poisson.negative_log_likelihood(farfield, counts)
-        chi = xp.fft.ifft2(poisson.farfield_gradient(farfield, counts), norm="ortho")
-        probes = shift.shifted_probes(self.probe, weights)
-        views = patches.extract(self.object, indices)
-        grad_obj = patches.scatter_add(xp.conj(probes) * chi, indices, self.object.shape)
-        illum = patches.scatter_add(
-            (probes.real**2 + probes.imag**2).astype(self._real), indices, self.object.shape
+        nll, grad_farfield = ops.nll_and_gradient(farfield, counts)
+        chi = xp.fft.ifft2(grad_farfield, norm="ortho")
+        del grad_farfield
+        grad_obj, illum, probe_stack, view_power = ops.object_gradient(
+            chi, self.probe, self.object, update_probe
         )
+        del chi
         self._illumination = illum
-        step_obj = grad_obj / (illum + self.config.alpha_relative * illum.max())
+        step_obj = grad_obj / (illum + cfg.alpha_relative * illum.max())
         grad_probe = step_probe = None
         if update_probe:
-            grad_probe = shift.shifted_probes_adjoint(xp.conj(views) * chi, weights)
-            views_power = shift.shifted_probes_adjoint(
-                (views.real**2 + views.imag**2).astype(self._real), weights
-            )
-            step_probe = grad_probe / (views_power + self.config.alpha_relative * views_power.max())
+            grad_probe = shift.shifted_probes_adjoint(probe_stack, ops.weights)
+            del probe_stack
+            power = shift.shifted_probes_adjoint(view_power, ops.weights)
+            del view_power
+            step_probe = grad_probe / (power + cfg.alpha_relative * power.max())
 
         dir_obj, dir_probe = self._conjugate_direction(grad_obj, step_obj, grad_probe, step_probe)
-
-        linear = probes * patches.extract(dir_obj, indices)
-        quadratic = None
-        if dir_probe is not None:
-            probe_dirs = shift.shifted_probes(dir_probe, weights)
-            linear += probe_dirs * views
-            quadratic = self._fft(probe_dirs * patches.extract(dir_obj, indices))
+        linear, quadratic = ops.direction_terms(self.probe, dir_probe, self.object, dir_obj)
         linear = self._fft(linear)
-        tau = poisson.line_search(farfield, linear, quadratic, counts)
+        if quadratic is not None:
+            quadratic = self._fft(quadratic)
+        tau = poisson.line_search(farfield, linear, quadratic, counts, ops.line_search_terms)
         if tau > 0:
             self.object += tau * dir_obj
-            farfield += tau * linear
             if dir_probe is not None:
                 self.probe += tau * dir_probe
-                farfield += (tau * tau) * quadratic
+            ops.advance(farfield, linear, quadratic, tau)
         else:
             self._previous = None
         self.iteration += 1
         self._since_refresh += 1
-        if self.xp.__name__ == "cupy":
-            xp.cuda.get_current_stream().synchronize()
         self._history.append(
             {
                 "iteration": self.iteration,
@@ -386,10 +376,12 @@ class Reconstructor:
         shape = self.object.shape
         self._ensure_probe()
         if self._n and (self._illumination is None or self._illumination.shape != shape):
-            indices, weights = self._geometry()
-            probes = shift.shifted_probes(self.probe, weights)
-            self._illumination = patches.scatter_add(
-                (probes.real**2 + probes.imag**2).astype(self._real), indices, shape
+            self._update_geometry()
+            _, self._illumination, _, _ = self._ops.object_gradient(
+                self.xp.zeros((self._n, *self._shape), self._complex),
+                self.probe,
+                self.object,
+                probe_terms=False,
             )
         if self._illumination is not None:
             illum = to_host(self._illumination).astype(np.float32)
@@ -426,6 +418,21 @@ class Reconstructor:
     def n_frames(self) -> int:
         """Frames added so far."""
         return self._n
+
+
+def make_operators(
+    xp: Any, frame_shape: tuple[int, int], real_dtype: str, kind: str = "auto"
+) -> ArrayOperators:
+    """The operator implementation for ``xp``: "fused", "array" or "auto"."""
+    if kind not in ("auto", "fused", "array"):
+        raise ValueError(f"operators: expected 'auto', 'fused' or 'array', got {kind!r}")
+    if kind == "fused" and not is_cupy(xp):
+        raise ValueError("operators='fused' needs backend='cupy' (CUDA kernels)")
+    if kind == "array" or not is_cupy(xp):
+        return ArrayOperators(xp, frame_shape, real_dtype)
+    from .cuda_operators import CudaOperators
+
+    return CudaOperators(xp, frame_shape, real_dtype)
 
 
 def _centroid(xp: Any, pattern: Any) -> np.ndarray:

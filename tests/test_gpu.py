@@ -1,0 +1,138 @@
+"""Fused CUDA kernels against their array-code twins, and CuPy against NumPy.
+
+Skipped without CuPy and a CUDA device (CI has none); run on a GPU machine with
+``python -m pytest -m gpu``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bluesky_ptycho import Reconstructor
+from bluesky_ptycho.engine.backend import cupy_device_available
+from bluesky_ptycho.engine.operators import ArrayOperators
+from bluesky_ptycho.metrics import snapshot_nrmse
+from bluesky_ptycho.sim.sample import simulate_scan
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not cupy_device_available(), reason="needs CuPy and a CUDA device"),
+]
+
+N_FRAMES, SHAPE, OBJECT_SHAPE = 37, (24, 20), (70, 64)
+
+
+@pytest.fixture(params=["float32", "float64"])
+def pair(request):
+    """(fused, array) operators on CuPy sharing one random geometry."""
+    import cupy
+
+    from bluesky_ptycho.engine.cuda_operators import CudaOperators
+
+    real = request.param
+    rng = np.random.default_rng(7)
+    corners = np.stack(
+        [
+            rng.integers(0, OBJECT_SHAPE[0] - SHAPE[0], N_FRAMES),
+            rng.integers(0, OBJECT_SHAPE[1] - SHAPE[1], N_FRAMES),
+        ],
+        axis=1,
+    )
+    fractions = rng.uniform(0, 1, (N_FRAMES, 2))
+    fused = CudaOperators(cupy, SHAPE, real)
+    array = ArrayOperators(cupy, SHAPE, real)
+    for ops in (fused, array):
+        ops.set_geometry(corners, fractions, OBJECT_SHAPE)
+    return fused, array, rng
+
+
+def rand(rng, shape, real):
+    import cupy
+
+    dtype = "complex64" if real == "float32" else "complex128"
+    data = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    return cupy.asarray(data.astype(dtype))
+
+
+def close(a, b, real, scale=None):
+    import cupy
+
+    tol = 2e-5 if real == "float32" else 1e-11
+    scale = scale if scale is not None else float(cupy.abs(b).max())
+    return float(cupy.abs(a - b).max()) <= tol * scale
+
+
+def test_exit_waves_and_direction_terms(pair):
+    fused, array, rng = pair
+    real = fused.real_dtype
+    probe, dprobe = rand(rng, SHAPE, real), rand(rng, SHAPE, real)
+    obj, dobj = rand(rng, OBJECT_SHAPE, real), rand(rng, OBJECT_SHAPE, real)
+    assert close(fused.exit_waves(probe, obj, 5), array.exit_waves(probe, obj, 5), real)
+    for dp in (None, dprobe):
+        lin_f, quad_f = fused.direction_terms(probe, dp, obj, dobj)
+        lin_a, quad_a = array.direction_terms(probe, dp, obj, dobj)
+        assert close(lin_f, lin_a, real)
+        assert (quad_f is None) == (quad_a is None)
+        if quad_a is not None:
+            assert close(quad_f, quad_a, real)
+
+
+def test_poisson_gradient_and_line_search_terms(pair):
+    import cupy
+
+    fused, array, rng = pair
+    real = fused.real_dtype
+    a, b, c = (rand(rng, (N_FRAMES, *SHAPE), real) for _ in range(3))
+    counts = cupy.asarray(rng.poisson(3.0, (N_FRAMES, *SHAPE)).astype(real))
+    counts[0, :2] = -1
+    nll_f, grad_f = fused.nll_and_gradient(a, counts)
+    nll_a, grad_a = array.nll_and_gradient(a, counts)
+    assert abs(nll_f - nll_a) <= 1e-5 * abs(nll_a)
+    assert close(grad_f, grad_a, real, scale=float(cupy.abs(grad_a).max()) * 10)
+    for quad in (None, c):
+        terms_f = fused.line_search_terms(a, b, quad, counts, 0.3)
+        terms_a = array.line_search_terms(a, b, quad, counts, 0.3)
+        np.testing.assert_allclose(terms_f, terms_a, rtol=1e-4)
+
+
+@pytest.mark.parametrize("probe_terms", [False, True])
+def test_object_gradient(pair, probe_terms):
+    fused, array, rng = pair
+    real = fused.real_dtype
+    chi = rand(rng, (N_FRAMES, *SHAPE), real)
+    probe, obj = rand(rng, SHAPE, real), rand(rng, OBJECT_SHAPE, real)
+    out_f = fused.object_gradient(chi.copy(), probe, obj, probe_terms)
+    out_a = array.object_gradient(chi.copy(), probe, obj, probe_terms)
+    for got, want in zip(out_f, out_a, strict=True):
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert close(got, want, real)
+
+
+def test_advance(pair):
+    fused, array, rng = pair
+    real = fused.real_dtype
+    a, b, c = (rand(rng, (N_FRAMES, *SHAPE), real) for _ in range(3))
+    a_f, a_a = a.copy(), a.copy()
+    fused.advance(a_f, b, c, 0.7)
+    array.advance(a_a, b, c, 0.7)
+    assert close(a_f, a_a, real)
+
+
+def test_cupy_matches_numpy_and_reaches_target():
+    scan = simulate_scan(n_frames=200, seed=0)
+    recs = {}
+    for backend in ("numpy", "cupy"):
+        rec = Reconstructor(scan.config, backend=backend)
+        rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+        rec.iterate(3)
+        recs[backend] = rec
+    snaps = {k: r.snapshot(live=False) for k, r in recs.items()}
+    diff = np.abs(snaps["cupy"].object - snaps["numpy"].object).max()
+    assert diff <= 1e-3 * np.abs(snaps["numpy"].object).max()
+    assert np.abs(snaps["cupy"].probe - snaps["numpy"].probe).max() <= 1e-3 * np.abs(
+        snaps["numpy"].probe
+    ).max()
+    recs["cupy"].iterate(37)
+    assert snapshot_nrmse(recs["cupy"].snapshot(), scan.sample.object, scan.sample.origin_m) <= 0.10
