@@ -9,6 +9,7 @@ from ..config import D4_ORIENTATIONS
 __all__ = [
     "D4_ORIENTATIONS",
     "PRECISIONS",
+    "default_step_fraction",
     "direction",
     "non_negative_int",
     "positive_float",
@@ -60,3 +61,12 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
+
+
+def default_step_fraction() -> float:
+    """``simulate_scan``'s default scan step (fraction of the frame width)."""
+    import inspect
+
+    from ..sim.sample import simulate_scan
+
+    return float(inspect.signature(simulate_scan).parameters["step_fraction"].default)

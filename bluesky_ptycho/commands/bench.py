@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ._options import PRECISIONS, positive_float, positive_int
+from ._options import PRECISIONS, default_step_fraction, positive_float, positive_int
 
 NAME = "bench"
 #: bytes of complex64 work per simulation batch (sets the batch size in frames)
@@ -83,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--step-fraction",
         type=positive_float,
         default=None,
-        help="scan step as a fraction of the frame width (default: simulate_scan's, 0.12)",
+        help=f"scan step as a fraction of the frame width ({default_step_fraction():g})",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
@@ -93,15 +93,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _sync(xp: ModuleType) -> None:
     if xp.__name__ == "cupy":
         xp.cuda.Device().synchronize()
-
-
-def default_step_fraction() -> float:
-    """``simulate_scan``'s default scan step (fraction of the frame width)."""
-    import inspect
-
-    from ..sim.sample import simulate_scan
-
-    return float(inspect.signature(simulate_scan).parameters["step_fraction"].default)
 
 
 def scan_positions(
@@ -234,7 +225,11 @@ def _device_name(xp: ModuleType) -> str:
 
 
 def _commit() -> str:
+    """``git describe --always --dirty`` of this checkout, else $BLUESKY_PTYCHO_COMMIT."""
+    import os
     import subprocess
+
+    fallback = os.environ.get("BLUESKY_PTYCHO_COMMIT", "unknown")
 
     try:
         result = subprocess.run(
@@ -246,8 +241,8 @@ def _commit() -> str:
             check=True,
         )
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() or "unknown"
+        return fallback
+    return result.stdout.strip() or fallback
 
 
 def benchmark(

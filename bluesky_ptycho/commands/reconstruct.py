@@ -39,7 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--dp-orient",
         choices=D4_ORIENTATIONS,
         default="identity",
-        help="D4 transform applied to every frame first (identity)",
+        metavar="NAME",
+        help="D4 transform applied to every frame first: "
+        + ", ".join(D4_ORIENTATIONS)
+        + " (identity)",
     )
     parser.add_argument(
         "--x-direction", type=direction, default=1, help="sign of x positions: +1 or -1 (+1)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._options import D4_ORIENTATIONS, positive_float, positive_int
+from ._options import D4_ORIENTATIONS, default_step_fraction, positive_float, positive_int
 
 NAME = "simulate"
 
@@ -33,13 +33,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--step-fraction",
         type=positive_float,
         default=None,
-        help="scan step as a fraction of the frame width (default: simulate_scan's, 0.12)",
+        help=f"scan step as a fraction of the frame width ({default_step_fraction():g})",
     )
     parser.add_argument(
         "--dp-orient",
         choices=D4_ORIENTATIONS,
         default="identity",
-        help="write frames so that reconstructing them needs this dp_orient (identity)",
+        metavar="NAME",
+        help="write frames so that reconstructing them needs --dp-orient NAME: "
+        + ", ".join(D4_ORIENTATIONS)
+        + " (identity)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (0)")
     parser.set_defaults(run=run)
