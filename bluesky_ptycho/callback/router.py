@@ -1,0 +1,436 @@
+"""``PtychoCallback``: the RunEngine-facing document router.
+
+Everything here runs on the RunEngine thread and only parses, copies and
+enqueues (see :mod:`~bluesky_ptycho.callback.ingest`); reading files and all
+computation happen on the worker thread (:mod:`~bluesky_ptycho.callback.worker`),
+derived documents are emitted from the publisher thread
+(:mod:`~bluesky_ptycho.outputs.publisher`). No exception escapes into the
+RunEngine: it is logged and the run's derived run ends with ``exit_status="fail"``.
+
+Which runs are reconstructed:
+
+* a start document with a ``ptycho`` dict (``RE(plan, ptycho={...})``): always;
+  its keys override the constructor keywords;
+* otherwise, when the constructor was given ``image_key``, ``x_key`` and
+  ``y_key`` (and ``require_metadata`` is False): runs that have a stream whose
+  descriptor declares all three keys;
+* anything else (including ``ptycho=False`` and this package's own derived
+  runs) is ignored quietly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from event_model import DocumentRouter
+
+from .handlers import Handler
+from .handlers import handler_registry as handler_registry_with
+from .ingest import IngestQueue, Item, QueueStats
+from .run import RunReconstruction, RunResult
+from .settings import check_keys
+from .worker import Worker, check_policy
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict], None]
+
+#: RunEngine-thread durations kept for statistics (per-event seconds)
+TIMING_WINDOW = 100_000
+
+
+@dataclass
+class _RunTap:
+    """RunEngine-thread state of one raw run."""
+
+    uid: str
+    start: dict[str, Any]
+    keys: tuple[str, str, str] | None  # (image, x, y) or None when not configured
+    confirmed: bool
+    buffered: list[Item] = field(default_factory=list)
+    frames: int = 0
+    stream_resource_keys: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _StreamTap:
+    run: _RunTap
+    event_keys: tuple[str, ...]  # keys whose values travel in events (inline or datum id)
+
+
+@dataclass
+class RunEngineTimings:
+    """Time spent on the RunEngine thread, per document name."""
+
+    count: dict[str, int] = field(default_factory=dict)
+    total_s: dict[str, float] = field(default_factory=dict)
+    event_s: deque[float] = field(default_factory=lambda: deque(maxlen=TIMING_WINDOW))
+
+    def median_event_s(self) -> float:
+        """Median seconds per event document (event_page counts per event)."""
+        return float(np.median(self.event_s)) if self.event_s else float("nan")
+
+
+class PtychoCallback(DocumentRouter):
+    """Live ptychography reconstruction of Bluesky runs.
+
+    Parameters
+    ----------
+    emit : ``emit(name, doc)`` receiving the derived runs' documents (from the
+        publisher thread). A strong reference is kept, unlike ``DocumentRouter``.
+    backend : engine array module: "numpy", "cupy" or "auto" (GPU when present).
+    new_run_policy : "finish" (default) or "preempt": whether a new run waits for the
+        previous one's refinement (see :mod:`~bluesky_ptycho.callback.worker`).
+    snapshot_interval_s : seconds between live snapshots (progress events).
+    max_queued_frames, full_wait_s : ingest queue bound and the longest the
+        RunEngine thread waits when it is reached (then the queue grows).
+    handler_registry : extra Resource spec -> handler class (NPY_SEQ, AD_HDF5 built in).
+    root_map : file path prefix replacements for Resource and StreamResource paths.
+    file_timeout_s : after the stop document, how long unreadable files are retried.
+    require_metadata : reconstruct only runs whose start document has ``ptycho``.
+    **settings : any ReconConfig field and ``image_key``, ``x_key``, ``y_key``,
+        ``refine_iterations``, ``min_frames`` (see
+        :mod:`~bluesky_ptycho.callback.settings`).
+    """
+
+    def __init__(
+        self,
+        emit: Emit | None = None,
+        *,
+        backend: str = "auto",
+        new_run_policy: str = "finish",
+        snapshot_interval_s: float = 1.0,
+        max_queued_frames: int = 4096,
+        full_wait_s: float = 0.05,
+        handler_registry: Mapping[str, Handler] | None = None,
+        root_map: Mapping[str, str] | None = None,
+        file_timeout_s: float = 30.0,
+        require_metadata: bool = False,
+        **settings: Any,
+    ) -> None:
+        super().__init__()
+        if emit is not None and not callable(emit):
+            raise ValueError("emit: expected a callable emit(name, doc)")
+        check_keys(settings, "PtychoCallback")
+        if snapshot_interval_s < 0:
+            raise ValueError(f"snapshot_interval_s: expected >= 0, got {snapshot_interval_s!r}")
+        if file_timeout_s < 0:
+            raise ValueError(f"file_timeout_s: expected >= 0, got {file_timeout_s!r}")
+        self._emit_target = emit
+        self.settings = dict(settings)
+        self.backend = backend
+        self.new_run_policy = new_run_policy
+        self.snapshot_interval_s = snapshot_interval_s
+        self.file_timeout_s = file_timeout_s
+        self.require_metadata = require_metadata
+        self._handlers = handler_registry_with(handler_registry)
+        self._root_map = dict(root_map or {})
+        self._queue = IngestQueue(max_queued_frames, full_wait_s)
+        self._worker: Worker | None = None
+        self._publisher: Any = None
+        check_policy(new_run_policy)
+        self._taps: dict[str, _RunTap] = {}
+        self._current: _RunTap | None = None
+        self._streams: dict[str, _StreamTap] = {}
+        self._resources: dict[str, _RunTap] = {}
+        self._stream_resources: dict[str, _RunTap] = {}
+        self.timings = RunEngineTimings()
+        self.results: deque[RunResult] = deque(maxlen=16)
+        self.last_result: RunResult | None = None
+        self.errors = 0
+
+    # ------------------------------------------------------------ threads
+    def _ensure_threads(self) -> None:
+        if self._worker is None or not self._worker.alive:
+            from ..outputs import SnapshotPublisher
+
+            if self._publisher is None:
+                self._publisher = SnapshotPublisher(self._emit_target)
+            self._worker = Worker(
+                self._queue,
+                make_run=self._make_run,
+                on_result=self._on_result,
+                new_run_policy=self.new_run_policy,
+            )
+
+    def _make_run(self, start: dict[str, Any]) -> RunReconstruction:
+        """Worker thread: a fresh reconstruction for a raw run."""
+        return RunReconstruction(
+            start,
+            self.settings,
+            self._handlers,
+            self._root_map,
+            self.backend,
+            self._publisher,
+            self.snapshot_interval_s,
+            self.file_timeout_s,
+        )
+
+    def _on_result(self, result: RunResult) -> None:
+        """Worker thread: a run has ended."""
+        if self._publisher is not None:
+            self._publisher.flush(timeout=60.0)
+            result.derived_uid = self._publisher.derived_uids.pop(result.raw_uid, None)
+        self.last_result = result
+        self.results.append(RunResult(**{**result.__dict__, "snapshot": None}))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every run handed over so far is finished and its documents emitted.
+
+        Returns False on timeout. Use it after ``RE(...)`` in scripts and tests;
+        a beamline session never needs to call it.
+        """
+        if self._worker is None:
+            return True
+        started = time.monotonic()
+        if not self._worker.wait_idle(timeout):
+            return False
+        remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return self._publisher.flush(remaining)
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Finish the current run (refinement cut short), emit everything, stop the threads."""
+        ok = True
+        if self._worker is not None:
+            ok = self._worker.close(timeout)
+        if self._publisher is not None:
+            ok = self._publisher.close(timeout) and ok
+            self._publisher = None
+        self._worker = None
+        return ok
+
+    def queue_stats(self) -> QueueStats:
+        """Counters of the ingest queue (frames in/out, waits, overflows)."""
+        return self._queue.stats()
+
+    # ------------------------------------------------------------ routing
+    def __call__(self, name: str, doc: dict, validate: bool = False) -> tuple[str, dict]:
+        started = time.perf_counter()
+        try:
+            method = getattr(self, name, None)
+            if method is not None:
+                method(doc)
+        except Exception as error:
+            self.errors += 1
+            logger.exception("ptycho: handling %r document failed", name)
+            self._fail_current(name, doc, f"{name} document: {type(error).__name__}: {error}")
+        elapsed = time.perf_counter() - started
+        timings = self.timings
+        timings.count[name] = timings.count.get(name, 0) + 1
+        timings.total_s[name] = timings.total_s.get(name, 0.0) + elapsed
+        if name == "event":
+            timings.event_s.append(elapsed)
+        elif name == "event_page":
+            n = len(doc.get("seq_num", ())) or 1
+            timings.event_s.extend([elapsed / n] * n)
+        return name, doc
+
+    def _fail_current(self, name: str, doc: Mapping[str, Any], reason: str) -> None:
+        try:
+            tap = self._tap_of(name, doc) or self._current
+            if tap is not None and tap.confirmed:
+                self._put(Item("fail", tap.uid, reason))
+        except Exception:
+            logger.exception("ptycho: could not report the failure")
+
+    def _tap_of(self, name: str, doc: Mapping[str, Any]) -> _RunTap | None:
+        if name in ("start",):
+            return self._taps.get(doc.get("uid", ""))
+        if name == "stop" or "run_start" in doc:
+            return self._taps.get(doc.get("run_start", ""))
+        if "descriptor" in doc:
+            stream = self._streams.get(doc["descriptor"])
+            return stream.run if stream else None
+        return None
+
+    def _put(self, item: Item) -> None:
+        self._queue.put(item)
+
+    def _send(self, tap: _RunTap, item: Item) -> None:
+        if tap.confirmed:
+            self._put(item)
+        else:
+            tap.buffered.append(item)
+
+    def _confirm(self, tap: _RunTap) -> None:
+        self._ensure_threads()
+        tap.confirmed = True
+        self._put(Item("start", tap.uid, tap.start))
+        for item in tap.buffered:
+            self._put(item)
+        tap.buffered.clear()
+
+    def wants(self, start: Mapping[str, Any]) -> bool:
+        """Whether a run with this start document may be reconstructed (cheap)."""
+        if "ptycho_reconstruction" in start:
+            return False  # a derived run (possibly our own)
+        metadata = start.get("ptycho")
+        if isinstance(metadata, Mapping) or metadata is True:
+            return True
+        if metadata is not None or self.require_metadata:
+            return False  # ptycho=False / None-like opt-out
+        return all(isinstance(self.settings.get(k), str) for k in ("image_key", "x_key", "y_key"))
+
+    # ----------------------------------------------------------- documents
+    def start(self, doc: dict) -> None:
+        if not self.wants(doc):
+            return
+        metadata = doc.get("ptycho")
+        explicit = isinstance(metadata, Mapping) or metadata is True
+        merged = {**self.settings, **(metadata if isinstance(metadata, Mapping) else {})}
+        names = (merged.get("image_key"), merged.get("x_key"), merged.get("y_key"))
+        keys = names if all(isinstance(k, str) for k in names) else None
+        start = dict(doc)
+        if metadata is True:
+            start["ptycho"] = {}
+        tap = _RunTap(doc["uid"], start, keys, confirmed=False)  # type: ignore[arg-type]
+        self._taps[tap.uid] = tap
+        self._current = tap
+        if explicit:
+            self._confirm(tap)
+
+    def descriptor(self, doc: dict) -> None:
+        tap = self._taps.get(doc.get("run_start", ""))
+        if tap is None or tap.keys is None:
+            return
+        data_keys = doc.get("data_keys", {})
+        image_key = tap.keys[0]
+        if image_key not in data_keys:
+            return
+        if not tap.confirmed:
+            if not all(k in data_keys for k in tap.keys):
+                return
+            self._confirm(tap)
+        relevant = {k: dict(data_keys[k]) for k in tap.keys if k in data_keys}
+        event_keys = tuple(
+            k for k, v in relevant.items() if not str(v.get("external", "")).startswith("STREAM")
+        )
+        self._streams[doc["uid"]] = _StreamTap(tap, event_keys)
+        payload = {"uid": doc["uid"], "name": doc.get("name", "primary"), "data_keys": relevant}
+        self._put(Item("descriptor", tap.uid, payload))
+
+    def event(self, doc: dict) -> None:
+        stream = self._streams.get(doc["descriptor"])
+        if stream is None:
+            return
+        data = doc["data"]
+        columns = {k: [_copy(data[k])] for k in stream.event_keys if k in data}
+        if not columns:
+            return
+        tap = stream.run
+        n = 1 if tap.keys is not None and tap.keys[0] in columns else 0
+        tap.frames += n
+        self._put(Item("values", tap.uid, (doc["descriptor"], [doc["seq_num"]], columns), n))
+
+    def event_page(self, doc: dict) -> None:
+        stream = self._streams.get(doc["descriptor"])
+        if stream is None:
+            return
+        data = doc["data"]
+        columns = {k: [_copy(v) for v in data[k]] for k in stream.event_keys if k in data}
+        if not columns:
+            return
+        tap = stream.run
+        n = len(doc["seq_num"]) if tap.keys is not None and tap.keys[0] in columns else 0
+        tap.frames += n
+        self._put(Item("values", tap.uid, (doc["descriptor"], list(doc["seq_num"]), columns), n))
+
+    def resource(self, doc: dict) -> None:
+        tap = self._taps.get(doc.get("run_start", "")) or self._current
+        if tap is None:
+            return
+        self._resources[doc["uid"]] = tap
+        self._send(tap, Item("resource", tap.uid, dict(doc)))
+
+    def datum(self, doc: dict) -> None:
+        tap = self._resources.get(doc["resource"])
+        if tap is not None:
+            payload = [(doc["datum_id"], doc["resource"], dict(doc["datum_kwargs"]))]
+            self._send(tap, Item("datum", tap.uid, payload))
+
+    def datum_page(self, doc: dict) -> None:
+        tap = self._resources.get(doc["resource"])
+        if tap is None:
+            return
+        kwargs = doc["datum_kwargs"]
+        names = list(kwargs)
+        payload = [
+            (datum_id, doc["resource"], {k: kwargs[k][i] for k in names})
+            for i, datum_id in enumerate(doc["datum_id"])
+        ]
+        self._send(tap, Item("datum", tap.uid, payload))
+
+    def stream_resource(self, doc: dict) -> None:
+        tap = self._taps.get(doc.get("run_start", "")) or self._current
+        if tap is None or tap.keys is None or doc.get("data_key") not in tap.keys:
+            return
+        self._stream_resources[doc["uid"]] = tap
+        tap.stream_resource_keys[doc["uid"]] = doc["data_key"]
+        self._send(tap, Item("stream_resource", tap.uid, dict(doc)))
+
+    def stream_datum(self, doc: dict) -> None:
+        tap = self._stream_resources.get(doc["stream_resource"])
+        if tap is None:
+            return
+        n = 0
+        if (
+            tap.keys is not None
+            and tap.stream_resource_keys.get(doc["stream_resource"]) == tap.keys[0]
+        ):
+            n = int(doc["indices"]["stop"]) - int(doc["indices"]["start"])
+            if tap.confirmed:
+                tap.frames += n
+        self._send(tap, Item("stream_datum", tap.uid, dict(doc), n))
+
+    def stop(self, doc: dict) -> None:
+        tap = self._taps.pop(doc.get("run_start", ""), None)
+        if tap is None:
+            return
+        if self._current is tap:
+            self._current = None
+        for table in (self._streams,):
+            for key in [k for k, v in table.items() if v.run is tap]:
+                del table[key]
+        for table2 in (self._resources, self._stream_resources):
+            for key in [k for k, v in table2.items() if v is tap]:
+                del table2[key]
+        if tap.confirmed:
+            payload = {
+                "frames_received": tap.frames,
+                "exit_status": doc.get("exit_status", "success"),
+            }
+            self._put(Item("stop", tap.uid, payload))
+
+
+def _copy(value: Any) -> Any:
+    """A private copy of an event value (the producer may reuse its buffers)."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (list, tuple)):
+        return np.array(value)
+    return value
+
+
+def ptycho_factory(
+    emit: Emit | None = None, **options: Any
+) -> Callable[[str, dict], tuple[list, list]]:
+    """A ``RunRouter`` factory sharing one :class:`PtychoCallback` across runs.
+
+    ``RE.subscribe(RunRouter([ptycho_factory(emit, energy_kev=..., ...)]))``.
+    The callback is available as ``factory.callback`` (e.g. to ``wait()``).
+    Pass ``handler_registry`` here, not to ``RunRouter`` (whose Filler would read
+    files on the RunEngine thread).
+    """
+    callback = PtychoCallback(emit, **options)
+
+    def factory(name: str, start: dict) -> tuple[list, list]:
+        return ([callback], []) if callback.wants(start) else ([], [])
+
+    factory.callback = callback  # type: ignore[attr-defined]
+    return factory

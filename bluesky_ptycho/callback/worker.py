@@ -1,0 +1,198 @@
+"""The worker thread: the only thread that touches the engine.
+
+Loop: take everything the RunEngine thread queued -> feed the current run ->
+move complete frames into the engine -> one iteration -> repeat. When there is
+nothing to iterate it sleeps on the queue (``idle_poll_s`` while file reads are
+pending, otherwise until an item arrives).
+
+Runs are reconstructed one at a time, in the order their start documents
+arrived. When a new run starts while the previous one is still refining after
+its stop document, ``new_run_policy`` decides:
+
+* ``"finish"`` (default): the previous run does all its ``refine_iterations``
+  first, so every scan's final result is the same whatever follows it; the new
+  run's documents wait in the ingest queue meanwhile (nothing is lost; its live
+  reconstruction starts that much later);
+* ``"preempt"``: the previous run stops refining at the next iteration boundary,
+  publishes its final snapshot and ends its derived run (exit_status "success",
+  the reason says how many refinement iterations were done), so the new run
+  starts at once.
+
+A start that arrives while the previous run has not even seen its stop document
+ends the previous run as failed ("no stop document").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .ingest import IngestQueue, Item
+from .run import RunReconstruction, RunResult
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("finish", "preempt")
+
+
+def check_policy(policy: str) -> None:
+    """Raise ValueError unless ``policy`` is one of :data:`POLICIES`."""
+    if policy not in POLICIES:
+        raise ValueError(f"new_run_policy: expected one of {POLICIES}, got {policy!r}")
+
+
+class Worker:
+    """Owns the engine thread (see module docstring).
+
+    make_run : builds a :class:`RunReconstruction` from a raw start document.
+    on_result : called (worker thread) with each finished run's :class:`RunResult`.
+    """
+
+    def __init__(
+        self,
+        queue: IngestQueue,
+        make_run: Callable[[dict[str, Any]], RunReconstruction],
+        on_result: Callable[[RunResult], None],
+        new_run_policy: str = "finish",
+        idle_poll_s: float = 0.05,
+    ) -> None:
+        check_policy(new_run_policy)
+        self.queue = queue
+        self.policy = new_run_policy
+        self._make_run = make_run
+        self._on_result = on_result
+        self._idle_poll_s = idle_poll_s
+        self._run: RunReconstruction | None = None
+        self._closing = threading.Event()
+        self._handled = 0
+        self.iterations = 0
+        self._thread = threading.Thread(target=self._main, name="ptycho-worker", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------- control
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Finish the current run (refinement cut short) and stop; False on timeout."""
+        self._closing.set()
+        self.queue.put(Item("close", ""))
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def wait_idle(self, timeout: float | None = None, poll_s: float = 0.02) -> bool:
+        """Wait until every item queued so far is handled and no run is open; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._run is None and self._handled >= self.queue.stats().items_in:
+                return True
+            if not self.alive:
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(poll_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def current_run(self) -> RunReconstruction | None:
+        return self._run
+
+    # -------------------------------------------------------------- loop
+    def _main(self) -> None:
+        while True:
+            try:
+                if not self._step():
+                    return
+            except Exception:  # never let the thread die
+                logger.exception("ptycho: worker step failed")
+                if self._run is not None:
+                    self._run.fail("internal error in the worker (see log)")
+                    self._finish()
+
+    def _step(self) -> bool:
+        run = self._run
+        # "finish" policy: once the stop document is in, leave the next run's items queued.
+        hold = (
+            run is not None
+            and run.stop_seen_at is not None
+            and self.policy == "finish"
+            and not self._closing.is_set()
+        )
+        if hold and run is not None and run.phase == "collecting" and not run.can_iterate():
+            time.sleep(self._idle_poll_s)  # waiting for files; the next run stays queued
+        if not hold:
+            if run is None:
+                timeout = None
+            elif run.can_iterate() or run.phase == "finishing":
+                timeout = 0.0
+            else:
+                timeout = self._idle_poll_s
+            for item in self.queue.take_all(timeout=timeout):
+                if item.kind == "close":
+                    self._finish(note="callback closed")
+                    self._handled += 1
+                    return False
+                self._dispatch(item)
+                self._handled += 1
+        run = self._run
+        if run is None:
+            return True
+        if run.phase in ("collecting", "refining"):
+            try:
+                run.ingest()
+                if run.phase == "collecting" and run.inputs_complete:
+                    run.ingest()
+                    run.phase = "refining"
+                if run.can_iterate():
+                    run.iterate()
+                    self.iterations += 1
+                elif run.phase == "refining":
+                    self._finish()
+            except Exception as error:
+                logger.exception("ptycho: reconstruction of run %s raised", run.raw_uid)
+                run.fail(f"{type(error).__name__}: {error}")
+        if self._run is not None and self._run.phase == "finishing":
+            self._finish()
+        return True
+
+    def _dispatch(self, item: Item) -> None:
+        if item.kind == "start":
+            if self._run is not None:
+                if self._run.stop_seen_at is None:
+                    self._run.fail("no stop document before the next run started")
+                    self._finish()
+                else:
+                    done = self._run.refine_done
+                    self._finish(
+                        note=f"refinement stopped after {done} iteration(s): a new run started"
+                    )
+            self._run = self._make_run(item.payload)
+            return
+        run = self._run
+        if run is None or run.raw_uid != item.run_uid:
+            return  # items of a run that already ended (e.g. failed early)
+        try:
+            run.handle(item.kind, item.payload)
+        except Exception as error:
+            logger.exception("ptycho: handling %s of run %s", item.kind, run.raw_uid)
+            run.fail(f"{item.kind}: {type(error).__name__}: {error}")
+
+    def _finish(self, note: str = "") -> None:
+        run = self._run
+        if run is None:
+            return
+        try:
+            try:
+                result = run.finish(note=note)
+            except Exception as error:
+                logger.exception("ptycho: finishing run %s", run.raw_uid)
+                result = RunResult(run.raw_uid, None, "fail", str(error), 0, 0, 0, 0, 0, 0, 0.0)
+            try:
+                self._on_result(result)
+            except Exception:
+                logger.exception("ptycho: result hook failed")
+        finally:
+            self._run = None  # only now: wait_idle() returns after the result is recorded
