@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,7 @@ class Worker:
         self._run: RunReconstruction | None = None
         self._closing = threading.Event()
         self._handled = 0
+        self._backlog: deque[Item] = deque()
         self.iterations = 0
         self._thread = threading.Thread(target=self._main, name="ptycho-worker", daemon=True)
         self._thread.start()
@@ -124,19 +126,26 @@ class Worker:
         if hold and run is not None and run.phase == "collecting" and not run.can_iterate():
             time.sleep(self._idle_poll_s)  # waiting for files; the next run stays queued
         if not hold:
-            if run is None:
-                timeout = None
+            if self._backlog:
+                items = list(self._backlog)
+                self._backlog.clear()
+                items += self.queue.take_all(timeout=0.0)
+            elif run is None:
+                items = self.queue.take_all(timeout=None)
             elif run.can_iterate() or run.phase == "finishing":
-                timeout = 0.0
+                items = self.queue.take_all(timeout=0.0)
             else:
-                timeout = self._idle_poll_s
-            for item in self.queue.take_all(timeout=timeout):
+                items = self.queue.take_all(timeout=self._idle_poll_s)
+            for index, item in enumerate(items):
                 if item.kind == "close":
                     self._finish(note="callback closed")
                     self._handled += 1
                     return False
                 self._dispatch(item)
                 self._handled += 1
+                if self._holds_after(item):
+                    self._backlog.extend(items[index + 1 :])
+                    break
         run = self._run
         if run is None:
             return True
@@ -157,6 +166,17 @@ class Worker:
         if self._run is not None and self._run.phase == "finishing":
             self._finish()
         return True
+
+    def _holds_after(self, item: Item) -> bool:
+        """Under "finish", the items after the current run's stop wait until it is done."""
+        run = self._run
+        return (
+            self.policy == "finish"
+            and item.kind == "stop"
+            and run is not None
+            and run.raw_uid == item.run_uid
+            and not self._closing.is_set()
+        )
 
     def _dispatch(self, item: Item) -> None:
         if item.kind == "start":
