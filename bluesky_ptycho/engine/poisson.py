@@ -25,10 +25,10 @@ from .backend import array_module_of
 
 #: floor added to model intensities (photons) so n ln I stays finite
 EPS_PHOTONS = 1e-6
-#: Newton evaluations per line search (after the one at t = 0)
-LINE_SEARCH_EVALUATIONS = 3
+#: most evaluations of (L', L'') per line search
+LINE_SEARCH_EVALUATIONS = 6
 #: relative change of the step below which the line search stops
-LINE_SEARCH_TOLERANCE = 0.05
+LINE_SEARCH_TOLERANCE = 0.01
 
 
 def _pixel_nll(intensity: Any, counts: Any) -> Any:
@@ -79,28 +79,28 @@ def line_search(
     linear: Any,
     quadratic: Any | None,
     counts: Any,
+    slope_at_zero: float,
+    first_step: float = 1.0,
     terms: Any = line_search_terms,
 ) -> float:
-    """Step ``t > 0`` at the first minimum of ``L(t)``, or 0 when the direction does not descend.
+    """Step ``t > 0`` at the first minimum of ``L(t)``, or 0 when ``L'(0) >= 0``.
 
-    Safeguarded Newton on ``L'(t) = 0``: the sign of ``L'`` brackets the
-    minimum, Newton steps that leave the bracket are replaced by bisection (or
-    doubling while no upper bound is known). ``terms`` evaluates (L', L'') at a
-    step; a fused GPU kernel may be passed.
+    Safeguarded Newton on ``L'(t) = 0`` starting at ``first_step``: the sign of
+    ``L'`` brackets the minimum, Newton steps that leave the bracket are replaced
+    by bisection (or doubling while no upper bound is known). ``slope_at_zero``
+    is ``L'(0) = 2 Re <dL/dz*, dz>``, known from the gradient; ``terms``
+    evaluates (L', L'') at a step (the fused GPU kernel may be passed).
     """
-    slope, curvature = terms(farfield, linear, quadratic, counts, 0.0)
-    if not slope < 0:
+    if not slope_at_zero < 0:
         return 0.0
     low, high = 0.0, math.inf
-    tau = -slope / curvature if curvature > 0 else 1.0
+    tau = first_step
     for _ in range(LINE_SEARCH_EVALUATIONS):
         slope, curvature = terms(farfield, linear, quadratic, counts, tau)
-        if not (math.isfinite(slope) and math.isfinite(curvature)):
+        if not (math.isfinite(slope) and math.isfinite(curvature)) or slope >= 0:
             high = tau
-        elif slope < 0:
-            low = tau
         else:
-            high = tau
+            low = tau
         newton = tau - slope / curvature if curvature > 0 else math.nan
         if low < newton < high:
             converged = abs(newton - tau) <= LINE_SEARCH_TOLERANCE * tau

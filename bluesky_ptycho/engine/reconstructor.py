@@ -111,6 +111,7 @@ class Reconstructor:
         self._probe_centroid = np.zeros(2)  # far-field centroid of the initial probe
         # Iteration state.
         self.iteration = 0
+        self._last_step = 1.0  # first trial of the next line search
         self._since_refresh = 0
         # (dir_O, dir_P, <g, s>, s_O, s_P) of the last iteration, None to restart
         self._previous: tuple[Any, Any, float, Any, Any] | None = None
@@ -301,13 +302,18 @@ class Reconstructor:
             del view_power
             step_probe = grad_probe / (power + cfg.alpha_relative * power.max())
 
-        dir_obj, dir_probe = self._conjugate_direction(grad_obj, step_obj, grad_probe, step_probe)
+        dir_obj, dir_probe, slope = self._conjugate_direction(
+            grad_obj, step_obj, grad_probe, step_probe
+        )
         linear, quadratic = ops.direction_terms(self.probe, dir_probe, self.object, dir_obj)
         linear = self._fft(linear)
         if quadratic is not None:
             quadratic = self._fft(quadratic)
-        tau = poisson.line_search(farfield, linear, quadratic, counts, ops.line_search_terms)
+        tau = poisson.line_search(
+            farfield, linear, quadratic, counts, slope, self._last_step, ops.line_search_terms
+        )
         if tau > 0:
+            self._last_step = tau
             self.object += tau * dir_obj
             if dir_probe is not None:
                 self.probe += tau * dir_probe
@@ -340,31 +346,36 @@ class Reconstructor:
 
     def _conjugate_direction(
         self, grad_obj: Any, step_obj: Any, grad_probe: Any, step_probe: Any
-    ) -> tuple[Any, Any]:
-        """Polak-Ribiere direction on the preconditioned gradient, restarted as needed."""
+    ) -> tuple[Any, Any, float]:
+        """Polak-Ribiere direction on the preconditioned gradient, restarted as needed.
 
-        def dot(a: Any, b: Any) -> float:
-            return float(self.xp.vdot(a, b).real)
-
+        Gradients are dL/dz*; returns (dir_obj, dir_probe or None, L'(0) along them),
+        with ``L'(0) = 2 Re <g, d>``.
+        """
         update = grad_probe is not None
-        g_dot_s = dot(grad_obj, step_obj) + (dot(grad_probe, step_probe) if update else 0.0)
-        dir_obj, dir_probe = -step_obj, (-step_probe if update else None)
+
+        def dot(obj_a: Any, obj_b: Any, probe_a: Any, probe_b: Any) -> float:
+            total = float(self.xp.vdot(obj_a, obj_b).real)
+            return total + (float(self.xp.vdot(probe_a, probe_b).real) if update else 0.0)
+
+        g_dot_s = dot(grad_obj, step_obj, grad_probe, step_probe)
+        steepest = (-step_obj, -step_probe if update else None)
+        dir_obj, dir_probe = steepest
         previous = self._previous
-        if previous is not None and (previous[1] is None) == (not update):
+        if previous is not None and (previous[1] is None) == (not update) and previous[2] > 0:
             prev_obj, prev_probe, prev_g_dot_s, prev_step_obj, prev_step_probe = previous
-            numerator = g_dot_s - dot(grad_obj, prev_step_obj)
-            if update:
-                numerator -= dot(grad_probe, prev_step_probe)
-            beta = max(0.0, numerator / prev_g_dot_s) if prev_g_dot_s > 0 else 0.0
+            numerator = g_dot_s - dot(grad_obj, prev_step_obj, grad_probe, prev_step_probe)
+            beta = max(0.0, numerator / prev_g_dot_s)
             if beta > 0:
                 dir_obj = dir_obj + beta * prev_obj
                 if update:
                     dir_probe = dir_probe + beta * prev_probe
-                descent = dot(grad_obj, dir_obj) + (dot(grad_probe, dir_probe) if update else 0.0)
-                if descent >= 0:  # not a descent direction: restart
-                    dir_obj, dir_probe = -step_obj, (-step_probe if update else None)
+        slope = 2 * dot(grad_obj, dir_obj, grad_probe, dir_probe)
+        if slope >= 0:  # not a descent direction: restart
+            dir_obj, dir_probe = steepest
+            slope = -2 * g_dot_s
         self._previous = (dir_obj, dir_probe, g_dot_s, step_obj, step_probe)
-        return dir_obj, dir_probe
+        return dir_obj, dir_probe, slope
 
     # -------------------------------------------------------------- snapshots
     def snapshot(self, live: bool = True) -> Snapshot:

@@ -43,20 +43,24 @@ def make_object(
 
 def make_probe(
     config: ReconConfig,
-    pupil_radius: float = 0.2,
+    semiangle_rad: float = 0.96e-3,
     defocus_m: float = 60e-6,
     central_stop: float = 0.0,
 ) -> np.ndarray:
     """A zone-plate-like probe, centred, unit power.
 
-    pupil_radius : pupil radius as a fraction of the detector half-width.
+    semiangle_rad : convergence semi-angle of the focusing optic (its pupil radius
+        on the detector is ``semiangle_rad * distance_m`` metres, independent of M).
     defocus_m : distance from focus to the sample (angular spectrum).
     central_stop : radius of the central stop as a fraction of the pupil radius.
+
+    The defaults give a probe ~1/3 of the field of view wide at any frame size.
     """
     rows, cols = config.frame_shape
-    fy = np.fft.fftfreq(rows)[:, None] * 2
-    fx = np.fft.fftfreq(cols)[None, :] * 2
-    radius = np.hypot(fy, fx) / pupil_radius
+    pupil_px = semiangle_rad * config.distance_m / config.detector_pixel_m
+    fy = np.fft.fftfreq(rows)[:, None] * rows
+    fx = np.fft.fftfreq(cols)[None, :] * cols
+    radius = np.hypot(fy, fx) / pupil_px
     pupil = ((radius <= 1) & (radius >= central_stop)).astype(np.complex64)
     focus = np.fft.fftshift(np.fft.ifft2(pupil))
     probe = propagate(focus.astype(np.complex64), defocus_m, config.object_pixel_m, config.wavelength_m)
