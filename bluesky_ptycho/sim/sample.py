@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +21,8 @@ from ..engine.orientation import inverse_orientation, orient_frames
 from ..engine.propagation import propagate
 
 GOLDEN_ANGLE = np.pi * (3 - np.sqrt(5))
+#: bytes of complex128 work per simulation batch
+SIM_BATCH_BYTES = 256 * 2**20
 
 
 def smooth_field(shape: tuple[int, int], sigma_px: float, rng: np.random.Generator) -> np.ndarray:
@@ -86,14 +90,6 @@ def raster(
     return x_grid.ravel() + shake[0], y_grid.ravel() + shake[1]
 
 
-def fourier_shift(image: np.ndarray, shift_px: tuple[float, float]) -> np.ndarray:
-    """``image`` moved by (dy, dx) pixels, exactly for band-limited content (circular)."""
-    fy = np.fft.fftfreq(image.shape[0])[:, None]
-    fx = np.fft.fftfreq(image.shape[1])[None, :]
-    ramp = np.exp(-2j * np.pi * (fy * shift_px[0] + fx * shift_px[1]))
-    return np.fft.ifft2(np.fft.fft2(image) * ramp)
-
-
 @dataclass
 class SimulatedSample:
     """A known object and probe that turn motor readings into detector frames.
@@ -126,26 +122,65 @@ class SimulatedSample:
         probe = make_probe(config, **probe_options) * np.sqrt(photons_per_frame)
         return cls(config, obj, probe.astype(np.complex64), (-half_y * dy, -half_x * dx), photons_per_frame)
 
-    def expected_intensity(self, x_motor: float, y_motor: float) -> np.ndarray:
-        """Noise-free far-field intensity, engine orientation, DC centred."""
+    def expected_intensities(self, x_motor: Any, y_motor: Any, xp: ModuleType = np) -> Any:
+        """Noise-free far-field intensities (n, M, N) on ``xp``, engine orientation, DC centred."""
         cfg = self.config
         dy, dx = cfg.object_pixel_m
         rows, cols = cfg.frame_shape
-        y_m = y_motor * cfg.position_scale_m * cfg.y_direction
-        x_m = x_motor * cfg.position_scale_m * cfg.x_direction
-        top = (y_m - self.origin_m[0]) / dy - rows // 2
-        left = (x_m - self.origin_m[1]) / dx - cols // 2
-        r0, c0 = int(np.floor(top)), int(np.floor(left))
-        if r0 < 0 or c0 < 0 or r0 + rows > self.object.shape[0] or c0 + cols > self.object.shape[1]:
-            raise ValueError(f"position x={x_motor}, y={y_motor} lies outside the simulated sample")
-        probe = fourier_shift(self.probe, (top - r0, left - c0))
-        exit_wave = probe * self.object[r0 : r0 + rows, c0 : c0 + cols]
-        return np.fft.fftshift(np.abs(np.fft.fft2(exit_wave, norm="ortho")) ** 2)
+        x_motor = np.atleast_1d(np.asarray(x_motor, np.float64))
+        y_motor = np.atleast_1d(np.asarray(y_motor, np.float64))
+        top = (y_motor * cfg.position_scale_m * cfg.y_direction - self.origin_m[0]) / dy - rows // 2
+        left = (x_motor * cfg.position_scale_m * cfg.x_direction - self.origin_m[1]) / dx - cols // 2
+        r0, c0 = np.floor(top).astype(np.int64), np.floor(left).astype(np.int64)
+        outside = (r0 < 0) | (c0 < 0) | (r0 + rows > self.object.shape[0])
+        outside |= c0 + cols > self.object.shape[1]
+        if outside.any():
+            k = int(np.argmax(outside))
+            raise ValueError(
+                f"position x={x_motor[k]}, y={y_motor[k]} lies outside the simulated sample"
+            )
+        # Exact sub-pixel shift of the probe: a phase ramp on its spectrum.
+        fy = xp.asarray(np.fft.fftfreq(rows))[None, :, None]
+        fx = xp.asarray(np.fft.fftfreq(cols))[None, None, :]
+        frac_r = xp.asarray((top - r0)[:, None, None])
+        frac_c = xp.asarray((left - c0)[:, None, None])
+        spectrum = xp.fft.fft2(xp.asarray(self.probe, dtype=np.complex128))
+        probes = xp.fft.ifft2(spectrum[None] * xp.exp(-2j * np.pi * (fy * frac_r + fx * frac_c)))
+        rows_index = xp.asarray(r0[:, None, None] + np.arange(rows)[None, :, None])
+        cols_index = xp.asarray(c0[:, None, None] + np.arange(cols)[None, None, :])
+        far_field = xp.fft.fft2(probes * xp.asarray(self.object)[rows_index, cols_index], norm="ortho")
+        return xp.fft.fftshift(far_field.real**2 + far_field.imag**2, axes=(-2, -1))
 
-    def frame(self, x_motor: float, y_motor: float, rng: np.random.Generator) -> np.ndarray:
+    def expected_intensity(self, x_motor: float, y_motor: float) -> np.ndarray:
+        """One noise-free (M, N) pattern: :meth:`expected_intensities` of a single position."""
+        return self.expected_intensities([x_motor], [y_motor])[0]
+
+    def frames(
+        self, x_motor: Any, y_motor: Any, rng: int | np.random.Generator = 0, xp: ModuleType = np
+    ) -> Any:
+        """Detector frames (n, M, N) uint32 on ``xp`` as recorded at these motor readings.
+
+        Poisson counts, DC centred, in detector orientation; generated in batches.
+        ``rng`` is a seed, or a NumPy generator when ``xp`` is NumPy.
+        """
+        rows, cols = self.config.frame_shape
+        x_motor, y_motor = np.atleast_1d(x_motor), np.atleast_1d(y_motor)
+        batch = max(1, SIM_BATCH_BYTES // (16 * rows * cols))
+        if not isinstance(rng, np.random.Generator):
+            rng = xp.random.default_rng(rng)
+        undo = inverse_orientation(self.config.dp_orient)
+        out = xp.empty((len(x_motor), *self.config.frame_shape), np.uint32)
+        for start in range(0, len(x_motor), batch):
+            stop = start + batch
+            intensity = self.expected_intensities(x_motor[start:stop], y_motor[start:stop], xp)
+            out[start:stop] = orient_frames(rng.poisson(intensity).astype(np.uint32), undo)
+        return out
+
+    def frame(
+        self, x_motor: float, y_motor: float, rng: int | np.random.Generator = 0
+    ) -> np.ndarray:
         """One detector frame (uint32 photon counts) as recorded at these motor readings."""
-        counts = rng.poisson(self.expected_intensity(x_motor, y_motor)).astype(np.uint32)
-        return np.ascontiguousarray(orient_frames(counts, inverse_orientation(self.config.dp_orient)))
+        return self.frames([x_motor], [y_motor], rng)[0]
 
 
 @dataclass
@@ -188,6 +223,27 @@ def default_config(frame_size: int = 64, **changes: object) -> ReconConfig:
     return ReconConfig(**base)  # type: ignore[arg-type]
 
 
+def scan_positions(
+    config: ReconConfig,
+    n_frames: int,
+    step_fraction: float = 0.12,
+    scan: str = "spiral",
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x_m, y_m) of ``n_frames`` positions spaced ``step_fraction`` of the field of view.
+
+    scan : "spiral" (Fermat) or "raster" (jittered, x fastest).
+    """
+    step_m = step_fraction * config.frame_shape[1] * config.object_pixel_m[1]
+    if scan == "spiral":
+        return fermat_spiral(n_frames, step_m)
+    if scan == "raster":
+        side = int(np.ceil(np.sqrt(n_frames)))
+        x_m, y_m = raster(side, side, step_m, seed=seed)
+        return x_m[:n_frames], y_m[:n_frames]
+    raise ValueError(f"scan: expected 'spiral' or 'raster', got {scan!r}")
+
+
 def simulate_scan(
     config: ReconConfig | None = None,
     n_frames: int = 200,
@@ -195,27 +251,15 @@ def simulate_scan(
     scan: str = "spiral",
     photons_per_frame: float = 1e6,
     seed: int = 0,
+    xp: ModuleType = np,
     **probe_options: float,
 ) -> SimulatedScan:
-    """Simulate a scan with ``n_frames`` positions spaced ``step_fraction`` of the frame width.
-
-    scan : "spiral" (Fermat) or "raster" (jittered, x fastest).
-    """
+    """Simulate a scan (see :func:`scan_positions`); frames on ``xp`` (NumPy or CuPy)."""
     config = config or default_config()
-    dy, dx = config.object_pixel_m
-    step_m = step_fraction * config.frame_shape[1] * dx
-    if scan == "spiral":
-        x_m, y_m = fermat_spiral(n_frames, step_m)
-    elif scan == "raster":
-        side = int(np.ceil(np.sqrt(n_frames)))
-        x_m, y_m = raster(side, side, step_m, seed=seed)
-        x_m, y_m = x_m[:n_frames], y_m[:n_frames]
-    else:
-        raise ValueError(f"scan: expected 'spiral' or 'raster', got {scan!r}")
+    x_m, y_m = scan_positions(config, n_frames, step_fraction, scan, seed)
     extent = 2 * float(max(np.abs(x_m).max(), np.abs(y_m).max()))
     sample = SimulatedSample.create(config, extent, photons_per_frame, seed, **probe_options)
     x_motor = x_m / (config.position_scale_m * config.x_direction)
     y_motor = y_m / (config.position_scale_m * config.y_direction)
-    rng = np.random.default_rng(seed + 1)
-    frames = np.stack([sample.frame(x, y, rng) for x, y in zip(x_motor, y_motor, strict=True)])
+    frames = sample.frames(x_motor, y_motor, seed + 1, xp)
     return SimulatedScan(sample, frames, x_motor, y_motor)
