@@ -410,6 +410,7 @@ class Reconstructor:
             "step": last.get("step", math.nan),
             "n_frames_active": last.get("n_frames", 0),
             "excluded_pixels": self._excluded_pixels,
+            "probe_propagation_m": self.config.probe_propagation_m,
             "backend": self.backend,
             "history": list(self._history),
         }
