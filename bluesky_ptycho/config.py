@@ -33,6 +33,7 @@ D4_ORIENTATIONS: tuple[str, ...] = (
 )
 
 DTYPES: tuple[str, ...] = ("complex64", "complex128")
+POSITION_INTERPOLATIONS: tuple[str, ...] = ("cubic", "linear", "nearest")
 
 
 def _fail(name: str, expected: str, got: Any) -> None:
@@ -61,6 +62,8 @@ class ReconConfig:
     saturation_counts : pixels at or above this count are excluded per frame.
     alpha_relative : preconditioner regulariser relative to its maximum (1e-3).
     object_margin_px : free border kept around the scanned area, in object pixels.
+    position_interpolation : sub-pixel probe shift, "cubic" (default), "linear" or
+        "nearest" (positions rounded to whole object pixels).
     """
 
     energy_kev: float
@@ -80,6 +83,7 @@ class ReconConfig:
     saturation_counts: float | None = None
     alpha_relative: float = 1e-3
     object_margin_px: int = 8
+    position_interpolation: str = "cubic"
 
     def __post_init__(self) -> None:
         for name in ("energy_kev", "distance_m", "detector_pixel_m", "position_scale_m"):
@@ -111,10 +115,20 @@ class ReconConfig:
             _fail("alpha_relative", "a number in (0, 1)", self.alpha_relative)
         if not isinstance(self.object_margin_px, int) or self.object_margin_px < 0:
             _fail("object_margin_px", "an integer >= 0", self.object_margin_px)
+        if self.position_interpolation not in POSITION_INTERPOLATIONS:
+            _fail(
+                "position_interpolation",
+                f"one of {', '.join(POSITION_INTERPOLATIONS)}",
+                self.position_interpolation,
+            )
         if self.probe is not None and self.probe_path is not None:
             _fail("probe", "either probe or probe_path, not both", "both given")
         if self.mask is not None and tuple(getattr(self.mask, "shape", ())) != self.frame_shape:
-            _fail("mask", f"an array of shape {self.frame_shape}", getattr(self.mask, "shape", self.mask))
+            _fail(
+                "mask",
+                f"an array of shape {self.frame_shape}",
+                getattr(self.mask, "shape", self.mask),
+            )
 
     @property
     def wavelength_m(self) -> float:

@@ -12,7 +12,12 @@ with ``c`` the least-squares complex factor.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .engine.reconstructor import Snapshot
 
 #: coverage (illumination relative to its maximum) that defines the compared region
 COVERED_RELATIVE = 0.1
@@ -23,10 +28,16 @@ def _dft_upsampled(spectrum: np.ndarray, size: int, factor: int, offset: np.ndar
     rows, cols = spectrum.shape
     grid = np.arange(size) - size // 2
     kernel_r = np.exp(
-        2j * np.pi / (rows * factor) * np.outer(grid + offset[0] * factor, np.fft.fftfreq(rows) * rows)
+        2j
+        * np.pi
+        / (rows * factor)
+        * np.outer(grid + offset[0] * factor, np.fft.fftfreq(rows) * rows)
     )
     kernel_c = np.exp(
-        2j * np.pi / (cols * factor) * np.outer(np.fft.fftfreq(cols) * cols, grid + offset[1] * factor)
+        2j
+        * np.pi
+        / (cols * factor)
+        * np.outer(np.fft.fftfreq(cols) * cols, grid + offset[1] * factor)
     )
     return kernel_r @ spectrum @ kernel_c
 
@@ -38,7 +49,9 @@ def upsampled_peak(spectrum: np.ndarray, upsample: int = 20) -> np.ndarray:
     shape = np.array(correlation.shape)
     peak[peak > shape // 2] -= shape[peak > shape // 2]
     patch = np.abs(_dft_upsampled(spectrum, 3 * upsample, upsample, peak))
-    fine = np.array(np.unravel_index(np.argmax(patch), patch.shape), dtype=float) - 3 * upsample // 2
+    fine = (
+        np.array(np.unravel_index(np.argmax(patch), patch.shape), dtype=float) - 3 * upsample // 2
+    )
     return peak + fine / upsample
 
 
@@ -61,7 +74,9 @@ def shift_image(image: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
     """Fourier shift of ``image`` by (dy, dx) pixels."""
     fy = np.fft.fftfreq(image.shape[0])[:, None]
     fx = np.fft.fftfreq(image.shape[1])[None, :]
-    return np.fft.ifft2(np.fft.fft2(image) * np.exp(-2j * np.pi * (fy * shift_px[0] + fx * shift_px[1])))
+    return np.fft.ifft2(
+        np.fft.fft2(image) * np.exp(-2j * np.pi * (fy * shift_px[0] + fx * shift_px[1]))
+    )
 
 
 def object_nrmse(
@@ -103,7 +118,8 @@ def crop_truth(
 ) -> np.ndarray:
     """The part of ``truth`` on a reconstruction canvas (NaN where truth has no value)."""
     offset = [
-        int(round((c - t) / p)) for c, t, p in zip(canvas_origin_m, truth_origin_m, pixel_m, strict=True)
+        int(round((c - t) / p))
+        for c, t, p in zip(canvas_origin_m, truth_origin_m, pixel_m, strict=True)
     ]
     out = np.full(canvas_shape, np.nan, dtype=np.complex128)
     src_r0, src_c0 = max(offset[0], 0), max(offset[1], 0)
@@ -117,8 +133,10 @@ def crop_truth(
     return out
 
 
-def snapshot_nrmse(snapshot, truth: np.ndarray, truth_origin_m: tuple[float, float]) -> float:  # noqa: ANN001
-    """NRMSE of a :class:`~bluesky_ptycho.engine.reconstructor.Snapshot` object over its covered region."""
+def snapshot_nrmse(
+    snapshot: Snapshot, truth: np.ndarray, truth_origin_m: tuple[float, float]
+) -> float:
+    """NRMSE of a snapshot's object against ``truth`` over its covered region."""
     cropped = crop_truth(
         truth, truth_origin_m, snapshot.object.shape, snapshot.origin_m, snapshot.pixel_m
     )

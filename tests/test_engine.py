@@ -63,7 +63,9 @@ def test_masked_bad_pixels_do_not_spoil_the_result(scan):
 
 
 def test_saturated_pixels_are_excluded(scan):
-    config = scan.config.replace(saturation_counts=float(np.percentile(scan.frames.max(axis=(1, 2)), 50)))
+    config = scan.config.replace(
+        saturation_counts=float(np.percentile(scan.frames.max(axis=(1, 2)), 50))
+    )
     rec = Reconstructor(config, backend="numpy")
     rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
     assert rec.snapshot().metrics["excluded_pixels"] > 0
@@ -151,7 +153,12 @@ def test_non_finite_and_negative_pixels_are_excluded_not_fatal(scan):
     ],
 )
 def test_invalid_configuration_names_the_field(field, value):
-    base = dict(energy_kev=9.0, distance_m=0.5, detector_pixel_m=75e-6, frame_shape=(64, 64))
+    base = {
+        "energy_kev": 9.0,
+        "distance_m": 0.5,
+        "detector_pixel_m": 75e-6,
+        "frame_shape": (64, 64),
+    }
     base[field] = value
     with pytest.raises(ValueError, match=f"ReconConfig.{field}: expected"):
         ReconConfig(**base)

@@ -23,14 +23,14 @@ pytestmark = [
 N_FRAMES, SHAPE, OBJECT_SHAPE = 37, (24, 20), (70, 64)
 
 
-@pytest.fixture(params=["float32", "float64"])
+@pytest.fixture(params=[("float32", "cubic"), ("float64", "cubic"), ("float32", "linear")])
 def pair(request):
     """(fused, array) operators on CuPy sharing one random geometry."""
     import cupy
 
     from bluesky_ptycho.engine.cuda_operators import CudaOperators
 
-    real = request.param
+    real, interpolation = request.param
     rng = np.random.default_rng(7)
     corners = np.stack(
         [
@@ -40,8 +40,8 @@ def pair(request):
         axis=1,
     )
     fractions = rng.uniform(0, 1, (N_FRAMES, 2))
-    fused = CudaOperators(cupy, SHAPE, real)
-    array = ArrayOperators(cupy, SHAPE, real)
+    fused = CudaOperators(cupy, SHAPE, real, interpolation)
+    array = ArrayOperators(cupy, SHAPE, real, interpolation)
     for ops in (fused, array):
         ops.set_geometry(corners, fractions, OBJECT_SHAPE)
     return fused, array, rng
@@ -126,14 +126,15 @@ def test_cupy_matches_numpy_and_reaches_target():
     for backend in ("numpy", "cupy"):
         rec = Reconstructor(scan.config, backend=backend)
         rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
-        rec.iterate(3)
+        rec.iterate(2)
         recs[backend] = rec
     snaps = {k: r.snapshot(live=False) for k, r in recs.items()}
-    # Three iterations (the third updates the probe): float32 rounding differences
-    # stay ~1e-3 (NumPy complex64 vs complex128 differ by 5e-3 here).
+    # Two (deterministic, object-only) iterations: float32 rounding only. Later
+    # iterations amplify rounding (NumPy complex64 vs complex128 differ by 7e-4
+    # after two and 5e-3 after three), so the rest is checked against the truth.
     for name in ("object", "probe"):
         want = getattr(snaps["numpy"], name)
         diff = np.abs(getattr(snaps["cupy"], name) - want).max()
-        assert diff <= 1e-2 * np.abs(want).max(), name
-    recs["cupy"].iterate(37)
+        assert diff <= 1e-3 * np.abs(want).max(), name
+    recs["cupy"].iterate(38)
     assert snapshot_nrmse(recs["cupy"].snapshot(), scan.sample.object, scan.sample.origin_m) <= 0.10

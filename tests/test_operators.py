@@ -39,33 +39,60 @@ def test_extract_takes_the_window(xp):
     assert patches.extract(obj, indices).tolist() == [[[23, 24, 25], [33, 34, 35]]]
 
 
+@pytest.mark.parametrize("kind", shift.INTERPOLATIONS)
 @pytest.mark.parametrize("dtype", ["complex64", "complex128"])
-def test_bilinear_shift_is_adjoint(xp, dtype):
+def test_probe_shift_is_adjoint(xp, dtype, kind):
     rng = np.random.default_rng(2)
     real = "float32" if dtype == "complex64" else "float64"
-    weights = shift.bilinear_weights(xp.asarray(rng.uniform(0, 1, (5, 2)).astype(real)))
+    fractions = xp.asarray(rng.uniform(0, 1, (5, 2)).astype(real))
+    weights = shift.interpolation_weights(fractions, kind)
     probe = random_complex(xp, (8, 8), dtype, rng)
     stack = random_complex(xp, (5, 8, 8), dtype, rng)
-    lhs = inner(xp, shift.shifted_probes(probe, weights), stack)
-    rhs = inner(xp, probe, shift.shifted_probes_adjoint(stack, weights))
+    lhs = inner(xp, shift.shifted_probes(probe, weights, kind), stack)
+    rhs = inner(xp, probe, shift.shifted_probes_adjoint(stack, weights, kind))
     tol = 1e-4 if dtype == "complex64" else 1e-12
     assert abs(lhs - rhs) <= tol * abs(lhs)
 
 
-def test_bilinear_shift_moves_by_the_fraction(xp):
+def test_linear_shift_moves_by_the_fraction(xp):
     probe = xp.zeros((6, 6), "complex128")
     probe[2, 2] = 1
-    weights = shift.bilinear_weights(xp.asarray([[0.25, 0.5]]))
-    moved = shift.shifted_probes(probe, weights)[0]
+    weights = shift.interpolation_weights(xp.asarray([[0.25, 0.5]]), "linear")
+    moved = shift.shifted_probes(probe, weights, "linear")[0]
     expected = np.zeros((6, 6))
     expected[2, 2], expected[2, 3] = 0.75 * 0.5, 0.75 * 0.5
     expected[3, 2], expected[3, 3] = 0.25 * 0.5, 0.25 * 0.5
-    np.testing.assert_allclose(np.asarray(moved.get() if hasattr(moved, "get") else moved), expected)
+    np.testing.assert_allclose(
+        np.asarray(moved.get() if hasattr(moved, "get") else moved), expected
+    )
 
 
-def test_whole_pixel_weights_are_exact(xp):
-    weights = shift.bilinear_weights(xp.asarray([[0.0, 0.0]]))
-    assert weights.tolist() == [[1.0, 0.0, 0.0, 0.0]]
+@pytest.mark.parametrize("kind", shift.INTERPOLATIONS)
+def test_whole_pixel_positions_are_exact(xp, kind):
+    weights = shift.interpolation_weights(xp.asarray([[0.0, 0.0]]), kind)
+    assert float(weights.max()) == 1.0 and float(weights.sum()) == 1.0
+
+
+def test_cubic_shift_matches_the_fourier_shift_of_a_band_limited_probe():
+    from bluesky_ptycho.sim.sample import default_config, make_probe
+
+    probe = make_probe(default_config(64)).astype(np.complex128)
+    fraction = np.array([[0.3, 0.7]])
+    fy, fx = np.fft.fftfreq(64)[:, None], np.fft.fftfreq(64)[None, :]
+    exact = np.fft.ifft2(np.fft.fft2(probe) * np.exp(-2j * np.pi * (fy * 0.3 + fx * 0.7)))
+    errors = {}
+    for kind in ("linear", "cubic"):
+        moved = shift.shifted_probes(probe, shift.interpolation_weights(fraction, kind), kind)[0]
+        errors[kind] = np.linalg.norm(moved - exact) / np.linalg.norm(exact)
+    assert errors["cubic"] < 0.003 and errors["linear"] > 5 * errors["cubic"]
+
+
+def test_split_positions_rounds_only_for_nearest():
+    top_left = np.array([[2.7, -1.2]])
+    corners, fractions = shift.split_positions(top_left, "cubic")
+    assert corners.tolist() == [[2, -2]] and np.allclose(fractions, [[0.7, 0.8]])
+    corners, fractions = shift.split_positions(top_left, "nearest")
+    assert corners.tolist() == [[3, -1]] and np.allclose(fractions, [[-0.3, -0.2]])
 
 
 def test_propagation_is_unitary_and_reversible(xp):

@@ -27,7 +27,9 @@ def test_gradient_matches_finite_differences():
     a, b, _, counts = fields()
     grad = poisson.farfield_gradient(a, counts)
     step = 1e-6
-    numeric = (nll_along(a, b, 0 * b, counts, step) - nll_along(a, b, 0 * b, counts, -step)) / (2 * step)
+    numeric = (nll_along(a, b, 0 * b, counts, step) - nll_along(a, b, 0 * b, counts, -step)) / (
+        2 * step
+    )
     analytic = 2 * np.vdot(grad, b).real
     assert abs(numeric - analytic) < 1e-5 * abs(analytic)
 
@@ -64,12 +66,16 @@ def test_line_search_refuses_an_ascent_direction():
 def test_slope_at_zero_is_twice_the_gradient_inner_product():
     a, b, _, counts = fields(5)
     slope, _ = poisson.line_search_terms(a, b, None, counts, 0.0)
-    assert abs(slope - 2 * np.vdot(poisson.farfield_gradient(a, counts), b).real) < 1e-9 * abs(slope)
+    assert abs(slope - 2 * np.vdot(poisson.farfield_gradient(a, counts), b).real) < 1e-9 * abs(
+        slope
+    )
 
 
 def test_excluded_pixels_do_not_count():
     a, _, _, counts = fields(4)
     changed = a.copy()
     changed[0, 0, :3] *= 10
-    assert poisson.negative_log_likelihood(changed, counts) == poisson.negative_log_likelihood(a, counts)
+    assert poisson.negative_log_likelihood(changed, counts) == poisson.negative_log_likelihood(
+        a, counts
+    )
     assert np.all(poisson.farfield_gradient(a, counts)[0, 0, :3] == 0)

@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from . import poisson
+from . import poisson, shift
 from .operators import ArrayOperators
-from .shift import bilinear_weights
 
 KERNEL_FILE = "ptycho.cu"
 KERNELS = ("poisson_gradient", "line_search_terms", "object_gradient", "exit_waves", "advance")
@@ -51,8 +50,13 @@ def _module(real: str) -> Any:
 class CudaOperators(ArrayOperators):
     """Fused-kernel implementation on CuPy arrays."""
 
-    def __init__(self, xp: ModuleType, frame_shape: tuple[int, int], real_dtype: str) -> None:
-        super().__init__(xp, frame_shape, real_dtype)
+    def __init__(
+        self, xp: ModuleType, frame_shape: tuple[int, int], real_dtype: str, interpolation: str
+    ) -> None:
+        super().__init__(xp, frame_shape, real_dtype, interpolation)
+        tap_rows, tap_cols = zip(*shift.taps(interpolation), strict=True)
+        self._tap_rows = xp.asarray(tap_rows, dtype=np.int32)
+        self._tap_cols = xp.asarray(tap_cols, dtype=np.int32)
         self._kernels = _module(real_dtype)
         self._real = np.dtype(real_dtype).type
         self._corners: Any = None
@@ -66,7 +70,9 @@ class CudaOperators(ArrayOperators):
         xp = self.xp
         self.object_shape = object_shape
         self._corners = xp.asarray(corners, dtype=np.int32)
-        self.weights = bilinear_weights(xp.asarray(fractions, dtype=self.real_dtype))
+        self.weights = shift.interpolation_weights(
+            xp.asarray(fractions, dtype=self.real_dtype), self.interpolation
+        )
 
     def _launch(self, name: str, size: int, args: tuple) -> None:
         blocks = max(1, min((size + THREADS - 1) // THREADS, self._grid_limit))
@@ -78,6 +84,9 @@ class CudaOperators(ArrayOperators):
         return (
             self._corners[start:],
             self.weights[start:],
+            self._tap_rows,
+            self._tap_cols,
+            np.int32(len(self._tap_rows)),
             np.int64(n),
             np.int32(rows),
             np.int32(cols),

@@ -23,10 +23,13 @@ from . import patches, poisson, shift
 class ArrayOperators:
     """Generic array-module implementation (the reference for the fused kernels)."""
 
-    def __init__(self, xp: ModuleType, frame_shape: tuple[int, int], real_dtype: str) -> None:
+    def __init__(
+        self, xp: ModuleType, frame_shape: tuple[int, int], real_dtype: str, interpolation: str
+    ) -> None:
         self.xp = xp
         self.frame_shape = frame_shape
         self.real_dtype = real_dtype
+        self.interpolation = interpolation
         self.weights: Any = None
         self.object_shape: tuple[int, int] = (0, 0)
         self._indices: Any = None
@@ -37,16 +40,18 @@ class ArrayOperators:
         """Window corners (n, 2) int and fractional probe offsets (n, 2) of active frames."""
         xp = self.xp
         self.object_shape = object_shape
-        self.weights = shift.bilinear_weights(xp.asarray(fractions, dtype=self.real_dtype))
+        self.weights = shift.interpolation_weights(
+            xp.asarray(fractions, dtype=self.real_dtype), self.interpolation
+        )
         self._indices = patches.window_flat_indices(
             xp.asarray(corners, dtype=np.int64), self.frame_shape, object_shape[1]
         )
 
     def exit_waves(self, probe: Any, obj: Any, start: int = 0) -> Any:
         """``P_j O_j`` for frames ``start:``."""
-        return shift.shifted_probes(probe, self.weights[start:]) * patches.extract(
-            obj, self._indices[start:]
-        )
+        return shift.shifted_probes(
+            probe, self.weights[start:], self.interpolation
+        ) * patches.extract(obj, self._indices[start:])
 
     def nll_and_gradient(self, farfield: Any, counts: Any) -> tuple[float, Any]:
         """Poisson NLL and dL/da* of the stored far fields."""
@@ -60,7 +65,7 @@ class ArrayOperators:
     ) -> tuple[Any, Any, Any, Any]:
         """Object gradient and illumination; with ``probe_terms`` also
         ``conj(O_j) chi_j`` and ``|O_j|^2`` stacks (else None). May overwrite ``chi``."""
-        probes = shift.shifted_probes(probe, self.weights)
+        probes = shift.shifted_probes(probe, self.weights, self.interpolation)
         grad = patches.scatter_add(self.xp.conj(probes) * chi, self._indices, self.object_shape)
         illumination = patches.scatter_add(
             (probes.real**2 + probes.imag**2).astype(self.real_dtype),
@@ -77,12 +82,12 @@ class ArrayOperators:
         self, probe: Any, dprobe: Any | None, obj: Any, dobj: Any
     ) -> tuple[Any, Any | None]:
         """Exit-wave change along (dO, dP): linear ``P dO + dP O`` and quadratic ``dP dO``."""
-        probes = shift.shifted_probes(probe, self.weights)
+        probes = shift.shifted_probes(probe, self.weights, self.interpolation)
         dviews = patches.extract(dobj, self._indices)
         linear = probes * dviews
         if dprobe is None:
             return linear, None
-        dprobes = shift.shifted_probes(dprobe, self.weights)
+        dprobes = shift.shifted_probes(dprobe, self.weights, self.interpolation)
         linear += dprobes * patches.extract(obj, self._indices)
         return linear, dprobes * dviews
 
@@ -91,6 +96,10 @@ class ArrayOperators:
     ) -> tuple[float, float]:
         """``L'(tau), L''(tau)`` along ``a + t b + t^2 c``."""
         return poisson.line_search_terms(farfield, linear, quadratic, counts, tau)
+
+    def probe_adjoint(self, stack: Any) -> Any:
+        """Adjoint of the per-frame probe shifts: sum_j shift_j^T(stack_j), (M, N)."""
+        return shift.shifted_probes_adjoint(stack, self.weights, self.interpolation)
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         """``a += tau b + tau^2 c`` in place."""

@@ -6,7 +6,8 @@ iterations. The same code runs on NumPy and CuPy arrays.
 
 Forward model for frame ``j`` (docs/engine.md): ``a_j = FFT_ortho(P_j * O_j)``
 with ``O_j`` the M x N object window at the integer corner of the probe
-position and ``P_j`` the probe shifted by the fractional remainder.
+position and ``P_j`` the probe shifted by the fractional remainder
+(``position_interpolation``, :mod:`.shift`).
 
 Each iteration: far-field gradient -> one inverse FFT -> preconditioned object
 and probe gradients -> Polak-Ribiere conjugate direction -> forward FFTs of the
@@ -79,15 +80,15 @@ class Reconstructor:
         "auto" (fused on CuPy, array on NumPy).
     """
 
-    def __init__(
-        self, config: ReconConfig, backend: str = "auto", operators: str = "auto"
-    ) -> None:
+    def __init__(self, config: ReconConfig, backend: str = "auto", operators: str = "auto") -> None:
         self.config = config
         self.xp = get_array_module(backend)
         self.backend = self.xp.__name__
         self._complex = config.dtype
         self._real = "float32" if config.dtype == "complex64" else "float64"
-        self._ops = make_operators(self.xp, config.frame_shape, self._real, operators)
+        self._ops = make_operators(
+            self.xp, config.frame_shape, self._real, config.position_interpolation, operators
+        )
         self._geometry_frames = -1  # frames covered by the operators' geometry
         self._shape = config.frame_shape
         self._pixel_m = config.object_pixel_m
@@ -248,8 +249,8 @@ class Reconstructor:
     def _update_geometry(self) -> None:
         """Hand window corners and probe fractions of the active frames to the operators."""
         top_left = self._positions_px[: self._n] - np.array(self._shape) // 2 - self._origin_px
-        corners = np.floor(top_left)
-        self._ops.set_geometry(corners.astype(np.int64), top_left - corners, self.object.shape)
+        corners, fractions = shift.split_positions(top_left, self.config.position_interpolation)
+        self._ops.set_geometry(corners, fractions, self.object.shape)
         self._geometry_frames = self._n
 
     def _fft(self, waves: Any) -> Any:
@@ -296,9 +297,9 @@ class Reconstructor:
         step_obj = grad_obj / (illum + cfg.alpha_relative * illum.max())
         grad_probe = step_probe = None
         if update_probe:
-            grad_probe = shift.shifted_probes_adjoint(probe_stack, ops.weights)
+            grad_probe = ops.probe_adjoint(probe_stack)
             del probe_stack
-            power = shift.shifted_probes_adjoint(view_power, ops.weights)
+            power = ops.probe_adjoint(view_power)
             del view_power
             step_probe = grad_probe / (power + cfg.alpha_relative * power.max())
 
@@ -403,7 +404,9 @@ class Reconstructor:
         obj = to_host(self.object).copy()
         if live:
             obj[coverage <= UNREACHED_RELATIVE] = np.nan
-        probe = to_host(self.probe) if self.probe is not None else np.zeros(self._shape, self._complex)
+        probe = (
+            to_host(self.probe) if self.probe is not None else np.zeros(self._shape, self._complex)
+        )
         last = self._history[-1] if self._history else {}
         metrics: dict[str, Any] = {
             "poisson_nll": last.get("poisson_nll", math.nan),
@@ -433,7 +436,7 @@ class Reconstructor:
 
 
 def make_operators(
-    xp: Any, frame_shape: tuple[int, int], real_dtype: str, kind: str = "auto"
+    xp: Any, frame_shape: tuple[int, int], real_dtype: str, interpolation: str, kind: str = "auto"
 ) -> ArrayOperators:
     """The operator implementation for ``xp``: "fused", "array" or "auto"."""
     if kind not in ("auto", "fused", "array"):
@@ -441,10 +444,10 @@ def make_operators(
     if kind == "fused" and not is_cupy(xp):
         raise ValueError("operators='fused' needs backend='cupy' (CUDA kernels)")
     if kind == "array" or not is_cupy(xp):
-        return ArrayOperators(xp, frame_shape, real_dtype)
+        return ArrayOperators(xp, frame_shape, real_dtype, interpolation)
     from .cuda_operators import CudaOperators
 
-    return CudaOperators(xp, frame_shape, real_dtype)
+    return CudaOperators(xp, frame_shape, real_dtype, interpolation)
 
 
 def _centroid(xp: Any, pattern: Any) -> np.ndarray:

@@ -1,14 +1,18 @@
-"""Sub-pixel probe positions: bilinear shift of the probe and its exact adjoint.
+"""Sub-pixel probe positions: interpolated probe shifts and their exact adjoint.
 
 A probe at canvas position ``p = R + f`` (integer corner ``R``, fraction
 ``0 <= f < 1`` per axis) illuminates the window at ``R`` with
-``P_j(r) = P(r - f)``, interpolated bilinearly from the four whole-pixel
-shifts of ``P`` (zero filled at the edge):
+``P_j(r) = P(r - f)``, interpolated from whole-pixel shifts of ``P``
+(``S_s P (r) = P(r - s)``, circular: the probe is a periodic band-limited field
+on its grid, as the FFT-based forward model and probe propagation treat it):
 
-    P_j = sum_k w_jk S_k P,   S_k shifts by (0,0), (0,1), (1,0), (1,1) pixels.
+    P_j = sum_k w_jk S_k P,      w_jk = k(s_k,row - f_row) * k(s_k,col - f_col)
 
-The adjoint of ``P -> {P_j}`` is ``{H_j} -> sum_k S_k^T (sum_j w_jk H_j)``; the
-inner sum over frames is one (4, n) x (n, M*N) matrix product.
+with the separable kernel ``k`` of the interpolation: ``"cubic"`` (Keys,
+a = -1/2; shifts -1..2 per axis, 16 taps), ``"linear"`` (shifts 0..1, 4 taps) or
+``"nearest"`` (positions rounded to whole pixels: one tap). The adjoint of
+``P -> {P_j}`` is ``{H_j} -> sum_k S_k^T (sum_j w_jk H_j)``; the inner sum over
+frames is one (K, n) x (n, M*N) matrix product.
 """
 
 from __future__ import annotations
@@ -17,50 +21,71 @@ from typing import Any
 
 from .backend import array_module_of
 
-#: (row, col) whole-pixel offsets of the four bilinear taps
-TAPS = ((0, 0), (0, 1), (1, 0), (1, 1))
+#: whole-pixel shifts per axis of each interpolation
+SHIFTS = {"nearest": (0,), "linear": (0, 1), "cubic": (-1, 0, 1, 2)}
+INTERPOLATIONS = tuple(SHIFTS)
+KEYS_A = -0.5
 
 
-def bilinear_weights(fractions: Any) -> Any:
-    """(n, 4) weights of the taps for (n, 2) fractional offsets (row, col)."""
+def taps(kind: str) -> list[tuple[int, int]]:
+    """(row, col) whole-pixel shifts of the taps of interpolation ``kind``, row-major."""
+    return [(dy, dx) for dy in SHIFTS[kind] for dx in SHIFTS[kind]]
+
+
+def _kernel(distance: Any, kind: str) -> Any:
+    xp = array_module_of(distance)
+    x = xp.abs(distance)
+    if kind == "nearest":
+        return xp.ones_like(x)
+    if kind == "linear":
+        return xp.maximum(1 - x, 0)
+    a = KEYS_A
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return xp.where(x <= 1, near, xp.where(x < 2, far, 0))
+
+
+def split_positions(top_left: Any, kind: str) -> tuple[Any, Any]:
+    """Integer window corners and fractional offsets of (n, 2) exact window positions.
+
+    Rounded corners and zero-weight-free fractions for ``"nearest"``; floors
+    (fractions in [0, 1)) otherwise.
+    """
+    xp = array_module_of(top_left)
+    corners = xp.floor(top_left + 0.5) if kind == "nearest" else xp.floor(top_left)
+    return corners.astype(xp.int64), top_left - corners
+
+
+def interpolation_weights(fractions: Any, kind: str) -> Any:
+    """(n, K) tap weights for (n, 2) fractional offsets (row, col) in [0, 1)."""
     xp = array_module_of(fractions)
-    fy, fx = fractions[:, 0], fractions[:, 1]
-    return xp.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], axis=1)
+    shifts = xp.asarray(SHIFTS[kind], dtype=fractions.dtype)
+    rows = _kernel(shifts[None, :] - fractions[:, :1], kind)  # (n, T)
+    cols = _kernel(shifts[None, :] - fractions[:, 1:], kind)
+    return (rows[:, :, None] * cols[:, None, :]).reshape(len(fractions), -1)
 
 
 def shift_whole(image: Any, dy: int, dx: int) -> Any:
-    """``out[r, c] = image[r - dy, c - dx]`` on the last two axes, zero filled."""
+    """``out[r, c] = image[r - dy, c - dx]`` on the last two axes, circular."""
     xp = array_module_of(image)
-    out = xp.zeros_like(image)
-    rows, cols = image.shape[-2:]
-    out[..., dy:, dx:] = image[..., : rows - dy, : cols - dx]
-    return out
+    return xp.roll(image, (dy, dx), axis=(-2, -1))
 
 
-def shift_whole_adjoint(image: Any, dy: int, dx: int) -> Any:
-    """Adjoint of :func:`shift_whole`: ``out[r, c] = image[r + dy, c + dx]``."""
-    xp = array_module_of(image)
-    out = xp.zeros_like(image)
-    rows, cols = image.shape[-2:]
-    out[..., : rows - dy, : cols - dx] = image[..., dy:, dx:]
-    return out
-
-
-def tap_stack(probe: Any) -> Any:
-    """(4, M, N) stack of the probe shifted by each tap."""
+def tap_stack(probe: Any, kind: str) -> Any:
+    """(K, M, N) stack of the probe shifted by each tap."""
     xp = array_module_of(probe)
-    return xp.stack([shift_whole(probe, dy, dx) for dy, dx in TAPS])
+    return xp.stack([shift_whole(probe, dy, dx) for dy, dx in taps(kind)])
 
 
-def shifted_probes(probe: Any, weights: Any) -> Any:
-    """(n, M, N) probes ``P_j`` for (n, 4) bilinear ``weights``."""
+def shifted_probes(probe: Any, weights: Any, kind: str) -> Any:
+    """(n, M, N) probes ``P_j`` for (n, K) tap ``weights``."""
     xp = array_module_of(probe)
-    taps = tap_stack(probe)
-    return xp.tensordot(weights.astype(taps.real.dtype), taps, axes=(1, 0))
+    stack = tap_stack(probe, kind)
+    return xp.tensordot(weights.astype(stack.real.dtype), stack, axes=(1, 0))
 
 
-def shifted_probes_adjoint(stack: Any, weights: Any) -> Any:
+def shifted_probes_adjoint(stack: Any, weights: Any, kind: str) -> Any:
     """Adjoint of :func:`shifted_probes`: an (M, N) array from an (n, M, N) stack."""
     xp = array_module_of(stack)
     per_tap = xp.tensordot(weights.T.astype(stack.real.dtype), stack, axes=(1, 0))
-    return sum(shift_whole_adjoint(per_tap[k], dy, dx) for k, (dy, dx) in enumerate(TAPS))
+    return sum(shift_whole(per_tap[k], -dy, -dx) for k, (dy, dx) in enumerate(taps(kind)))

@@ -30,7 +30,9 @@ def smooth_field(shape: tuple[int, int], sigma_px: float, rng: np.random.Generat
     noise = rng.standard_normal(shape)
     fy = np.fft.fftfreq(shape[0])[:, None]
     fx = np.fft.fftfreq(shape[1])[None, :]
-    field = np.fft.ifft2(np.fft.fft2(noise) * np.exp(-2 * (np.pi * sigma_px) ** 2 * (fx**2 + fy**2)))
+    field = np.fft.ifft2(
+        np.fft.fft2(noise) * np.exp(-2 * (np.pi * sigma_px) ** 2 * (fx**2 + fy**2))
+    )
     ranks = np.argsort(np.argsort(field.real, axis=None)).reshape(shape)
     return ranks / (ranks.size - 1)
 
@@ -38,7 +40,10 @@ def smooth_field(shape: tuple[int, int], sigma_px: float, rng: np.random.Generat
 def make_object(
     shape: tuple[int, int], seed: int = 0, feature_px: float = 2.0, phase_rad: float = 1.5
 ) -> np.ndarray:
-    """A complex test object: amplitude 0.5..1, phase within +-``phase_rad``/2, features ~``feature_px``."""
+    """A complex test object: amplitude 0.5..1, phase within +-``phase_rad`` / 2.
+
+    Features are ~``feature_px`` object pixels wide.
+    """
     rng = np.random.default_rng(seed)
     amplitude = 0.5 + 0.5 * smooth_field(shape, feature_px, rng)
     phase = phase_rad * (smooth_field(shape, feature_px, rng) - 0.5)
@@ -67,7 +72,9 @@ def make_probe(
     radius = np.hypot(fy, fx) / pupil_px
     pupil = ((radius <= 1) & (radius >= central_stop)).astype(np.complex64)
     focus = np.fft.fftshift(np.fft.ifft2(pupil))
-    probe = propagate(focus.astype(np.complex64), defocus_m, config.object_pixel_m, config.wavelength_m)
+    probe = propagate(
+        focus.astype(np.complex64), defocus_m, config.object_pixel_m, config.wavelength_m
+    )
     return (probe / np.sqrt((np.abs(probe) ** 2).sum())).astype(np.complex64)
 
 
@@ -84,7 +91,9 @@ def raster(
     """(x_m, y_m) of a centred raster, x fastest, with random jitter (fraction of a step)."""
     rng = np.random.default_rng(seed)
     y_grid, x_grid = np.meshgrid(
-        (np.arange(ny) - (ny - 1) / 2) * step_m, (np.arange(nx) - (nx - 1) / 2) * step_m, indexing="ij"
+        (np.arange(ny) - (ny - 1) / 2) * step_m,
+        (np.arange(nx) - (nx - 1) / 2) * step_m,
+        indexing="ij",
     )
     shake = rng.uniform(-jitter, jitter, (2, ny * nx)) * step_m
     return x_grid.ravel() + shake[0], y_grid.ravel() + shake[1]
@@ -120,7 +129,9 @@ class SimulatedSample:
         half_x = int(np.ceil(extent_m / 2 / dx)) + cols
         obj = make_object((2 * half_y, 2 * half_x), seed=seed)
         probe = make_probe(config, **probe_options) * np.sqrt(photons_per_frame)
-        return cls(config, obj, probe.astype(np.complex64), (-half_y * dy, -half_x * dx), photons_per_frame)
+        return cls(
+            config, obj, probe.astype(np.complex64), (-half_y * dy, -half_x * dx), photons_per_frame
+        )
 
     def expected_intensities(self, x_motor: Any, y_motor: Any, xp: ModuleType = np) -> Any:
         """Noise-free far-field intensities (n, M, N) on ``xp``, engine orientation, DC centred."""
@@ -130,7 +141,9 @@ class SimulatedSample:
         x_motor = np.atleast_1d(np.asarray(x_motor, np.float64))
         y_motor = np.atleast_1d(np.asarray(y_motor, np.float64))
         top = (y_motor * cfg.position_scale_m * cfg.y_direction - self.origin_m[0]) / dy - rows // 2
-        left = (x_motor * cfg.position_scale_m * cfg.x_direction - self.origin_m[1]) / dx - cols // 2
+        left = (
+            x_motor * cfg.position_scale_m * cfg.x_direction - self.origin_m[1]
+        ) / dx - cols // 2
         r0, c0 = np.floor(top).astype(np.int64), np.floor(left).astype(np.int64)
         outside = (r0 < 0) | (c0 < 0) | (r0 + rows > self.object.shape[0])
         outside |= c0 + cols > self.object.shape[1]
@@ -148,7 +161,9 @@ class SimulatedSample:
         probes = xp.fft.ifft2(spectrum[None] * xp.exp(-2j * np.pi * (fy * frac_r + fx * frac_c)))
         rows_index = xp.asarray(r0[:, None, None] + np.arange(rows)[None, :, None])
         cols_index = xp.asarray(c0[:, None, None] + np.arange(cols)[None, None, :])
-        far_field = xp.fft.fft2(probes * xp.asarray(self.object)[rows_index, cols_index], norm="ortho")
+        far_field = xp.fft.fft2(
+            probes * xp.asarray(self.object)[rows_index, cols_index], norm="ortho"
+        )
         return xp.fft.fftshift(far_field.real**2 + far_field.imag**2, axes=(-2, -1))
 
     def expected_intensity(self, x_motor: float, y_motor: float) -> np.ndarray:
@@ -213,12 +228,12 @@ class SimulatedScan:
 
 def default_config(frame_size: int = 64, **changes: object) -> ReconConfig:
     """The geometry used by the simulations (9 keV, 0.5 m, 75 um pixels)."""
-    base = dict(
-        energy_kev=9.0,
-        distance_m=0.5,
-        detector_pixel_m=75e-6,
-        frame_shape=(frame_size, frame_size),
-    )
+    base = {
+        "energy_kev": 9.0,
+        "distance_m": 0.5,
+        "detector_pixel_m": 75e-6,
+        "frame_shape": (frame_size, frame_size),
+    }
     base.update(changes)
     return ReconConfig(**base)  # type: ignore[arg-type]
 
