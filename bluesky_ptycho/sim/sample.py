@@ -223,7 +223,14 @@ class SimulatedScan:
             ],
             axis=1,
         )
-        return write_cxi(path, self.frames, positions_m, cfg, truth_object=self.sample.object)
+        return write_cxi(
+            path,
+            self.frames,
+            positions_m,
+            cfg,
+            truth_object=self.sample.object,
+            truth_origin_m=self.sample.origin_m,
+        )
 
 
 def default_config(frame_size: int = 64, **changes: object) -> ReconConfig:
