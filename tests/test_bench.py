@@ -1,4 +1,4 @@
-"""``bluesky-ptycho bench``: batched simulation twin, tiny CPU run, JSON output."""
+"""``bluesky-ptycho bench``: tiny CPU run, JSON output, light imports."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import bluesky_ptycho
 from bluesky_ptycho import cli
 from bluesky_ptycho.commands import bench
 from bluesky_ptycho.engine.backend import cupy_device_available
-from bluesky_ptycho.engine.orientation import inverse_orientation, orient_frames
-from bluesky_ptycho.sim.sample import SimulatedSample, default_config
+from bluesky_ptycho.sim.sample import default_config, simulate_scan
 
 #: folder that holds the bluesky_ptycho package being tested
 PACKAGE_ROOT = str(Path(bluesky_ptycho.__file__).resolve().parent.parent)
@@ -34,40 +33,6 @@ def run_python(code: str, cwd: Path, timeout: float = 300) -> subprocess.Complet
         cwd=cwd,
         env=env,
     )
-
-
-def _sample(size: int = 16, **changes):
-    config = default_config(size, **changes)
-    x_m, y_m = bench.scan_positions(config, 9, "spiral")
-    extent = 2 * float(max(np.abs(x_m).max(), np.abs(y_m).max()))
-    sample = SimulatedSample.create(config, extent, 1e5, seed=3)
-    scale = config.position_scale_m
-    return sample, x_m / (scale * config.x_direction), y_m / (scale * config.y_direction)
-
-
-@pytest.mark.parametrize("changes", [{}, {"x_direction": -1, "position_scale_m": 1e-3}])
-def test_batched_intensity_matches_simulated_sample(changes):
-    sample, x_motor, y_motor = _sample(**changes)
-    batched = bench.expected_intensities(sample, x_motor, y_motor, np)
-    single = np.stack(
-        [sample.expected_intensity(x, y) for x, y in zip(x_motor, y_motor, strict=True)]
-    )
-    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-4 * single.max())
-
-
-def test_simulated_frames_are_recorded_in_detector_orientation():
-    sample, x_motor, y_motor = _sample()
-    plain = bench.simulate_frames(sample, x_motor, y_motor, np, seed=5)
-    assert plain.dtype == np.uint32 and plain.shape == (9, 16, 16)
-    turned_sample, _, _ = _sample(dp_orient="rot90_cw")
-    turned = bench.simulate_frames(turned_sample, x_motor, y_motor, np, seed=5)
-    np.testing.assert_array_equal(turned, orient_frames(plain, inverse_orientation("rot90_cw")))
-
-
-def test_sample_edge_is_an_error():
-    sample, x_motor, y_motor = _sample()
-    with pytest.raises(ValueError, match="outside the simulated sample"):
-        bench.expected_intensities(sample, x_motor + 1e6, y_motor, np)
 
 
 def test_bench_cli_tiny_numpy(tmp_path, capsys):
@@ -118,9 +83,10 @@ def test_bench_path_imports_no_bluesky_or_cupy(tmp_path):
 def test_bench_cupy_matches_numpy_twin():
     import cupy
 
-    sample, x_motor, y_motor = _sample()
-    on_gpu = bench.expected_intensities(sample, x_motor, y_motor, cupy).get()
-    on_cpu = bench.expected_intensities(sample, x_motor, y_motor, np)
+    scan = simulate_scan(default_config(16), n_frames=9)
+    x_motor, y_motor = scan.x_motor, scan.y_motor
+    on_gpu = scan.sample.expected_intensities(x_motor, y_motor, cupy).get()
+    on_cpu = scan.sample.expected_intensities(x_motor, y_motor, np)
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=0, atol=1e-6 * on_cpu.max())
     results = bench.benchmark(backend="cupy", frame_size=32, n_frames=64, iterations=4, block=2)
     assert results["backend"] == "cupy" and results["frame_iterations_per_s"] > 0

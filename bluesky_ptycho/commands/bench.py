@@ -28,8 +28,6 @@ from typing import Any
 from ._options import PRECISIONS, default_step_fraction, positive_float, positive_int
 
 NAME = "bench"
-#: bytes of complex64 work per simulation batch (sets the batch size in frames)
-SIM_BATCH_BYTES = 256 * 2**20
 #: frames handed to add_frames at a time
 ADD_CHUNK_FRAMES = 1024
 
@@ -95,115 +93,6 @@ def _sync(xp: ModuleType) -> None:
         xp.cuda.Device().synchronize()
 
 
-def scan_positions(
-    config: Any,
-    n_frames: int,
-    scan: str,
-    step_fraction: float | None = None,
-    seed: int = 0,
-) -> tuple[Any, Any]:
-    """(x_m, y_m) probe positions of the scan ``simulate_scan`` would make.
-
-    step_fraction : scan step as a fraction of the frame width (default: simulate_scan's).
-    """
-    import numpy as np
-
-    from ..sim.sample import fermat_spiral, raster
-
-    if step_fraction is None:
-        step_fraction = default_step_fraction()
-    step_m = step_fraction * config.frame_shape[1] * config.object_pixel_m[1]
-    if scan == "spiral":
-        return fermat_spiral(n_frames, step_m)
-    if scan == "raster":
-        side = int(np.ceil(np.sqrt(n_frames)))
-        x_m, y_m = raster(side, side, step_m, seed=seed)
-        return x_m[:n_frames], y_m[:n_frames]
-    raise ValueError(f"scan: expected 'spiral' or 'raster', got {scan!r}")
-
-
-def expected_intensities(sample: Any, x_motor: Any, y_motor: Any, xp: ModuleType) -> Any:
-    """Noise-free far-field intensities of a batch, DC centred, engine orientation.
-
-    The batched twin of ``SimulatedSample.expected_intensity`` (exact Fourier
-    shift of the probe, unitary FFT); returns (n, M, N) float on ``xp``.
-    """
-    import numpy as np
-
-    cfg = sample.config
-    rows, cols = cfg.frame_shape
-    dy, dx = cfg.object_pixel_m
-    x_motor = np.asarray(x_motor, np.float64)
-    y_motor = np.asarray(y_motor, np.float64)
-    top = (y_motor * cfg.position_scale_m * cfg.y_direction - sample.origin_m[0]) / dy - rows // 2
-    left = (x_motor * cfg.position_scale_m * cfg.x_direction - sample.origin_m[1]) / dx - cols // 2
-    r0, c0 = np.floor(top).astype(np.int64), np.floor(left).astype(np.int64)
-    outside = (r0 < 0) | (c0 < 0)
-    outside |= (r0 + rows > sample.object.shape[0]) | (c0 + cols > sample.object.shape[1])
-    if outside.any():
-        j = int(np.flatnonzero(outside)[0])
-        raise ValueError(
-            f"position x={x_motor[j]}, y={y_motor[j]} lies outside the simulated sample"
-        )
-    fy = xp.asarray(np.fft.fftfreq(rows)[None, :, None])
-    fx = xp.asarray(np.fft.fftfreq(cols)[None, None, :])
-    frac_r = xp.asarray((top - r0)[:, None, None])
-    frac_c = xp.asarray((left - c0)[:, None, None])
-    ramp = xp.exp(-2j * np.pi * (fy * frac_r + fx * frac_c))
-    probe_spectrum = xp.fft.fft2(xp.asarray(sample.probe, dtype=np.complex128))
-    probes = xp.fft.ifft2(probe_spectrum[None] * ramp)
-    obj = xp.asarray(sample.object)
-    row_index = xp.asarray(r0[:, None, None] + np.arange(rows)[None, :, None])
-    col_index = xp.asarray(c0[:, None, None] + np.arange(cols)[None, None, :])
-    exit_waves = probes * obj[row_index, col_index]
-    far_field = xp.fft.fft2(exit_waves, norm="ortho")
-    return xp.fft.fftshift(far_field.real**2 + far_field.imag**2, axes=(-2, -1))
-
-
-def simulate_frames(sample: Any, x_motor: Any, y_motor: Any, xp: ModuleType, seed: int = 0) -> Any:
-    """(n, M, N) uint32 Poisson frames as recorded (detector orientation), on ``xp``."""
-    import numpy as np
-
-    from ..engine.orientation import inverse_orientation, orient_frames
-
-    rows, cols = sample.config.frame_shape
-    n = len(x_motor)
-    batch = max(1, SIM_BATCH_BYTES // (16 * rows * cols))
-    rng = xp.random.RandomState(seed)
-    frames = xp.empty((n, rows, cols), dtype=np.uint32)
-    undo = inverse_orientation(sample.config.dp_orient)
-    for start in range(0, n, batch):
-        stop = min(start + batch, n)
-        intensity = expected_intensities(sample, x_motor[start:stop], y_motor[start:stop], xp)
-        counts = rng.poisson(intensity).astype(np.uint32)
-        frames[start:stop] = orient_frames(counts, undo)
-    return frames
-
-
-def make_scan(
-    config: Any,
-    n_frames: int,
-    scan: str = "spiral",
-    photons_per_frame: float = 1e6,
-    seed: int = 0,
-    xp: ModuleType | None = None,
-    step_fraction: float | None = None,
-) -> tuple[Any, Any, Any, Any]:
-    """``(sample, frames, x_motor, y_motor)``: a simulated scan, frames on ``xp``."""
-    import numpy as np
-
-    from ..sim.sample import SimulatedSample
-
-    xp = xp or np
-    x_m, y_m = scan_positions(config, n_frames, scan, step_fraction, seed)
-    extent = 2 * float(max(np.abs(x_m).max(), np.abs(y_m).max()))
-    sample = SimulatedSample.create(config, extent, photons_per_frame, seed)
-    x_motor = x_m / (config.position_scale_m * config.x_direction)
-    y_motor = y_m / (config.position_scale_m * config.y_direction)
-    frames = simulate_frames(sample, x_motor, y_motor, xp, seed=seed + 1)
-    return sample, frames, x_motor, y_motor
-
-
 def _device_name(xp: ModuleType) -> str:
     import os
     import platform
@@ -265,7 +154,7 @@ def benchmark(
     from .. import Reconstructor
     from ..engine.backend import get_array_module
     from ..metrics import snapshot_nrmse
-    from ..sim.sample import default_config
+    from ..sim.sample import default_config, simulate_scan
 
     if iterations is None and seconds is None:
         iterations = 50
@@ -276,9 +165,11 @@ def benchmark(
     started = time.perf_counter()
     if step_fraction is None:
         step_fraction = default_step_fraction()
-    sample, frames, x_motor, y_motor = make_scan(
-        config, n_frames, scan, photons_per_frame, seed, xp, step_fraction
+    simulated = simulate_scan(
+        config, n_frames, step_fraction, scan, photons_per_frame, seed, xp=xp
     )
+    sample, frames = simulated.sample, simulated.frames
+    x_motor, y_motor = simulated.x_motor, simulated.y_motor
     _sync(xp)
     simulate_s = time.perf_counter() - started
 
