@@ -120,7 +120,14 @@ def test_advance(pair):
     assert close(a_f, a_a, real)
 
 
-def test_cupy_matches_numpy_and_reaches_target():
+def test_cupy_matches_numpy_and_reaches_target(monkeypatch):
+    from bluesky_ptycho.engine import poisson
+
+    # Converge every line search fully, so the step does not depend on the
+    # evaluation path (the default stops within 1 %, which alone moves the
+    # object by ~1e-3 between any two float32 implementations).
+    monkeypatch.setattr(poisson, "LINE_SEARCH_TOLERANCE", 1e-7)
+    monkeypatch.setattr(poisson, "LINE_SEARCH_EVALUATIONS", 40)
     scan = simulate_scan(n_frames=200, seed=0)
     recs = {}
     for backend in ("numpy", "cupy"):
@@ -129,12 +136,13 @@ def test_cupy_matches_numpy_and_reaches_target():
         rec.iterate(2)
         recs[backend] = rec
     snaps = {k: r.snapshot(live=False) for k, r in recs.items()}
-    # Two (deterministic, object-only) iterations: float32 rounding only. Later
-    # iterations amplify rounding (NumPy complex64 vs complex128 differ by 7e-4
-    # after two and 5e-3 after three), so the rest is checked against the truth.
+    # Two object-only iterations: float32 rounding only (NumPy complex64 against
+    # complex128 differs by 1.1e-4 here, relative L2). Later iterations amplify
+    # rounding, so the rest is checked against the truth.
     for name in ("object", "probe"):
         want = getattr(snaps["numpy"], name)
-        diff = np.abs(getattr(snaps["cupy"], name) - want).max()
-        assert diff <= 1e-3 * np.abs(want).max(), name
+        diff = np.linalg.norm(getattr(snaps["cupy"], name) - want)
+        assert diff <= 1e-3 * np.linalg.norm(want), name
+    monkeypatch.undo()
     recs["cupy"].iterate(38)
     assert snapshot_nrmse(recs["cupy"].snapshot(), scan.sample.object, scan.sample.origin_m) <= 0.10
