@@ -119,7 +119,8 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 @pytest.mark.parametrize("command", [*cli.COMMANDS, None])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as info:
-        cli.main([command, "--help"] if command else ["--help"])
+        # command names are module names with "-" for "_" (detect_orientation -> detect-orientation)
+        cli.main([command.replace("_", "-"), "--help"] if command else ["--help"])
     assert info.value.code == 0
     assert "usage: bluesky-ptycho" in capsys.readouterr().out
 
