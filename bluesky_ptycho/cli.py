@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 #: modules under bluesky_ptycho.commands, in the order ``--help`` lists them
-COMMANDS: tuple[str, ...] = ("simulate", "reconstruct", "bench")
+COMMANDS: tuple[str, ...] = ("simulate", "reconstruct", "detect_orientation", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

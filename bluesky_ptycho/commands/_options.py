@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..config import D4_ORIENTATIONS
 
 __all__ = [
     "D4_ORIENTATIONS",
     "PRECISIONS",
+    "accept_negative_numbers",
     "default_step_fraction",
     "direction",
     "non_negative_int",
@@ -70,3 +72,16 @@ def default_step_fraction() -> float:
     from ..sim.sample import simulate_scan
 
     return float(inspect.signature(simulate_scan).parameters["step_fraction"].default)
+
+
+#: what argparse takes for a negative number rather than an option: also 1e-6 forms
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def accept_negative_numbers(parser: argparse.ArgumentParser) -> None:
+    """Let ``parser`` read ``-60e-6`` as a number (argparse alone takes it for an option).
+
+    Needed for two-value options such as ``--probe-search-range -100e-6 200e-6``,
+    where the ``--option=value`` spelling is not available.
+    """
+    parser._negative_number_matcher = _NEGATIVE_NUMBER  # type: ignore[attr-defined]

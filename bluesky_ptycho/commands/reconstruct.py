@@ -6,7 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._options import D4_ORIENTATIONS, PRECISIONS, direction, non_negative_int, positive_int
+from ._options import (
+    D4_ORIENTATIONS,
+    PRECISIONS,
+    accept_negative_numbers,
+    direction,
+    non_negative_int,
+    positive_int,
+)
+
+#: distances tried with --probe-search-range and no --probe-search-steps
+DEFAULT_RANGE_STEPS = 21
 
 NAME = "reconstruct"
 #: frames read from the file and handed to the engine at a time
@@ -23,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the NRMSE of the result against it is printed."
         ),
     )
+    accept_negative_numbers(parser)
     parser.add_argument("input", metavar="INPUT.cxi", help="CXI file (see docs/cli.md)")
     parser.add_argument(
         "--iterations", type=non_negative_int, default=150, help="ML_grad iterations (150)"
@@ -62,6 +73,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="Z",
         help="propagate the initial probe by Z metres (0)",
     )
+    search = parser.add_argument_group(
+        "probe defocus search",
+        "Before reconstructing, try probe propagation distances on the frames nearest the "
+        "scan centre and keep the one with the lowest Poisson NLL (see docs/real-data.md).",
+    )
+    search.add_argument(
+        "--probe-search",
+        action="store_true",
+        help="search the probe propagation distance first (replaces --probe-propagation-m)",
+    )
+    search.add_argument(
+        "--probe-search-range",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        help="distances to try, metres (default: +-the defocus at which the probe fills 3/4 "
+        "of the field of view, from the bright-field disc of the data)",
+    )
+    search.add_argument(
+        "--probe-search-steps",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="number of distances in the range (default: half a depth of focus apart; "
+        "with --probe-search-range: 21)",
+    )
+    search.add_argument(
+        "--probe-search-frames",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="frames per trial (48)",
+    )
+    search.add_argument(
+        "--probe-search-iterations",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="ML_grad iterations per trial distance (10)",
+    )
     parser.add_argument(
         "--precision",
         choices=tuple(PRECISIONS),
@@ -99,13 +150,29 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.probe:
         overrides["probe_path"] = args.probe
+    if args.probe_search and args.probe_propagation_m:
+        raise ValueError(
+            "--probe-propagation-m and --probe-search exclude each other (the search chooses "
+            "the distance; --probe-search-range Z Z tries one value)"
+        )
+    if not args.probe_search and (
+        args.probe_search_range is not None
+        or args.probe_search_steps is not None
+        or args.probe_search_frames is not None
+        or args.probe_search_iterations is not None
+    ):
+        raise ValueError("the --probe-search-* options need --probe-search")
     output = Path(args.output) if args.output else default_output(args.input)
     frames, x, y, config = read_cxi(args.input, lazy=True, **overrides)
+    search_attrs: dict[str, Any] = {}
     try:
-        rec = Reconstructor(config, backend=args.backend)
         n_frames = frames.shape[0]
         if n_frames == 0:
             raise ValueError(f"{args.input}: the CXI file holds no frames")
+        if args.probe_search:
+            best_m, search_attrs = probe_search(args, frames, x, y, config)
+            config = config.replace(probe_propagation_m=best_m)
+        rec = Reconstructor(config, backend=args.backend)
         for start in range(0, n_frames, args.chunk_frames):
             stop = min(start + args.chunk_frames, n_frames)
             rec.add_frames(frames[start:stop], x[start:stop], y[start:stop])
@@ -129,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         "input": str(Path(args.input).resolve()),
         "iterations": rec.iteration,
         "backend": rec.backend,
+        **search_attrs,
     }
     truth = read_cxi_truth(args.input)
     if truth is not None and rec.iteration > 0:
@@ -136,9 +204,57 @@ def run(args: argparse.Namespace) -> int:
     write_result(output, snapshot, config, attrs)
     nll = snapshot.metrics.get("poisson_nll", float("nan"))
     print(f"wrote {output}: {rec.iteration} iterations, Poisson NLL {nll:.6g}")
+    if search_attrs:
+        print(
+            f"probe propagation distance {config.probe_propagation_m * 1e6:+.3f} um "
+            "(chosen by --probe-search)"
+        )
     if "nrmse" in attrs:
         print(f"NRMSE vs true object: {attrs['nrmse']:.4f}")
     return 0
+
+
+def probe_search(
+    args: argparse.Namespace, frames: Any, x: Any, y: Any, config: Any
+) -> tuple[float, dict[str, Any]]:
+    """Run the defocus search of ``--probe-search``; print its table.
+
+    Returns the chosen distance (m) and the attributes stored in the output:
+    ``probe_search_m``, ``probe_search_distances_m``, ``probe_search_nll_per_pixel``.
+    """
+    import numpy as np
+
+    from ..calibration import format_defocus_table, search_probe_propagation
+    from ..calibration.defocus import DEFAULT_SEARCH_ITERATIONS, defocus_grid
+    from ..calibration.trials import DEFAULT_TRIAL_FRAMES
+
+    distances = None
+    if args.probe_search_range is not None:
+        low, high = args.probe_search_range
+        steps = args.probe_search_steps or (1 if low == high else DEFAULT_RANGE_STEPS)
+        distances = defocus_grid(low, high, steps)
+    n_frames = args.probe_search_frames or DEFAULT_TRIAL_FRAMES
+    iterations = args.probe_search_iterations or DEFAULT_SEARCH_ITERATIONS
+    print(f"probe search: {n_frames} frames nearest the centre, {iterations} iterations each")
+    best_m, table = search_probe_propagation(
+        frames,
+        x,
+        y,
+        config,
+        distances_m=distances,
+        steps=args.probe_search_steps,
+        n_frames=n_frames,
+        iterations=iterations,
+        backend=args.backend,
+        report=None if args.quiet else print,
+    )
+    print(format_defocus_table(table, best_m))
+    print(f"probe search: best distance {best_m * 1e6:+.3f} um")
+    return best_m, {
+        "probe_search_m": best_m,
+        "probe_search_distances_m": np.array([row.distance_m for row in table]),
+        "probe_search_nll_per_pixel": np.array([row.nll_per_pixel for row in table]),
+    }
 
 
 def write_result(path: str | Path, snapshot: Any, config: Any, attrs: dict[str, Any]) -> Path:
