@@ -4,10 +4,8 @@
 // GPU tests compare each kernel with its twin. Conventions:
 //   * a stack has n frames of rows x cols pixels, frame-major, DC at the corner;
 //   * frame j's window starts at object pixel corners[2j], corners[2j+1];
-//   * the probe seen by frame j is the weighted sum of the probe shifted by
-//     (tap_rows[k], tap_cols[k]) pixels with weights[n_taps j + k]
-//     (out[r, c] = in[r - dy, c - dx], circular): the interpolated
-//     sub-pixel shift of bluesky_ptycho/engine/shift.py;
+//   * probes are stacks too: frame j's sub-pixel-shifted probe P_j, made by
+//     bluesky_ptycho/engine/shift.py (one matrix product for all frames);
 //   * counts < 0 mark excluded pixels;
 //   * reductions accumulate in double: block sums, then one atomicAdd per block.
 
@@ -15,42 +13,13 @@
 
 using index_t = long long;
 
-// Geometry of a frame stack, shared by the stack kernels.
-template <typename R>
-struct Stack {
-  const int* corners;    // (n, 2) window corners on the object
-  const R* weights;      // (n, n_taps) interpolation weights
-  const int* tap_rows;   // (n_taps,) whole-pixel shifts
-  const int* tap_cols;
-  int n_taps;
-  index_t n_frames;
-  int rows, cols, object_cols;
-};
-
-// Kernel parameters that describe a stack (CuPy passes scalars and pointers only).
-#define STACK_PARAMS                                                                  \
-  const int *corners, const R *weights, const int *tap_rows, const int *tap_cols,   \
-      int n_taps, index_t n_frames, int rows, int cols, int object_cols
-#define STACK_INIT \
-  const Stack<R> s{corners, weights, tap_rows, tap_cols, n_taps, n_frames, rows, cols, object_cols}
-
-template <typename R>
-__device__ inline complex<R> shifted_probe(const complex<R>* probe, const Stack<R>& s, index_t j,
-                                           int r, int c) {
-  const R* w = s.weights + (index_t)s.n_taps * j;
-  complex<R> v(0, 0);
-  for (int k = 0; k < s.n_taps; ++k) {
-    int rr = r - s.tap_rows[k], cc = c - s.tap_cols[k];
-    rr += rr < 0 ? s.rows : (rr >= s.rows ? -s.rows : 0);  // taps shift by at most 2
-    cc += cc < 0 ? s.cols : (cc >= s.cols ? -s.cols : 0);
-    v += w[k] * probe[rr * s.cols + cc];
-  }
-  return v;
-}
-
-template <typename R>
-__device__ inline index_t object_index(const Stack<R>& s, index_t j, int r, int c) {
-  return (index_t)(s.corners[2 * j] + r) * s.object_cols + s.corners[2 * j + 1] + c;
+// Object index seen by stack element i (frame j, pixel (r, c)).
+__device__ inline index_t object_index(index_t i, const int* corners, int rows, int cols,
+                                       int object_cols) {
+  const index_t frame_size = (index_t)rows * cols;
+  const index_t j = i / frame_size;
+  const int p = (int)(i - j * frame_size), r = p / cols, c = p - r * cols;
+  return (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
 }
 
 // Sum `value` over the block; thread 0 adds it to `out`.
@@ -126,18 +95,14 @@ __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* 
 // Object gradient and illumination (scattered with atomics); with `probe_terms`
 // also conj(O_j) chi_j into `chi` (in place) and |O_j|^2 into `view_power`.
 template <typename R>
-__global__ void object_gradient(complex<R>* chi, const complex<R>* probe, const complex<R>* object,
-                                STACK_PARAMS, complex<R>* grad_object, R* illumination,
+__global__ void object_gradient(complex<R>* chi, const complex<R>* probes, const complex<R>* object,
+                                const int* corners, index_t size, int rows, int cols,
+                                int object_cols, complex<R>* grad_object, R* illumination,
                                 R* view_power, int probe_terms) {
-  STACK_INIT;
-  const index_t frame_size = (index_t)s.rows * s.cols;
-  const index_t size = s.n_frames * frame_size;
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
-    const index_t j = i / frame_size;
-    const int p = (int)(i - j * frame_size), r = p / s.cols, c = p - r * s.cols;
-    const complex<R> pj = shifted_probe(probe, s, j, r, c);
-    const index_t k = object_index(s, j, r, c);
+    const index_t k = object_index(i, corners, rows, cols, object_cols);
+    const complex<R> pj = probes[i];
     const complex<R> x = chi[i];
     const complex<R> g = conj(pj) * x;
     R* target = reinterpret_cast<R*>(grad_object + k);
@@ -152,30 +117,26 @@ __global__ void object_gradient(complex<R>* chi, const complex<R>* probe, const 
   }
 }
 
-// Exit waves P_j O_j, or the search-direction terms
-//   linear = P_j dO_j + dP_j O_j,  quadratic = dP_j dO_j   (dprobe may be null:
+// Exit waves P_j O_j (dobject null), or the search-direction terms
+//   linear = P_j dO_j + dP_j O_j,  quadratic = dP_j dO_j   (dprobes may be null:
 //   then linear = P_j dO_j and quadratic is untouched).
 template <typename R>
-__global__ void exit_waves(const complex<R>* probe, const complex<R>* dprobe,
-                           const complex<R>* object, const complex<R>* dobject, STACK_PARAMS,
-                           complex<R>* linear, complex<R>* quadratic) {
-  STACK_INIT;
-  const index_t frame_size = (index_t)s.rows * s.cols;
-  const index_t size = s.n_frames * frame_size;
+__global__ void exit_waves(const complex<R>* probes, const complex<R>* dprobes,
+                           const complex<R>* object, const complex<R>* dobject, const int* corners,
+                           index_t size, int rows, int cols, int object_cols, complex<R>* linear,
+                           complex<R>* quadratic) {
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
-    const index_t j = i / frame_size;
-    const int p = (int)(i - j * frame_size), r = p / s.cols, c = p - r * s.cols;
-    const index_t k = object_index(s, j, r, c);
-    const complex<R> pj = shifted_probe(probe, s, j, r, c);
+    const index_t k = object_index(i, corners, rows, cols, object_cols);
+    const complex<R> pj = probes[i];
     if (dobject == nullptr) {
       linear[i] = pj * object[k];
       continue;
     }
     const complex<R> dobj = dobject[k];
     complex<R> lin = pj * dobj;
-    if (dprobe != nullptr) {
-      const complex<R> dpj = shifted_probe(dprobe, s, j, r, c);
+    if (dprobes != nullptr) {
+      const complex<R> dpj = dprobes[i];
       lin += dpj * object[k];
       quadratic[i] = dpj * dobj;
     }

@@ -1,8 +1,10 @@
 """Fused CUDA kernels (kernels/ptycho.cu) behind the :class:`ArrayOperators` API.
 
 Each method computes what its :class:`~.operators.ArrayOperators` twin computes,
-in one pass over the frame stack; the GPU tests compare them. CuPy is imported
-by the caller; this module only touches it through ``xp``.
+in one pass over the frame stack; the GPU tests compare them. The sub-pixel
+probe shifts stay in :mod:`.shift` (one matrix product makes every frame's
+probe); the kernels read those stacks. CuPy is imported by the caller; this
+module only touches it through ``xp``.
 """
 
 from __future__ import annotations
@@ -54,9 +56,6 @@ class CudaOperators(ArrayOperators):
         self, xp: ModuleType, frame_shape: tuple[int, int], real_dtype: str, interpolation: str
     ) -> None:
         super().__init__(xp, frame_shape, real_dtype, interpolation)
-        tap_rows, tap_cols = zip(*shift.taps(interpolation), strict=True)
-        self._tap_rows = xp.asarray(tap_rows, dtype=np.int32)
-        self._tap_cols = xp.asarray(tap_cols, dtype=np.int32)
         self._kernels = _module(real_dtype)
         self._real = np.dtype(real_dtype).type
         self._corners: Any = None
@@ -79,27 +78,28 @@ class CudaOperators(ArrayOperators):
         self._kernels[name]((blocks,), (THREADS,), args)
 
     def _stack_args(self, start: int = 0) -> tuple:
-        n = self._corners.shape[0] - start
+        """Corners, element count and sizes of the frames ``start:``."""
         rows, cols = self.frame_shape
+        n = self._corners.shape[0] - start
         return (
             self._corners[start:],
-            self.weights[start:],
-            self._tap_rows,
-            self._tap_cols,
-            np.int32(len(self._tap_rows)),
-            np.int64(n),
+            np.int64(n * rows * cols),
             np.int32(rows),
             np.int32(cols),
             np.int32(self.object_shape[1]),
         )
 
+    def _probes(self, probe: Any, start: int = 0) -> Any:
+        """(n, M, N) sub-pixel-shifted probes of frames ``start:`` (one GEMM)."""
+        return shift.shifted_probes(probe, self.weights[start:], self.interpolation)
+
     def exit_waves(self, probe: Any, obj: Any, start: int = 0) -> Any:
-        n = self._corners.shape[0] - start
-        out = self.xp.empty((n, *self.frame_shape), probe.dtype)
+        probes = self._probes(probe, start)
+        out = self.xp.empty_like(probes)
         self._launch(
             "exit_waves",
             out.size,
-            (probe, NULL, obj, NULL, *self._stack_args(start), out, NULL),
+            (probes, NULL, obj, NULL, *self._stack_args(start), out, NULL),
         )
         return out
 
@@ -132,7 +132,7 @@ class CudaOperators(ArrayOperators):
             chi.size,
             (
                 chi,
-                probe,
+                self._probes(probe),
                 obj,
                 *self._stack_args(),
                 grad,
@@ -153,8 +153,8 @@ class CudaOperators(ArrayOperators):
             "exit_waves",
             linear.size,
             (
-                probe,
-                _optional(dprobe),
+                self._probes(probe),
+                NULL if dprobe is None else self._probes(dprobe),
                 obj,
                 dobj,
                 *self._stack_args(),
