@@ -27,6 +27,7 @@ from bluesky_ptycho.calibration import (
 from bluesky_ptycho.calibration.orientation import candidates, rank_candidates, to_motor_frame
 from bluesky_ptycho.calibration.trials import crop_centre, resample_probe
 from bluesky_ptycho.config import D4_ORIENTATIONS
+from bluesky_ptycho.cxi import write_cxi
 from bluesky_ptycho.engine.orientation import inverse_orientation, orient_frames
 from bluesky_ptycho.engine.propagation import propagate
 from bluesky_ptycho.metrics import COVERED_RELATIVE, crop_truth, object_nrmse, snapshot_nrmse
@@ -304,7 +305,7 @@ def test_mirror_candidates_give_the_same_object_in_motor_coordinates():
     scan = simulate_scan(default_config(64), n_frames=100, seed=0)
     truth = scan.sample.object
     errors = {}
-    for key in (("identity", 1, 1), ("fliplr", -1, 1), ("rot180", -1, -1), ("identity", -1, -1)):
+    for key in (("identity", 1, 1), ("fliplr", -1, 1), ("identity", -1, -1)):
         config = scan.config.replace(dp_orient=key[0], x_direction=key[1], y_direction=key[2])
         rec = Reconstructor(config, backend="numpy")
         rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
@@ -316,7 +317,7 @@ def test_mirror_candidates_give_the_same_object_in_motor_coordinates():
             object_nrmse(obj, np.nan_to_num(cropped), region),
             object_nrmse(np.conj(obj), np.nan_to_num(cropped), region),
         )
-    for key in (("identity", 1, 1), ("fliplr", -1, 1), ("rot180", -1, -1)):
+    for key in (("identity", 1, 1), ("fliplr", -1, 1)):
         assert errors[key][0] <= TARGET_NRMSE, errors  # same object in motor coordinates
     assert errors[("identity", -1, -1)][1] <= TARGET_NRMSE, errors  # twin: the conjugate
     assert errors[("identity", -1, -1)][0] > 0.3, errors
@@ -421,4 +422,33 @@ def test_cli_reconstruct_probe_search(tmp_path, capsys):
     assert cli.main(bad) == 1
     assert "exclude each other" in capsys.readouterr().err
     assert cli.main(["reconstruct", str(path), "--probe-search-steps", "5"]) == 1
+    assert "need --probe-search" in capsys.readouterr().err
+
+
+def test_cli_detect_orientation_with_defocus_search(tmp_path, capsys):
+    """Unknown orientation, signs and defocus of a centrally stopped probe (where a plain
+    cold start fits no candidate better than another): the joint search finds the planted
+    class of mirrors and the distance; --defocus-sign picks the real twin."""
+    planted = ("rot90_cw", 1, -1)
+    config = default_config(64, dp_orient=planted[0], x_direction=planted[1], y_direction=-1)
+    scan = simulate_scan(
+        config, n_frames=80, seed=3, semiangle_rad=2e-3, defocus_m=-100e-6, central_stop=0.4
+    )
+    path = tmp_path / "stopped.cxi"
+    raw_m = np.stack([scan.x_motor, scan.y_motor], axis=1) * config.position_scale_m
+    write_cxi(path, scan.frames, raw_m, config)  # motor readings: the signs are not applied
+    argv = ["detect-orientation", str(path), "--frames", "32", "--iterations", "8", "--quiet"]
+    argv += ["--backend", "numpy", "--probe-search", "--probe-search-range", "-200e-6", "200e-6"]
+    assert cli.main([*argv, "--probe-search-steps", "17", "--defocus-sign", "-1"]) == 0
+    printed = capsys.readouterr().out
+    assert set(table_keys(printed)[:4]) == mirror_class(planted)
+    use = next(line for line in printed.splitlines() if line.startswith("use: "))
+    chosen = use.split("dp_orient='")[1].split("'")[0]
+    directions = (int(use.split("x_direction=")[1][:2]), int(use.split("y_direction=")[1][:2]))
+    assert (chosen, *directions) in mirror_class(planted)
+    distance = float(use.split("probe_propagation_m=")[1])
+    assert distance == pytest.approx(-100e-6, abs=20e-6)
+    assert "--probe-propagation-m" in printed.splitlines()[-1]
+    # misuse
+    assert cli.main(["detect-orientation", str(path), "--defocus-sign", "+1"]) == 1
     assert "need --probe-search" in capsys.readouterr().err

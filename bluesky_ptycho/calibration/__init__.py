@@ -6,7 +6,9 @@ and compare their Poisson NLL:
 * :func:`search_probe_propagation` - which propagation distance of the initial
   probe fits best (``ReconConfig.probe_propagation_m``);
 * :func:`detect_orientation` - which of the 8 D4 ``dp_orient`` names x 4 motor
-  sign pairs fits best, and which candidates the data cannot tell apart.
+  sign pairs fits best, and which candidates the data cannot tell apart;
+* :func:`search_orientation_and_defocus` - both at once, for a cold start that
+  fits no orientation until the probe is propagated (a defocused probe).
 
 Everything here runs on NumPy (or CuPy through ``backend``) and imports no
 Bluesky package.
@@ -18,13 +20,15 @@ from .defocus import (
     format_defocus_table,
     search_probe_propagation,
 )
-from .orientation import Candidate, OrientationResult, detect_orientation, relation
+from .joint import JointResult, search_orientation_and_defocus
+from .orientation import Candidate, OrientationResult, detect_orientation, relation, to_motor_frame
 from .trials import BeamEstimate, TrialSet, estimate_beam, prepare_trials, run_trial
 
 __all__ = [
     "BeamEstimate",
     "Candidate",
     "DefocusTrial",
+    "JointResult",
     "OrientationResult",
     "TrialSet",
     "default_defocus_range",
@@ -34,5 +38,7 @@ __all__ = [
     "prepare_trials",
     "relation",
     "run_trial",
+    "search_orientation_and_defocus",
     "search_probe_propagation",
+    "to_motor_frame",
 ]

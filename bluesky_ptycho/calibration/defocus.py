@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..config import ReconConfig
-from .trials import DEFAULT_TRIAL_FRAMES, BeamEstimate, prepare_trials, run_trial
+from .trials import DEFAULT_TRIAL_FRAMES, BeamEstimate, TrialSet, prepare_trials, run_trial
 
 #: ML_grad iterations per trial distance
 DEFAULT_SEARCH_ITERATIONS = 10
@@ -110,19 +110,37 @@ def search_probe_propagation(
             raise ValueError(f"probe search: distances must be finite metres, got {distances_m!r}")
     trials = prepare_trials(frames, x, y, config, n_frames, crop_px)
     if distances_m is None:
-        if trials.beam is None:
-            raise ValueError(
-                "probe search: no bright-field disc found in the mean pattern; "
-                "give the distances (--probe-search-range MIN MAX)"
-            )
-        distances = default_defocus_range(trials.beam, steps)
+        distances = trial_distances(trials, steps)
+    return search_trials(trials, distances, iterations, backend, refine, report)
+
+
+def trial_distances(trials: TrialSet, steps: int | None = None) -> np.ndarray:
+    """:func:`default_defocus_range` of the beam seen in ``trials`` (ValueError if none)."""
+    if trials.beam is None:
+        raise ValueError(
+            "probe search: no bright-field disc found in the mean pattern; "
+            "give the distances (--probe-search-range MIN MAX)"
+        )
+    return default_defocus_range(trials.beam, steps)
+
+
+def search_trials(
+    trials: TrialSet,
+    distances: np.ndarray,
+    iterations: int = DEFAULT_SEARCH_ITERATIONS,
+    backend: str = "auto",
+    refine: bool = True,
+    report: Callable[[str], Any] | None = None,
+    **changes: Any,
+) -> tuple[float, list[DefocusTrial]]:
+    """:func:`search_probe_propagation` on prepared trials; ``changes`` go to every trial."""
     results: dict[float, float] = {}
 
     def evaluate(distance: float) -> None:
         distance = float(distance)
         if distance in results:
             return
-        nll = run_trial(trials, iterations, backend, probe_propagation_m=distance)
+        nll = run_trial(trials, iterations, backend, probe_propagation_m=distance, **changes)
         results[distance] = nll if math.isfinite(nll) else math.inf
         if report is not None:
             report(f"  z = {distance * 1e6:+10.3f} um   NLL/pixel {nll:.5g}")

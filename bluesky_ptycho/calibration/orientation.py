@@ -51,7 +51,7 @@ import numpy as np
 
 from ..config import D4_ORIENTATIONS, ReconConfig
 from ..engine.orientation import orient_frames
-from .trials import DEFAULT_TRIAL_FRAMES, prepare_trials, run_trial
+from .trials import DEFAULT_TRIAL_FRAMES, TrialSet, prepare_trials, run_trial
 
 #: ML_grad iterations per candidate
 DEFAULT_ORIENTATION_ITERATIONS = 10
@@ -93,6 +93,12 @@ def orientation_matrix(name: str) -> np.ndarray:
 
 
 _MATRICES = {name: orientation_matrix(name) for name in D4_ORIENTATIONS}
+
+
+def compose(outer: str, inner: str) -> str:
+    """The D4 name of ``outer`` applied after ``inner``."""
+    product = _MATRICES[outer] @ _MATRICES[inner]
+    return next(name for name, matrix in _MATRICES.items() if np.array_equal(matrix, product))
 
 
 def relation(candidate: tuple[str, int, int], reference: tuple[str, int, int]) -> str:
@@ -314,7 +320,21 @@ def detect_orientation(
     report : called with one line per candidate (progress), e.g. ``print``.
     """
     trials = prepare_trials(frames, x, y, config, n_frames, crop_px)
-    warm = trials.config.probe is not None
+    current = (config.dp_orient, config.x_direction, config.y_direction)
+    return rank_trials(trials, iterations, backend, tolerance, current, report)
+
+
+def rank_trials(
+    trials: TrialSet,
+    iterations: int = DEFAULT_ORIENTATION_ITERATIONS,
+    backend: str = "auto",
+    tolerance: float = DEFAULT_TOLERANCE,
+    current: tuple[str, int, int] | None = None,
+    report: Callable[[str], Any] | None = None,
+) -> OrientationResult:
+    """:func:`detect_orientation` on prepared trials (their config's probe model)."""
+    config = trials.config
+    warm = config.probe is not None
     hold = iterations if warm else config.probe_hold_iterations
     results = {}
     for key in candidates():
@@ -333,12 +353,17 @@ def detect_orientation(
         results[key] = nll if np.isfinite(nll) else float("inf")
         if report is not None:
             report(f"  {name:<13} x {sx:+d} y {sy:+d}   NLL/pixel {nll:.6g}")
-    current = (config.dp_orient, config.x_direction, config.y_direction)
     settings = {
         "n_frames": int(trials.frames.shape[0]),
         "iterations": iterations,
         "crop_px": trials.crop_px,
-        "probe_model": describe_probe_model(config) + (" (held fixed)" if warm else ""),
+        "probe_model": trials.probe_model
+        + (
+            f", propagated {config.probe_propagation_m * 1e6:+.3f} um"
+            if config.probe_propagation_m
+            else ""
+        )
+        + (" (held fixed)" if warm else ""),
     }
     return rank_candidates(results, tolerance, current, settings)
 
@@ -365,16 +390,3 @@ def to_motor_frame(snapshot: Any, config: ReconConfig) -> tuple[Any, Any, tuple[
         start, pixel, size = snapshot.origin_m[axis], snapshot.pixel_m[axis], obj.shape[axis]
         origin.append(float(start if sign == 1 else -(start + (size - 1) * pixel)))
     return obj, coverage, (origin[0], origin[1])
-
-
-def describe_probe_model(config: ReconConfig) -> str:
-    """'cold start', 'warm start (FILE)' ..., with the propagation distance if any."""
-    if config.probe is not None:
-        text = "warm start (array)"
-    elif config.probe_path is not None:
-        text = f"warm start ({config.probe_path})"
-    else:
-        text = "cold start"
-    if config.probe_propagation_m:
-        text += f", propagated {config.probe_propagation_m * 1e6:+.3f} um"
-    return text

@@ -77,6 +77,7 @@ class TrialSet:
         ``probe_path``).
     indices : (n,) positions of these frames in the caller's arrays.
     beam : what the mean pattern says about the illumination (None if no disc was found).
+    probe_model : the caller's probe model in words ("cold start", "warm start (FILE)").
     """
 
     frames: np.ndarray
@@ -85,6 +86,7 @@ class TrialSet:
     config: ReconConfig
     indices: np.ndarray
     beam: BeamEstimate | None
+    probe_model: str = "cold start"
 
     @property
     def crop_px(self) -> int:
@@ -265,7 +267,17 @@ def prepare_trials(
         config=config.replace(**changes),
         indices=indices,
         beam=beam,
+        probe_model=describe_probe_model(config),
     )
+
+
+def describe_probe_model(config: ReconConfig) -> str:
+    """'cold start' or 'warm start (FILE)', without the propagation distance."""
+    if config.probe is not None:
+        return "warm start (array)"
+    if config.probe_path is not None:
+        return f"warm start ({config.probe_path})"
+    return "cold start"
 
 
 def read_frames(frames: Any, indices: np.ndarray) -> np.ndarray:

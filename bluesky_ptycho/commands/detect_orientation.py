@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._options import accept_negative_numbers, positive_float, positive_int
+from ._options import accept_negative_numbers, direction, positive_float, positive_int
 
 NAME = "detect-orientation"
 
@@ -68,6 +68,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="propagate the initial probe by Z metres; a known defocus breaks the twin "
         "ambiguity (0)",
     )
+    search = parser.add_argument_group(
+        "joint defocus search",
+        "For a cold start that fits no orientation (a strongly defocused probe): search the "
+        "probe propagation distance for each of the four classes of equivalent candidates, "
+        "then rank the 32 candidates with the best distance (docs/real-data.md).",
+    )
+    search.add_argument(
+        "--probe-search",
+        action="store_true",
+        help="search the defocus together with the orientation (cold start only)",
+    )
+    search.add_argument(
+        "--probe-search-range",
+        nargs=2,
+        type=float,
+        metavar=("MIN", "MAX"),
+        help="distances to try, metres (default: from the bright-field disc of the data)",
+    )
+    search.add_argument(
+        "--probe-search-steps",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="number of distances (default: half a depth of focus apart; with a range: 21)",
+    )
+    search.add_argument(
+        "--defocus-sign",
+        type=direction,
+        default=None,
+        help="+1 if the sample is downstream of the focus, -1 if upstream: picks the real one "
+        "of the two twin solutions (default: keep the sign found, and say so)",
+    )
     parser.add_argument(
         "--tolerance",
         type=positive_float,
@@ -82,13 +114,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibration import detect_orientation
+    from ..calibration import detect_orientation, search_orientation_and_defocus
+    from ..calibration.defocus import defocus_grid, format_defocus_table
     from ..cxi import read_cxi
+    from .reconstruct import DEFAULT_RANGE_STEPS
 
+    search_options = (args.probe_search_range, args.probe_search_steps, args.defocus_sign)
+    if not args.probe_search and any(option is not None for option in search_options):
+        raise ValueError(
+            "--probe-search-range, --probe-search-steps and --defocus-sign need --probe-search"
+        )
+    if args.probe_search and (args.probe or args.probe_propagation_m):
+        raise ValueError(
+            "--probe-search starts cold and chooses the distance: leave out --probe and "
+            "--probe-propagation-m"
+        )
     overrides: dict[str, Any] = {"probe_propagation_m": args.probe_propagation_m}
     if args.probe:
         overrides["probe_path"] = args.probe
     frames, x, y, config = read_cxi(args.input, lazy=True, **overrides)
+    report = None if args.quiet else print
+    common = {
+        "n_frames": args.frames,
+        "iterations": args.iterations,
+        "crop_px": args.crop,
+        "backend": args.backend,
+        "tolerance": args.tolerance,
+        "report": report,
+    }
     try:
         if frames.shape[0] == 0:
             raise ValueError(f"{args.input}: the CXI file holds no frames")
@@ -96,20 +149,38 @@ def run(args: argparse.Namespace) -> int:
             f"{args.input}: {frames.shape[0]} frames of {config.frame_shape[0]}x"
             f"{config.frame_shape[1]}; trying 32 orientation candidates"
         )
-        result = detect_orientation(
-            frames,
-            x,
-            y,
-            config,
-            n_frames=args.frames,
-            iterations=args.iterations,
-            crop_px=args.crop,
-            backend=args.backend,
-            tolerance=args.tolerance,
-            report=None if args.quiet else print,
-        )
+        joint = None
+        if args.probe_search:
+            distances = None
+            if args.probe_search_range is not None:
+                low, high = args.probe_search_range
+                steps = args.probe_search_steps or (1 if low == high else DEFAULT_RANGE_STEPS)
+                distances = defocus_grid(low, high, steps)
+            joint = search_orientation_and_defocus(
+                frames,
+                x,
+                y,
+                config,
+                distances_m=distances,
+                steps=args.probe_search_steps,
+                defocus_sign=args.defocus_sign,
+                **common,
+            )
+            result = joint.orientation
+        else:
+            result = detect_orientation(frames, x, y, config, **common)
     finally:
         frames.file.close()
+    if joint is not None:
+        for key, table in joint.searches.items():
+            best = min(table, key=lambda row: row.nll_per_pixel)
+            print(
+                f"defocus search as {key[0]} x {key[1]:+d} y {key[2]:+d} (and its 7 "
+                f"equivalents): best {best.distance_m * 1e6:+.3f} um, NLL/pixel "
+                f"{best.nll_per_pixel:.5g}"
+            )
+        if report is not None:
+            print(format_defocus_table(joint.searches[_class_of(joint)], _best_of(joint)))
     settings = result.settings
     print(
         f"trials: {settings['n_frames']} frames cropped to {settings['crop_px']}x"
@@ -118,9 +189,31 @@ def run(args: argparse.Namespace) -> int:
     print(result.format_table())
     print(result.explanation())
     chosen = result.recommended
+    flags = chosen.flags()
+    if joint is not None:
+        flags = joint.flags()
+        if joint.sign_from == "data":
+            print(
+                f"defocus sign: {joint.distance_m * 1e6:+.3f} um is the sign the search found; "
+                "the twin (dp_orient turned by 180 degrees, opposite distance) fits exactly as "
+                "well. Give --defocus-sign (+1: sample downstream of the focus) to choose."
+            )
+        if not joint.consistent:
+            print("warning: the ranking disagrees with the defocus search; use more --frames")
     print(
         f"use: dp_orient={chosen.dp_orient!r}, x_direction={chosen.x_direction:+d}, "
         f"y_direction={chosen.y_direction:+d}"
+        + (f", probe_propagation_m={joint.distance_m:.6g}" if joint is not None else "")
     )
-    print(f"     bluesky-ptycho reconstruct {args.input} {chosen.flags()}")
+    print(f"     bluesky-ptycho reconstruct {args.input} {flags}")
     return 0
+
+
+def _class_of(joint: Any) -> tuple[str, int, int]:
+    """The representative whose defocus search won."""
+    return min(joint.searches, key=lambda key: min(r.nll_per_pixel for r in joint.searches[key]))
+
+
+def _best_of(joint: Any) -> float:
+    table = joint.searches[_class_of(joint)]
+    return min(table, key=lambda row: row.nll_per_pixel).distance_m
