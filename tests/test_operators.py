@@ -138,3 +138,18 @@ def test_d4_orientations_are_distinct():
 def test_unknown_orientation_is_rejected():
     with pytest.raises(ValueError, match="dp_orient"):
         orient_frames(np.zeros((2, 2)), "rot45")
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "float32", "complex128"])
+def test_weighted_sum_matches_tensordot(xp, dtype):
+    rng = np.random.default_rng(4)
+    real = "float64" if dtype == "complex128" else "float32"
+    weights = xp.asarray(rng.uniform(-1, 1, (5, 7)).astype(real))
+    data = rng.standard_normal((7, 3, 4)) + (
+        1j * rng.standard_normal((7, 3, 4)) if "c" in dtype[0] else 0
+    )
+    stack = xp.asarray(data.astype(dtype))
+    got = shift.weighted_sum(weights.T.T, stack).reshape(5, 3, 4)
+    want = xp.tensordot(weights.astype(dtype), stack, axes=(1, 0))
+    assert got.dtype == stack.dtype
+    assert float(xp.abs(got - want).max()) <= 1e-5 * float(xp.abs(want).max())
