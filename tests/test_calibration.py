@@ -24,6 +24,7 @@ from bluesky_ptycho.calibration import (
     relation,
     search_probe_propagation,
 )
+from bluesky_ptycho.calibration.joint import REPRESENTATIVES
 from bluesky_ptycho.calibration.orientation import candidates, rank_candidates, to_motor_frame
 from bluesky_ptycho.calibration.trials import crop_centre, resample_probe
 from bluesky_ptycho.config import D4_ORIENTATIONS
@@ -162,6 +163,12 @@ def test_trials_crop_odd_around_dc_and_resample_the_probe():
     # a full-size crop of an odd frame changes nothing
     odd = asymmetric_probe(config.replace(frame_shape=(63, 63)))
     np.testing.assert_allclose(resample_probe(odd, 63), odd, atol=1e-12)
+
+
+def test_joint_search_representatives_cover_the_32_candidates():
+    covered = [mirror_class(key) | twin_class(key) for key in REPRESENTATIVES]
+    assert all(len(group) == 8 for group in covered)
+    assert set().union(*covered) == set(candidates())
 
 
 def test_relation_classes_have_the_expected_sizes():

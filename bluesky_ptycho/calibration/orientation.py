@@ -57,8 +57,8 @@ from .trials import DEFAULT_TRIAL_FRAMES, TrialSet, prepare_trials, run_trial
 DEFAULT_ORIENTATION_ITERATIONS = 10
 #: candidates whose NLL is within this fraction of the best are tied. Measured on
 #: simulated scans (48 frames, 10 iterations): equivalent candidates agree to
-#: < 0.1 %; the nearest inequivalent candidate was 11-200 % worse (a twin, with
-#: a probe defocused by 0.4 depths of focus, is the closest).
+#: < 0.1 %; the nearest inequivalent candidate was 10 % to 3.5x worse (the closest:
+#: a twin, with a probe model only 0.4 depths of focus out of focus).
 DEFAULT_TOLERANCE = 0.05
 #: NLLs that agree to this (relative) are exact ties: listed in a fixed order
 EXACT_TIE = 1e-6
@@ -208,8 +208,8 @@ class OrientationResult:
             )
         if OTHER in relations:
             advice.append(
-                "a different orientation is tied: use more frames (--frames) or iterations "
-                "(--iterations)"
+                "a different orientation is tied: the probe model may be far off (a defocused "
+                "probe: --probe-search) or the trials too small (--frames, --iterations)"
             )
         return (
             f"ambiguous: {tied} candidates fit within {self.tolerance:.0%}; "
@@ -353,17 +353,14 @@ def rank_trials(
         results[key] = nll if np.isfinite(nll) else float("inf")
         if report is not None:
             report(f"  {name:<13} x {sx:+d} y {sy:+d}   NLL/pixel {nll:.6g}")
+    model = trials.probe_model
+    if config.probe_propagation_m:
+        model += f", propagated {config.probe_propagation_m * 1e6:+.3f} um"
     settings = {
         "n_frames": int(trials.frames.shape[0]),
         "iterations": iterations,
         "crop_px": trials.crop_px,
-        "probe_model": trials.probe_model
-        + (
-            f", propagated {config.probe_propagation_m * 1e6:+.3f} um"
-            if config.probe_propagation_m
-            else ""
-        )
-        + (" (held fixed)" if warm else ""),
+        "probe_model": model + (" (held fixed)" if warm else ""),
     }
     return rank_candidates(results, tolerance, current, settings)
 
