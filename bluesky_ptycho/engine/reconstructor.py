@@ -158,13 +158,13 @@ class Reconstructor:
         )
         self._ensure_capacity(self._n + n_new)
         self._counts[self._n : self._n + n_new] = counts
-        self._positions_px = np.concatenate([self._positions_px, centres])
+        self._positions_px[self._n : self._n + n_new] = centres
         total_valid = float(self.xp.where(counts >= 0, counts, 0).sum())
         self._photons_per_frame = (self._photons_per_frame * self._n + total_valid) / (
             self._n + n_new
         )
         self._n += n_new
-        self._fit_canvas()
+        self._fit_canvas(centres)
         self._previous = None  # the objective changed: restart conjugate directions
 
     def _preprocess(self, frames: Any) -> Any:
@@ -190,11 +190,18 @@ class Reconstructor:
             grown = self.xp.zeros((new_capacity, *self._shape), dtype)
             grown[: self._n] = old[: self._n]
             setattr(self, name, grown)
+        positions = np.zeros((new_capacity, 2))
+        positions[: self._n] = self._positions_px[: self._n]
+        self._positions_px = positions
 
-    def _fit_canvas(self) -> None:
-        """Grow the object canvas so every window fits with ``object_margin_px`` spare."""
+    def _fit_canvas(self, centres: np.ndarray) -> None:
+        """Grow the object canvas so the windows at ``centres`` fit with a margin.
+
+        A canvas that must grow grows by at least a quarter of its size on each
+        side that overflows, so a scan spiralling outwards reallocates rarely.
+        """
         half = np.array(self._shape) // 2
-        corners = np.floor(self._positions_px - half).astype(np.int64)
+        corners = np.floor(centres - half).astype(np.int64)
         margin = self.config.object_margin_px
         low = corners.min(axis=0) - margin
         high = corners.max(axis=0) + np.array(self._shape) + 1 + margin
@@ -203,8 +210,9 @@ class Reconstructor:
             old_high = self._origin_px + np.array(self.object.shape)
             if (low >= old_low).all() and (high <= old_high).all():
                 return
-            low = np.minimum(low, old_low)
-            high = np.maximum(high, old_high)
+            slack = np.array(self.object.shape) // 4
+            low = np.where(low < old_low, np.minimum(low, old_low - slack), old_low)
+            high = np.where(high > old_high, np.maximum(high, old_high + slack), old_high)
         grown = self.xp.ones(tuple(int(v) for v in high - low), self._complex)
         if self.object.size:
             r0, c0 = (self._origin_px - low).astype(int)
