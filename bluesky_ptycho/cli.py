@@ -19,7 +19,14 @@ import sys
 from collections.abc import Sequence
 
 #: modules under bluesky_ptycho.commands, in the order ``--help`` lists them
-COMMANDS: tuple[str, ...] = ("simulate", "reconstruct", "detect_orientation", "bench")
+COMMANDS: tuple[str, ...] = (
+    "simulate",
+    "reconstruct",
+    "detect_orientation",
+    "bench",
+    "demo",
+    "bench_callback",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

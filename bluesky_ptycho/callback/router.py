@@ -94,6 +94,8 @@ class PtychoCallback(DocumentRouter):
     root_map : file path prefix replacements for Resource and StreamResource paths.
     file_timeout_s : after the stop document, how long unreadable files are retried.
     require_metadata : reconstruct only runs whose start document has ``ptycho``.
+    worker_nice : niceness added to the worker thread (Linux) so that the RunEngine
+        thread wins when CPU cores are scarce; 0 leaves it alone.
     **settings : any ReconConfig field and ``image_key``, ``x_key``, ``y_key``,
         ``refine_iterations``, ``min_frames`` (see
         :mod:`~bluesky_ptycho.callback.settings`).
@@ -112,6 +114,7 @@ class PtychoCallback(DocumentRouter):
         root_map: Mapping[str, str] | None = None,
         file_timeout_s: float = 30.0,
         require_metadata: bool = False,
+        worker_nice: int = 10,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -129,6 +132,7 @@ class PtychoCallback(DocumentRouter):
         self.snapshot_interval_s = snapshot_interval_s
         self.file_timeout_s = file_timeout_s
         self.require_metadata = require_metadata
+        self.worker_nice = worker_nice
         self._handlers = handler_registry_with(handler_registry)
         self._root_map = dict(root_map or {})
         self._queue = IngestQueue(max_queued_frames, full_wait_s)
@@ -157,6 +161,7 @@ class PtychoCallback(DocumentRouter):
                 make_run=self._make_run,
                 on_result=self._on_result,
                 new_run_policy=self.new_run_policy,
+                nice=self.worker_nice,
             )
 
     def _make_run(self, start: dict[str, Any]) -> RunReconstruction:

@@ -25,6 +25,7 @@ ends the previous run as failed ("no stop document").
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -45,11 +46,28 @@ def check_policy(policy: str) -> None:
         raise ValueError(f"new_run_policy: expected one of {POLICIES}, got {policy!r}")
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by ``nice`` (Linux; elsewhere a no-op).
+
+    The RunEngine thread then wins when CPU cores are scarce: a CPU-bound
+    reconstruction must not slow the scan. (It does not help with the GIL, which
+    the engine releases inside NumPy/CuPy calls.)
+    """
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except (OSError, AttributeError):
+        logger.debug("ptycho: could not lower the worker thread's priority", exc_info=True)
+
+
 class Worker:
     """Owns the engine thread (see module docstring).
 
     make_run : builds a :class:`RunReconstruction` from a raw start document.
     on_result : called (worker thread) with each finished run's :class:`RunResult`.
+    nice : niceness added to the worker thread (Linux), so the scan wins for CPU.
     """
 
     def __init__(
@@ -59,6 +77,7 @@ class Worker:
         on_result: Callable[[RunResult], None],
         new_run_policy: str = "finish",
         idle_poll_s: float = 0.05,
+        nice: int = 10,
     ) -> None:
         check_policy(new_run_policy)
         self.queue = queue
@@ -66,6 +85,7 @@ class Worker:
         self._make_run = make_run
         self._on_result = on_result
         self._idle_poll_s = idle_poll_s
+        self._nice = nice
         self._run: RunReconstruction | None = None
         self._closing = threading.Event()
         self._handled = 0
@@ -104,6 +124,7 @@ class Worker:
 
     # -------------------------------------------------------------- loop
     def _main(self) -> None:
+        lower_thread_priority(self._nice)
         while True:
             try:
                 if not self._step():

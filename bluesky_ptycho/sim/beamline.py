@@ -23,8 +23,9 @@ start-document dict for a detector.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -89,7 +90,7 @@ class SimBeamline:
     sy: SynAxis
     rng: np.random.Generator
     step_m: float
-    _keep: list[Any] = field(default_factory=list, repr=False)
+    exposure_s: float = 0.0  # simulated exposure time per frame (sleeps)
 
     @property
     def config(self) -> ReconConfig:
@@ -100,7 +101,9 @@ class SimBeamline:
         return self.sample.frame(x_um, y_um, self.rng)
 
     def frame(self) -> np.ndarray:
-        """One recorded frame at the motors' current readback."""
+        """One recorded frame at the motors' current readback (after ``exposure_s``)."""
+        if self.exposure_s > 0:
+            time.sleep(self.exposure_s)
         return self.frame_at(float(self.sx.readback.get()), float(self.sy.readback.get()))
 
     def positions_um(self, n_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,6 +159,7 @@ class SimBeamline:
                 self.frame_at,
                 lambda: (float(self.sx.readback.get()), float(self.sy.readback.get())),
                 self.config.frame_shape,
+                exposure_s=self.exposure_s,
                 name=name,
             )
         return xdet

@@ -76,6 +76,7 @@ class _State:
         self.writer: _Writer | None = None
         self.n_exposures = 1
         self.period_s = 0.0
+        self.default_exposure_s = 0.0
         self.trajectory: list[tuple[float, float]] = []
         self.written, self.set_written = soft_signal_r_and_setter(int)
 
@@ -86,7 +87,7 @@ class _Trigger(DetectorTriggerLogic):
 
     async def prepare_internal(self, num: int, livetime: float, deadtime: float) -> None:
         self.state.n_exposures = num
-        self.state.period_s = livetime + deadtime
+        self.state.period_s = (livetime or self.state.default_exposure_s) + deadtime
 
     async def default_trigger_info(self) -> TriggerInfo:
         return TriggerInfo()
@@ -173,6 +174,7 @@ class SimPtychoHDF5Detector(StandardDetector):
 
     frame : ``frame(x, y)`` -> one recorded frame at these motor readings.
     position : ``position()`` -> current (x, y) motor readback (step scans).
+    exposure_s : exposure time when a trigger does not set one (livetime 0).
     """
 
     def __init__(
@@ -181,9 +183,11 @@ class SimPtychoHDF5Detector(StandardDetector):
         frame: FrameFunction,
         position: Callable[[], tuple[float, float]],
         frame_shape: tuple[int, int],
+        exposure_s: float = 0.0,
         name: str = "",
     ) -> None:
         self._state = _State()
+        self._state.default_exposure_s = exposure_s
         self.add_detector_logics(
             _Trigger(self._state),
             _Acquire(self._state, frame, position),
