@@ -8,12 +8,16 @@ and compare their Poisson NLL:
 * :func:`detect_orientation` - which of the 8 D4 ``dp_orient`` names x 4 motor
   sign pairs fits best, and which candidates the data cannot tell apart;
 * :func:`search_orientation_and_defocus` - both at once, for a cold start that
-  fits no orientation until the probe is propagated (a defocused probe).
+  fits no orientation until the probe is propagated (a defocused probe);
+* :func:`calibrate` - whichever of these a configuration leaves open, in one
+  call that returns the configuration to use and a JSON-ready summary (for a
+  live pipeline calibrating on the first frames of a scan).
 
 Everything here runs on NumPy (or CuPy through ``backend``) and imports no
 Bluesky package.
 """
 
+from .auto import Calibration, calibrate
 from .defocus import (
     DefocusTrial,
     default_defocus_range,
@@ -26,11 +30,13 @@ from .trials import BeamEstimate, TrialSet, estimate_beam, prepare_trials, run_t
 
 __all__ = [
     "BeamEstimate",
+    "Calibration",
     "Candidate",
     "DefocusTrial",
     "JointResult",
     "OrientationResult",
     "TrialSet",
+    "calibrate",
     "default_defocus_range",
     "detect_orientation",
     "estimate_beam",
