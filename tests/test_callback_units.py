@@ -274,3 +274,23 @@ def test_publisher_survives_a_failing_emit():
     assert publisher.flush(timeout=10)
     assert publisher.emit_errors >= 4
     assert publisher.close(timeout=10)
+
+
+def test_profile_snippet_uses_only_accepted_keywords():
+    import ast
+    import inspect
+    from pathlib import Path
+
+    from bluesky_ptycho.callback import PtychoCallback
+
+    path = Path(__file__).resolve().parents[1] / "profile_snippets" / "50-ptycho.py"
+    tree = ast.parse(path.read_text())
+    (call,) = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "PtychoCallback"
+    ]
+    named = {k.arg for k in call.keywords}
+    options = set(inspect.signature(PtychoCallback).parameters) - {"emit", "settings"}
+    assert named and named <= options | set(allowed_keys())
+    assert {"energy_kev", "distance_m", "detector_pixel_m", "image_key", "x_key", "y_key"} <= named

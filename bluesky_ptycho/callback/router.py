@@ -20,6 +20,7 @@ Which runs are reconstructed:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 from collections import deque
@@ -156,6 +157,7 @@ class PtychoCallback(DocumentRouter):
 
             if self._publisher is None:
                 self._publisher = SnapshotPublisher(self._emit_target)
+                atexit.register(self._close_at_exit)
             self._worker = Worker(
                 self._queue,
                 make_run=self._make_run,
@@ -179,9 +181,6 @@ class PtychoCallback(DocumentRouter):
 
     def _on_result(self, result: RunResult) -> None:
         """Worker thread: a run has ended."""
-        if self._publisher is not None:
-            self._publisher.flush(timeout=60.0)
-            result.derived_uid = self._publisher.derived_uids.pop(result.raw_uid, None)
         self.last_result = result
         self.results.append(RunResult(**{**result.__dict__, "snapshot": None}))
 
@@ -199,8 +198,13 @@ class PtychoCallback(DocumentRouter):
         remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
         return self._publisher.flush(remaining)
 
+    def _close_at_exit(self) -> None:
+        """At interpreter exit: end the current derived run rather than lose it."""
+        self.close(timeout=10.0)
+
     def close(self, timeout: float | None = 30.0) -> bool:
         """Finish the current run (refinement cut short), emit everything, stop the threads."""
+        atexit.unregister(self._close_at_exit)
         ok = True
         if self._worker is not None:
             ok = self._worker.close(timeout)
@@ -389,8 +393,7 @@ class PtychoCallback(DocumentRouter):
             and tap.stream_resource_keys.get(doc["stream_resource"]) == tap.keys[0]
         ):
             n = int(doc["indices"]["stop"]) - int(doc["indices"]["start"])
-            if tap.confirmed:
-                tap.frames += n
+            tap.frames += n
         self._send(tap, Item("stream_datum", tap.uid, dict(doc), n))
 
     def stop(self, doc: dict) -> None:

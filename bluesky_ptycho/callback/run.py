@@ -89,7 +89,7 @@ class RunReconstruction:
             self.settings = None
             self.fail(f"invalid settings: {error}")
             described = {k: str(v) for k, v in described.items()}
-        publisher.begin(self.raw_uid, raw_start, described)
+        self.derived_uid = publisher.begin(self.raw_uid, raw_start, described)
         self.assembler: FrameAssembler | None = None
         if self.settings is not None:
             s = self.settings
@@ -226,7 +226,7 @@ class RunReconstruction:
         self.final_snapshot = snapshot
         return RunResult(
             raw_uid=self.raw_uid,
-            derived_uid=None,
+            derived_uid=self.derived_uid,
             exit_status=self.exit_status,
             reason=reason,
             frames_received=progress.frames_received,

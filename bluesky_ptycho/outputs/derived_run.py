@@ -56,7 +56,11 @@ class DerivedRun:
     """Compose and emit the documents of one derived run (see module docstring)."""
 
     def __init__(
-        self, emit: Emit, raw_start: Mapping[str, Any], settings: Mapping[str, Any]
+        self,
+        emit: Emit,
+        raw_start: Mapping[str, Any],
+        settings: Mapping[str, Any],
+        uid: str | None = None,
     ) -> None:
         self._emit = emit
         metadata: dict[str, Any] = {
@@ -66,7 +70,7 @@ class DerivedRun:
         }
         if "scan_id" in raw_start:
             metadata["raw_scan_id"] = raw_start["scan_id"]
-        self._bundle = compose_run(metadata=metadata)
+        self._bundle = compose_run(uid=uid, metadata=metadata)
         self.uid: str = self._bundle.start_doc["uid"]
         self._progress: Any = None
         self._primary: Any = None

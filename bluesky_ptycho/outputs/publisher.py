@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,6 @@ class SnapshotPublisher:
         self._runs: dict[str, DerivedRun] = {}
         self._busy = False
         self._closing = False
-        self.derived_uids: dict[str, str] = {}
         self.published = 0
         self.superseded = 0
         self.emit_errors = 0
@@ -54,10 +54,11 @@ class SnapshotPublisher:
         self._thread.start()
 
     # ------------------------------------------------------------ producers
-    def begin(
-        self, run_uid: str, raw_start: Mapping[str, Any], settings: Mapping[str, Any]
-    ) -> None:
-        self._put("begin", run_uid, (dict(raw_start), dict(settings)))
+    def begin(self, run_uid: str, raw_start: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+        """Start the derived run of raw run ``run_uid``; returns the derived run's uid."""
+        derived_uid = str(uuid.uuid4())
+        self._put("begin", run_uid, (dict(raw_start), dict(settings), derived_uid))
+        return derived_uid
 
     def offer(self, run_uid: str, snapshot: Snapshot, progress: Progress) -> None:
         """A live snapshot; replaces one of the same run not yet published."""
@@ -131,10 +132,8 @@ class SnapshotPublisher:
 
     def _handle(self, kind: str, run_uid: str, args: tuple[Any, ...]) -> None:
         if kind == "begin":
-            raw_start, settings = args
-            run = DerivedRun(self._emit, raw_start, settings)
-            self._runs[run_uid] = run
-            self.derived_uids[run_uid] = run.uid
+            raw_start, settings, derived_uid = args
+            self._runs[run_uid] = DerivedRun(self._emit, raw_start, settings, uid=derived_uid)
             return
         run = self._runs.get(run_uid)
         if run is None:
