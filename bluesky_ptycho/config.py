@@ -32,6 +32,9 @@ D4_ORIENTATIONS: tuple[str, ...] = (
     "antitranspose",
 )
 
+#: orientations that swap rows and columns
+TRANSPOSING: tuple[str, ...] = ("rot90_cw", "rot90_ccw", "transpose", "antitranspose")
+
 DTYPES: tuple[str, ...] = ("complex64", "complex128")
 POSITION_INTERPOLATIONS: tuple[str, ...] = ("cubic", "linear", "nearest")
 
@@ -100,6 +103,13 @@ class ReconConfig:
         object.__setattr__(self, "frame_shape", (int(shape[0]), int(shape[1])))
         if self.dp_orient not in D4_ORIENTATIONS:
             _fail("dp_orient", f"one of {', '.join(D4_ORIENTATIONS)}", self.dp_orient)
+        if self.dp_orient in TRANSPOSING and self.frame_shape[0] != self.frame_shape[1]:
+            _fail(
+                "dp_orient",
+                f"a non-transposing orientation for non-square frames {self.frame_shape} "
+                "(crop the frames to a square to use " + ", ".join(TRANSPOSING) + ")",
+                self.dp_orient,
+            )
         for name in ("x_direction", "y_direction"):
             if getattr(self, name) not in (1, -1):
                 _fail(name, "+1 or -1", getattr(self, name))

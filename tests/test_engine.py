@@ -164,6 +164,17 @@ def test_invalid_configuration_names_the_field(field, value):
         ReconConfig(**base)
 
 
+def test_transposing_orientation_needs_square_frames():
+    with pytest.raises(ValueError, match="ReconConfig.dp_orient: expected a non-transposing"):
+        ReconConfig(
+            energy_kev=9.0,
+            distance_m=0.5,
+            detector_pixel_m=75e-6,
+            frame_shape=(64, 80),
+            dp_orient="rot90_cw",
+        )
+
+
 def test_unknown_backend_is_rejected(scan):
     with pytest.raises(ValueError, match="backend"):
         Reconstructor(scan.config, backend="torch")
