@@ -60,11 +60,16 @@ def register_shift(reference: np.ndarray, moving: np.ndarray, upsample: int = 20
     return upsampled_peak(np.fft.fft2(reference) * np.conj(np.fft.fft2(moving)), upsample)
 
 
-def remove_phase_ramp(recon: np.ndarray, reference: np.ndarray, upsample: int = 100) -> np.ndarray:
-    """``recon`` times the linear phase ramp that best aligns its phase with ``reference``."""
+def phase_ramp(recon: np.ndarray, reference: np.ndarray, upsample: int = 100) -> np.ndarray:
+    """(row, col) cycles per pixel of the phase ramp of ``recon`` relative to ``reference``."""
     # ifftshift: the DFT sees centred coordinates, so positions do not wrap.
     product = np.fft.ifftshift(reference * np.conj(recon))
-    cycles = upsampled_peak(product, upsample) / np.array(recon.shape)
+    return -upsampled_peak(product, upsample) / np.array(recon.shape)
+
+
+def remove_phase_ramp(recon: np.ndarray, reference: np.ndarray, upsample: int = 100) -> np.ndarray:
+    """``recon`` times the linear phase ramp that best aligns its phase with ``reference``."""
+    cycles = -phase_ramp(recon, reference, upsample)
     rows = np.arange(recon.shape[0])[:, None] * cycles[0]
     cols = np.arange(recon.shape[1])[None, :] * cycles[1]
     return recon * np.exp(-2j * np.pi * (rows + cols))

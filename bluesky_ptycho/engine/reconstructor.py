@@ -19,7 +19,8 @@ extra FFT). The stored far fields are recomputed from scratch every
 A linear phase ramp moved from the probe to the object leaves every exit wave
 unchanged up to a constant phase: the data cannot fix it. The engine fixes it
 by convention at every refresh: the centroid of the probe's far-field intensity
-is kept where the initial probe had it (:meth:`Reconstructor._remove_phase_ramp`).
+is kept on the centroid of the mean measured pattern of all frames so far
+(:meth:`Reconstructor._remove_phase_ramp`).
 """
 
 from __future__ import annotations
@@ -104,12 +105,12 @@ class Reconstructor:
         self._positions_px = np.zeros((0, 2))  # probe centres, global object pixels (y, x)
         self._n_fresh = 0  # frames whose stored far field is current
         self._photons_per_frame = 0.0
+        self._pattern_sum = self.xp.zeros(self._shape, "float64")  # valid counts, DC at corner
         self._excluded_pixels = 0
         # Object canvas.
         self._origin_px = np.zeros(2, dtype=np.int64)  # global pixel of canvas [0, 0]
         self.object = self.xp.ones((0, 0), self._complex)
         self.probe: Any = None
-        self._probe_centroid = np.zeros(2)  # far-field centroid of the initial probe
         # Iteration state.
         self.iteration = 0
         self._last_step = 1.0  # first trial of the next line search
@@ -159,7 +160,9 @@ class Reconstructor:
         self._ensure_capacity(self._n + n_new)
         self._counts[self._n : self._n + n_new] = counts
         self._positions_px[self._n : self._n + n_new] = centres
-        total_valid = float(self.xp.where(counts >= 0, counts, 0).sum())
+        valid_counts = self.xp.where(counts >= 0, counts, 0)
+        self._pattern_sum += valid_counts.sum(axis=0)
+        total_valid = float(valid_counts.sum())
         self._photons_per_frame = (self._photons_per_frame * self._n + total_valid) / (
             self._n + n_new
         )
@@ -239,7 +242,6 @@ class Reconstructor:
     def _ensure_probe(self) -> None:
         if self.probe is None and self._n:
             self.probe = self._initial_probe()
-            self._probe_centroid = _centroid(self.xp, self.xp.abs(self._fft(self.probe)) ** 2)
 
     def _initial_probe(self) -> Any:
         xp = self.xp
@@ -343,9 +345,11 @@ class Reconstructor:
         return nll
 
     def _remove_phase_ramp(self) -> None:
-        """Move the probe's far-field centroid back to the initial probe's (module doc)."""
+        """Move the probe's far-field centroid onto the mean pattern's (module doc)."""
         xp = self.xp
-        offset = self._probe_centroid - _centroid(xp, xp.abs(self._fft(self.probe)) ** 2)
+        offset = _centroid(xp, self._pattern_sum) - _centroid(
+            xp, xp.abs(self._fft(self.probe)) ** 2
+        )
         if np.abs(offset).max() < RAMP_TOLERANCE_PX:
             return
         cycles = offset / np.array(self._shape)  # per object pixel
