@@ -15,10 +15,15 @@ from bluesky_ptycho.sim.beamline import make_beamline
 TARGET_NRMSE = 0.10
 #: the issue's requirement is < 1 ms; measured ~0.03-0.04 ms on 2 loaded cores
 MAX_MEDIAN_EVENT_S = 1e-3
-#: the requirement is < 1.2x; measured 1.0-1.2x on a quiet 2-core machine, up to ~2x
-#: when other processes compete for the two cores. The bound catches a callback that
-#: computes or blocks on the RunEngine thread (which shows up as >> 2x).
-MAX_SCAN_RATIO = 2.5
+#: the requirement is < 1.2x. Measured on 2 cores shared with other processes (load
+#: average 1.5-3.5), best of 2-3 scans: the callback itself (worker only ingesting)
+#: 1.0-1.2x; reconstructing live at scan_duty_cycle=0.3 1.3-1.7x; flat out
+#: (scan_duty_cycle=1) 1.6-2.6x, as the CPU engine competes with the CPU-bound scan
+#: for the two cores. The bounds catch a callback that computes or blocks on the
+#: RunEngine thread without flaking on a busy machine.
+MAX_INGEST_ONLY_RATIO = 1.5
+MAX_THROTTLED_RATIO = 2.0
+MAX_SCAN_RATIO = 3.5
 
 
 def test_live_scan_reaches_target_nrmse():
@@ -52,6 +57,8 @@ def test_live_scan_reaches_target_nrmse():
 def test_callback_costs_the_run_engine_little():
     result = bench_callback(n_points=1000, frame_size=64, repeats=2, backend="numpy")
     print(result.summary())
-    assert result.frames_received == result.frames_ingested == 2000
+    assert result.frames_received == result.frames_ingested == 6000
     assert result.median_event_s < MAX_MEDIAN_EVENT_S
+    assert result.ratio_ingest_only < MAX_INGEST_ONLY_RATIO
+    assert result.ratio_throttled < MAX_THROTTLED_RATIO
     assert result.ratio < MAX_SCAN_RATIO

@@ -109,11 +109,22 @@ class IngestQueue:
             self._stats.max_frames_queued = max(self._stats.max_frames_queued, self._frames_queued)
             self._cond.notify_all()
 
-    def take_all(self, timeout: float | None = 0.0) -> list[Item]:
-        """Everything queued (worker thread); waits up to ``timeout`` s for the first item."""
+    def take_all(self, timeout: float | None = 0.0, linger_s: float = 0.0) -> list[Item]:
+        """Everything queued (worker thread); waits up to ``timeout`` s for the first item.
+
+        linger_s : once the first item is there (after a wait), wait this much longer
+            so that items arriving together are taken together: fewer wake-ups of
+            the worker, which otherwise contends with the RunEngine thread for the GIL
+            once per event.
+        """
+        linger = False
         with self._cond:
             if not self._items and timeout != 0.0:
                 self._cond.wait_for(lambda: bool(self._items), timeout=timeout)
+                linger = bool(self._items) and linger_s > 0
+        if linger:
+            time.sleep(linger_s)
+        with self._cond:
             items = list(self._items)
             self._items.clear()
             taken = self._frames_queued

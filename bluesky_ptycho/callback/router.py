@@ -97,6 +97,10 @@ class PtychoCallback(DocumentRouter):
     require_metadata : reconstruct only runs whose start document has ``ptycho``.
     worker_nice : niceness added to the worker thread (Linux) so that the RunEngine
         thread wins when CPU cores are scarce; 0 leaves it alone.
+    scan_duty_cycle : fraction of wall time the worker may spend iterating while a
+        scan is running (1.0: as fast as it can). On a RunEngine host with few CPU
+        cores and a CPU engine, 0.2-0.5 keeps the reconstruction from slowing a
+        CPU-bound scan; refinement after the scan always runs flat out.
     **settings : any ReconConfig field and ``image_key``, ``x_key``, ``y_key``,
         ``refine_iterations``, ``min_frames`` (see
         :mod:`~bluesky_ptycho.callback.settings`).
@@ -116,6 +120,7 @@ class PtychoCallback(DocumentRouter):
         file_timeout_s: float = 30.0,
         require_metadata: bool = False,
         worker_nice: int = 10,
+        scan_duty_cycle: float = 1.0,
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -134,6 +139,11 @@ class PtychoCallback(DocumentRouter):
         self.file_timeout_s = file_timeout_s
         self.require_metadata = require_metadata
         self.worker_nice = worker_nice
+        if not 0.0 < scan_duty_cycle <= 1.0:
+            raise ValueError(
+                f"scan_duty_cycle: expected a number in (0, 1], got {scan_duty_cycle!r}"
+            )
+        self.scan_duty_cycle = scan_duty_cycle
         self._handlers = handler_registry_with(handler_registry)
         self._root_map = dict(root_map or {})
         self._queue = IngestQueue(max_queued_frames, full_wait_s)
@@ -177,6 +187,7 @@ class PtychoCallback(DocumentRouter):
             self._publisher,
             self.snapshot_interval_s,
             self.file_timeout_s,
+            self.scan_duty_cycle,
         )
 
     def _on_result(self, result: RunResult) -> None:

@@ -62,6 +62,7 @@ class RunReconstruction:
         publisher: SnapshotPublisher,
         snapshot_interval_s: float,
         file_timeout_s: float,
+        scan_duty_cycle: float = 1.0,
     ) -> None:
         self.raw_uid: str = raw_start["uid"]
         self.started = time.monotonic()
@@ -75,6 +76,8 @@ class RunReconstruction:
         self._publisher = publisher
         self._snapshot_interval_s = snapshot_interval_s
         self._file_timeout_s = file_timeout_s
+        self._duty = scan_duty_cycle
+        self.rest_until = 0.0  # while collecting: no iteration before this (monotonic s)
         self._last_publish = 0.0
         self.engine: Reconstructor | None = None
         self.final_snapshot: Snapshot | None = None
@@ -162,15 +165,24 @@ class RunReconstruction:
             return False
         if self.phase == "refining":
             return self.refine_done < self.settings.refine_iterations or self.engine.iteration == 0
-        return self.engine.n_frames >= self.settings.min_frames or self.inputs_complete
+        if self.inputs_complete:
+            return True
+        return self.engine.n_frames >= self.settings.min_frames and self.rest_s() == 0.0
+
+    def rest_s(self) -> float:
+        """Seconds left of the pause that ``scan_duty_cycle`` imposes while collecting."""
+        return max(0.0, self.rest_until - time.monotonic())
 
     def iterate(self) -> None:
         """One engine iteration (then a live snapshot when one is due)."""
         assert self.engine is not None
+        started = time.monotonic()
         self.engine.iterate(1)
         if self.phase == "refining":
             self.refine_done += 1
         now = time.monotonic()
+        if self.phase == "collecting" and self._duty < 1.0:
+            self.rest_until = now + (now - started) * (1.0 - self._duty) / self._duty
         if now - self._last_publish >= self._snapshot_interval_s:
             self._last_publish = now
             self._publisher.offer(self.raw_uid, self.engine.snapshot(live=True), self.progress())

@@ -67,6 +67,9 @@ class Worker:
 
     make_run : builds a :class:`RunReconstruction` from a raw start document.
     on_result : called (worker thread) with each finished run's :class:`RunResult`.
+    idle_poll_s : longest wait for items while a run waits for files or frames.
+    linger_s : when idle, how long to keep gathering items after the first one
+        arrives, so that the worker wakes once per batch rather than per event.
     nice : niceness added to the worker thread (Linux), so the scan wins for CPU.
     """
 
@@ -77,6 +80,7 @@ class Worker:
         on_result: Callable[[RunResult], None],
         new_run_policy: str = "finish",
         idle_poll_s: float = 0.05,
+        linger_s: float = 0.02,
         nice: int = 10,
     ) -> None:
         check_policy(new_run_policy)
@@ -85,6 +89,7 @@ class Worker:
         self._make_run = make_run
         self._on_result = on_result
         self._idle_poll_s = idle_poll_s
+        self._linger_s = linger_s
         self._nice = nice
         self._run: RunReconstruction | None = None
         self._closing = threading.Event()
@@ -152,11 +157,12 @@ class Worker:
                 self._backlog.clear()
                 items += self.queue.take_all(timeout=0.0)
             elif run is None:
-                items = self.queue.take_all(timeout=None)
+                items = self.queue.take_all(timeout=None, linger_s=self._linger_s)
             elif run.can_iterate() or run.phase == "finishing":
                 items = self.queue.take_all(timeout=0.0)
             else:
-                items = self.queue.take_all(timeout=self._idle_poll_s)
+                wait_s = min(self._idle_poll_s, run.rest_s()) or self._idle_poll_s
+                items = self.queue.take_all(timeout=wait_s, linger_s=self._linger_s)
             for index, item in enumerate(items):
                 if item.kind == "close":
                     self._finish(note="callback closed")

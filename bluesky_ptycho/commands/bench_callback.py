@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ._options import positive_int
+from ._options import positive_float, positive_int
 
 NAME = "bench-callback"
 
@@ -15,20 +15,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         NAME,
         help="time RunEngine scans with and without the ptychography callback",
         description=(
-            "Run the same step scan of the simulated beamline (inline images) with and without "
-            "the callback, alternating, while the worker reconstructs; print the median "
-            "RunEngine-thread time per event and the scan-time ratio (with / without)."
+            "Run the same step scan of the simulated beamline (inline images, CPU-bound "
+            "RunEngine) without the callback, with it reconstructing live (scan_duty_cycle 1 "
+            "and --duty-cycle) and with the worker only ingesting; print the RunEngine-thread "
+            "time per event and each mode's scan time over the time without the callback."
         ),
     )
     parser.add_argument("--points", type=positive_int, default=1000, help="scan points (1000)")
     parser.add_argument(
         "--frame-size", type=positive_int, default=64, help="detector frame M x M pixels (64)"
     )
-    parser.add_argument(
-        "--repeats", type=positive_int, default=2, help="scans with and without, each (2)"
-    )
+    parser.add_argument("--repeats", type=positive_int, default=3, help="scans of each kind (3)")
     parser.add_argument(
         "--backend", choices=("auto", "numpy", "cupy"), default="auto", help="array module (auto)"
+    )
+    parser.add_argument(
+        "--duty-cycle",
+        type=positive_float,
+        default=0.3,
+        help="scan_duty_cycle of the throttled mode, in (0, 1] (0.3)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(run=run)
@@ -37,6 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..callback.bench import bench_callback
 
-    result = bench_callback(args.points, args.frame_size, args.repeats, args.backend)
+    if args.duty_cycle > 1:
+        raise ValueError(f"--duty-cycle must be in (0, 1], got {args.duty_cycle}")
+    result = bench_callback(
+        args.points, args.frame_size, args.repeats, args.backend, duty_cycle=args.duty_cycle
+    )
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.summary())
     return 0
