@@ -4,7 +4,10 @@ A fresh :class:`RunReconstruction` (settings, frame assembler, engine) is made f
 every ptychography run; nothing carries over from the previous run.
 
 Phases: ``collecting`` (between the start and stop documents: frames join
-between iterations, iterating once ``min_frames`` are in) -> ``refining``
+between iterations, iterating once ``min_frames`` are in; with ``calibrate``
+the first ``calibrate_frames`` frames are held back, the orientation and/or
+probe defocus are found from them, and the engine starts with the result) ->
+``refining``
 (after the stop document, once every readable frame is in: up to
 ``refine_iterations`` more iterations) -> ``done`` (final snapshot published,
 derived run ended). Any error ends the run with ``exit_status="fail"``.
@@ -18,6 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from ..calibration import calibrate
 from ..engine.reconstructor import Reconstructor, Snapshot
 from ..outputs import Progress, SnapshotPublisher
 from .handlers import Handler
@@ -81,6 +87,8 @@ class RunReconstruction:
         self._last_publish = 0.0
         self.engine: Reconstructor | None = None
         self.final_snapshot: Snapshot | None = None
+        self.calibration: dict[str, Any] | None = None  # summary when calibrate is on
+        self._held: list[tuple[Any, Any, Any]] = []  # frames held back for calibration
         metadata = raw_start.get("ptycho")
         if not isinstance(metadata, Mapping):
             metadata = {}
@@ -140,15 +148,57 @@ class RunReconstruction:
             if time.monotonic() - self.stop_seen_at > self._file_timeout_s:
                 assembler.give_up()
         batch = assembler.collect()
+        if batch is not None and self.engine is None:
+            assert self.settings is not None
+            if self.settings.calibrate != "off":
+                self._held.append(batch)
+                batch = self._calibrated_start()
+            else:
+                self._start_engine(self.settings.config(self._frame_shape(batch[0])))
+        elif batch is None and self._held and self.inputs_complete:
+            batch = self._calibrated_start()  # the scan ended before calibrate_frames
         if batch is None:
             return 0
         frames, x, y = batch
-        if self.engine is None:
-            assert self.settings is not None
-            shape = assembler.frame_shape or (int(frames.shape[1]), int(frames.shape[2]))
-            self.engine = Reconstructor(self.settings.config(shape), backend=self._backend)
+        assert self.engine is not None
         self.engine.add_frames(frames, x, y)
         return len(frames)
+
+    def _frame_shape(self, frames: Any) -> tuple[int, int]:
+        assert self.assembler is not None
+        return self.assembler.frame_shape or (int(frames.shape[1]), int(frames.shape[2]))
+
+    def _start_engine(self, config: Any) -> None:
+        self.engine = Reconstructor(config, backend=self._backend)
+
+    def _calibrated_start(self) -> tuple[Any, Any, Any] | None:
+        """Once enough frames are held: calibrate, start the engine, release them."""
+        assert self.settings is not None
+        held = sum(len(frames) for frames, _, _ in self._held)
+        if held < self.settings.calibrate_frames and not self.inputs_complete:
+            return None
+        frames, x, y = (np.concatenate(parts) for parts in zip(*self._held, strict=True))
+        self._held = []
+        config = self.settings.config(self._frame_shape(frames))
+        mode = self.settings.calibrate
+        try:
+            found = calibrate(
+                frames,
+                x,
+                y,
+                config,
+                orientation=mode in ("orientation", "both"),
+                defocus=mode in ("defocus", "both"),
+                defocus_sign=self.settings.defocus_sign,
+                backend=self._backend,
+            )
+            config, self.calibration = found.config, dict(found.summary)
+            logger.info("ptycho: run %s calibrated: %s", self.raw_uid, found.changes or "no change")
+        except Exception as error:  # never lose the run: reconstruct as configured
+            logger.exception("ptycho: calibration of run %s failed", self.raw_uid)
+            self.calibration = {"verdict": "failed", "applied": False, "note": str(error)}
+        self._start_engine(config)
+        return frames, x, y
 
     # ------------------------------------------------------------ iterating
     @property
@@ -220,6 +270,8 @@ class RunReconstruction:
         snapshot = None
         if self.engine is not None and self.engine.iteration > 0:
             snapshot = self.engine.snapshot(live=False)
+            if self.calibration is not None:
+                snapshot.metrics["calibration"] = self.calibration
         elif self.exit_status == "success":
             self.exit_status = "fail"
             self.reason = self._no_result_reason()

@@ -31,10 +31,16 @@ RUN_DEFAULTS: dict[str, Any] = {
     "y_key": None,  # data key of the vertical position (motor units)
     "refine_iterations": 100,  # iterations after the stop document (0: none)
     "min_frames": 8,  # frames needed before the first iteration while the scan runs
+    # data-driven calibration on the first frames (bluesky_ptycho.calibration.calibrate):
+    "calibrate": "off",  # "off", "orientation", "defocus" or "both"
+    "calibrate_frames": 48,  # frames collected before calibrating (then the engine starts)
+    "defocus_sign": None,  # +1: sample downstream of the focus, -1: upstream, None: unknown
 }
 
+CALIBRATE_CHOICES = ("off", "orientation", "defocus", "both")
+
 _KEY_NAMES = ("image_key", "x_key", "y_key")
-_COUNT_NAMES = ("refine_iterations", "min_frames")
+_COUNT_NAMES = ("refine_iterations", "min_frames", "calibrate_frames")
 
 
 def allowed_keys() -> tuple[str, ...]:
@@ -76,6 +82,9 @@ class RunSettings:
     y_key: str
     refine_iterations: int
     min_frames: int
+    calibrate: str = "off"
+    calibrate_frames: int = 48
+    defocus_sign: int | None = None
 
     def config(self, frame_shape: tuple[int, int]) -> ReconConfig:
         """The engine configuration; ``frame_shape`` fills in when not given explicitly."""
@@ -143,6 +152,11 @@ def merge(defaults: Mapping[str, Any], metadata: Mapping[str, Any] | None) -> Ru
         value = merged[name]
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    if merged["calibrate"] not in CALIBRATE_CHOICES:
+        choices = ", ".join(CALIBRATE_CHOICES)
+        raise ValueError(f"calibrate: expected one of {choices}, got {merged['calibrate']!r}")
+    if merged["defocus_sign"] not in (None, 1, -1):
+        raise ValueError(f"defocus_sign: expected +1, -1 or None, got {merged['defocus_sign']!r}")
     recon = {k: v for k, v in merged.items() if k not in RUN_DEFAULTS}
     settings = RunSettings(
         recon=recon,
@@ -151,6 +165,9 @@ def merge(defaults: Mapping[str, Any], metadata: Mapping[str, Any] | None) -> Ru
         y_key=merged["y_key"],
         refine_iterations=int(merged["refine_iterations"]),
         min_frames=max(1, int(merged["min_frames"])),
+        calibrate=merged["calibrate"],
+        calibrate_frames=max(8, int(merged["calibrate_frames"])),
+        defocus_sign=merged["defocus_sign"],
     )
     settings.check_config()
     return settings

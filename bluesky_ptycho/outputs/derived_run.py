@@ -11,8 +11,10 @@ Documents, in order (all through ``event_model.compose_run``, validated):
   ``object_phase``, ``coverage`` (H x W float32, finite everywhere),
   ``probe_amplitude``, ``probe_phase`` (M x N float32), ``nll_history``,
   ``origin_m`` and ``pixel_m`` ((y, x) metres), ``iteration``, ``n_frames``,
-  and the frame counts ``frames_received`` / ``frames_ingested`` /
-  ``frames_failed`` / ``frames_unmatched``;
+  the frame counts ``frames_received`` / ``frames_ingested`` /
+  ``frames_failed`` / ``frames_unmatched``, ``probe_propagation_m`` (the probe
+  defocus used, metres) and ``calibration`` (JSON of the first-frames
+  calibration summary, "{}" when none ran);
 * ``stop`` - ``exit_status`` "success" or "fail" with the reason.
 
 Live images reach viewers through Tiled live nodes (a separate output), because
@@ -21,6 +23,7 @@ the object canvas grows during a scan and a stream's data shapes are fixed.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -160,9 +163,20 @@ class DerivedRun:
                 for k in scalars
             }
         )
+        extra = {
+            "probe_propagation_m": float(snapshot.metrics.get("probe_propagation_m", 0.0)),
+            "calibration": json.dumps(snapshot.metrics.get("calibration", {}), default=str),
+        }
+        data_keys["probe_propagation_m"] = {
+            "source": "bluesky_ptycho",
+            "dtype": "number",
+            "shape": [],
+            "dtype_numpy": "<f8",
+        }
+        data_keys["calibration"] = {"source": "bluesky_ptycho", "dtype": "string", "shape": []}
         self._primary = self._bundle.compose_descriptor(name="primary", data_keys=data_keys)
         self._emit("descriptor", self._primary.descriptor_doc)
-        data: dict[str, Any] = {**arrays, **scalars}
+        data: dict[str, Any] = {**arrays, **scalars, **extra}
         now = time.time()
         self._emit(
             "event", self._primary.compose_event(data=data, timestamps=dict.fromkeys(data, now))
