@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from subprocess_support import run_python
 
-import bluesky_ptycho
 from bluesky_ptycho import cli
 from bluesky_ptycho.commands import bench
 from bluesky_ptycho.engine.backend import cupy_device_available
 from bluesky_ptycho.sim.sample import default_config, simulate_scan
-
-#: folder that holds the bluesky_ptycho package being tested
-PACKAGE_ROOT = str(Path(bluesky_ptycho.__file__).resolve().parent.parent)
-
-
-def run_python(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -c code`` with this checkout first on the import path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-    )
 
 
 def test_bench_cli_tiny_numpy(tmp_path, capsys):

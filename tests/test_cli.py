@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from subprocess_support import run_python
 
 import bluesky_ptycho
 from bluesky_ptycho import cli
@@ -22,23 +22,6 @@ TARGET_NRMSE = 0.10
 
 #: packages the engine, the CLI parser and ``bench`` must not pull in
 HEAVY = ("bluesky", "event_model", "tiled", "ophyd", "ophyd_async", "databroker", "cupy")
-
-#: folder that holds the bluesky_ptycho package being tested
-PACKAGE_ROOT = str(Path(bluesky_ptycho.__file__).resolve().parent.parent)
-
-
-def run_python(code: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -c code`` with this checkout first on the import path."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=cwd,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")
