@@ -279,7 +279,8 @@ def _serve_until_interrupted(demo: DemoResult) -> None:
 def save_figure(
     snapshot: Any, path: Path, nrmse: float = math.nan, scan_end: int | None = None
 ) -> Path:
-    """PNG of object amplitude and phase (covered region), probe amplitude, error curve.
+    """PNG of object amplitude and phase (covered region, cropped, global phase removed),
+    probe amplitude, error curve.
 
     The error curve is the Poisson NLL per frame in the engine at each iteration;
     ``scan_end`` (iterations done when the scan ended) is marked.
@@ -291,7 +292,12 @@ def save_figure(
     import numpy as np
 
     covered = snapshot.coverage >= 0.1
-    obj = np.where(covered, snapshot.object, np.nan)
+    rows, cols = np.nonzero(covered)
+    window = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    obj = np.where(covered, snapshot.object, np.nan)[window]
+    # Display only: the global phase is arbitrary; centre the phase on the covered mean.
+    inside = np.isfinite(obj)
+    obj = obj * np.exp(-1j * np.angle(np.sum(obj[inside])))
     history = [
         h.get("poisson_nll", np.nan) / max(h.get("n_frames", 1), 1)
         for h in snapshot.metrics.get("history", [])
