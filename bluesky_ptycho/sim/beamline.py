@@ -42,19 +42,24 @@ FrameFunction = Callable[[float, float], np.ndarray]
 DEFAULT_STEP_FRACTION: float = inspect.signature(simulate_scan).parameters["step_fraction"].default
 
 
-class FrameSignal(SynSignal):
-    """SynSignal whose ``describe`` reports the frame shape and ``dtype_numpy``."""
+class DescribesFrames:
+    """Mixin for ophyd.sim signals: ``describe`` reports the frame shape and ``dtype_numpy``
+    (ophyd.sim reports neither, and TiledWriter would then store float64)."""
 
     frame_shape: tuple[int, int] | None = None
     dtype_numpy: str = "<u4"
 
     def describe(self) -> dict[str, Any]:
-        description = super().describe()
+        description = super().describe()  # type: ignore[misc]
         for entry in description.values():
             if self.frame_shape is not None:
                 entry.update(dtype="array", shape=list(self.frame_shape))
             entry["dtype_numpy"] = self.dtype_numpy
         return description
+
+
+class FrameSignal(DescribesFrames, SynSignal):
+    """SynSignal whose ``describe`` reports the frame shape and ``dtype_numpy``."""
 
 
 class InlineImageDetector(Device):
@@ -66,19 +71,8 @@ class InlineImageDetector(Device):
         return self.image.trigger()
 
 
-class NpySeqImage(SynSignalWithRegistry):
+class NpySeqImage(DescribesFrames, SynSignalWithRegistry):
     """``NPY_SEQ`` file-backed image (Resource/Datum) that describes its shape and dtype."""
-
-    frame_shape: tuple[int, int] | None = None
-    dtype_numpy: str = "<u4"
-
-    def describe(self) -> dict[str, Any]:
-        description = super().describe()
-        for entry in description.values():
-            if self.frame_shape is not None:
-                entry.update(dtype="array", shape=list(self.frame_shape))
-            entry["dtype_numpy"] = self.dtype_numpy
-        return description
 
 
 @dataclass
