@@ -23,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "simulate",
     "reconstruct",
     "detect_orientation",
+    "frc",
     "bench",
     "demo",
     "bench_callback",

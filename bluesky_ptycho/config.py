@@ -67,6 +67,15 @@ class ReconConfig:
     object_margin_px : free border kept around the scanned area, in object pixels.
     position_interpolation : sub-pixel probe shift, "cubic" (default), "linear" or
         "nearest" (positions rounded to whole object pixels).
+    beam_center_px : (row, col) of the beam axis (the direct beam) on a frame as
+        recorded, detector pixels from pixel [0, 0]; a cold-start probe's far field
+        is held there. None (default): the frame centre (M // 2, N // 2); "data":
+        the centre of the bright-field disc of the mean pattern. Ignored with a
+        warm-start probe, whose own far field defines the convention.
+    remove_object_ramp : remove the object's mean phase gradient from snapshots
+        (display only; default False: the image as reconstructed).
+    object_smoothness : weight of a Gaussian (squared-gradient) prior on the object,
+        relative to the maximum illumination (default 0: none; ~0.01 smooths noise).
     """
 
     energy_kev: float
@@ -87,6 +96,9 @@ class ReconConfig:
     alpha_relative: float = 1e-3
     object_margin_px: int = 8
     position_interpolation: str = "cubic"
+    beam_center_px: tuple[float, float] | str | None = None
+    remove_object_ramp: bool = False
+    object_smoothness: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("energy_kev", "distance_m", "detector_pixel_m", "position_scale_m"):
@@ -131,6 +143,17 @@ class ReconConfig:
                 f"one of {', '.join(POSITION_INTERPOLATIONS)}",
                 self.position_interpolation,
             )
+        self._check_beam_center()
+        if not isinstance(self.remove_object_ramp, bool):
+            _fail("remove_object_ramp", "True or False", self.remove_object_ramp)
+        smoothness = self.object_smoothness
+        if (
+            isinstance(smoothness, bool)
+            or not isinstance(smoothness, (int, float))
+            or not math.isfinite(smoothness)
+            or smoothness < 0
+        ):
+            _fail("object_smoothness", "a finite number >= 0", smoothness)
         if self.probe is not None and self.probe_path is not None:
             _fail("probe", "either probe or probe_path, not both", "both given")
         if self.mask is not None and tuple(getattr(self.mask, "shape", ())) != self.frame_shape:
@@ -139,6 +162,21 @@ class ReconConfig:
                 f"an array of shape {self.frame_shape}",
                 getattr(self.mask, "shape", self.mask),
             )
+
+    def _check_beam_center(self) -> None:
+        centre = self.beam_center_px
+        if centre is None or centre == "data":
+            return
+        expected = (
+            f"None, 'data' or (row, col) inside the {self.frame_shape} frame, in detector pixels"
+        )
+        if not isinstance(centre, (tuple, list)) or len(centre) != 2:
+            _fail("beam_center_px", expected, centre)
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in centre):
+            _fail("beam_center_px", expected, centre)
+        if not all(0 <= v <= s - 1 for v, s in zip(centre, self.frame_shape, strict=True)):
+            _fail("beam_center_px", expected, centre)
+        object.__setattr__(self, "beam_center_px", (float(centre[0]), float(centre[1])))
 
     @property
     def wavelength_m(self) -> float:

@@ -8,8 +8,12 @@ Layout written by :func:`write_cxi` (CXI 1.5 names; units in SI):
                                                           DC in the centre, as recorded
 ``/entry_1/data_1/data``                                  soft link to the above
 ``/entry_1/sample_1/geometry_1/translation``              (n, 3) float64, metres:
-                                                          (x, y, 0) probe position on
-                                                          the object
+                                                          (x, y, 0) translation of the
+                                                          sample (CXI): the probe
+                                                          position on the object is
+                                                          minus it; attribute
+                                                          ``positions`` names the
+                                                          convention written
 ``/entry_1/data_1/translation``                           soft link to the above
 ``/entry_1/instrument_1/source_1/energy``                 photon energy, joules
 ``/entry_1/instrument_1/detector_1/distance``             sample-detector distance, m
@@ -23,6 +27,15 @@ Layout written by :func:`write_cxi` (CXI 1.5 names; units in SI):
 ``/entry_1/sample_1/simulation/origin_m``                 (y, x) metres of its pixel
                                                           [0, 0]
 ========================================================  =============================
+
+Position conventions (``positions=``, see docs/real-data.md): the CXI
+specification defines ``translation`` as the translation of the *sample*
+(``"sample-translation"``, the default: probe position = -translation; CDTools
+reads and writes it so); PyNX, ptychodus and some ptypy loaders store the
+*probe position* there (``"probe-position"``). Negating both axes is exactly
+the twin ambiguity: invisible from a cold start, fatal with a warm-start probe.
+:func:`read_cxi` uses, in order, the ``positions`` argument, the dataset's
+``positions`` attribute (written by :func:`write_cxi`), the specification.
 
 Positions in the file are metres, so :func:`read_cxi` builds a
 :class:`~bluesky_ptycho.config.ReconConfig` with ``position_scale_m=1.0``: the
@@ -58,6 +71,11 @@ SIMULATION = "/entry_1/sample_1/simulation"
 TRUTH_OBJECT = f"{SIMULATION}/object"
 TRUTH_ORIGIN = f"{SIMULATION}/origin_m"
 
+#: what ``translation`` holds: the sample's translation (CXI) or the probe's position
+POSITION_CONVENTIONS = ("sample-translation", "probe-position")
+#: attribute of the translation dataset naming its convention
+POSITIONS_ATTR = "positions"
+
 #: ReconConfig fields that read_cxi sets from the file layout and refuses to override
 _FIXED_BY_FILE = ("position_scale_m", "frame_shape")
 
@@ -70,6 +88,7 @@ def write_cxi(
     truth_object: np.ndarray | None = None,
     *,
     truth_origin_m: tuple[float, float] | None = None,
+    positions: str = "sample-translation",
 ) -> Path:
     """Write a scan to ``path`` as CXI and return the path.
 
@@ -82,24 +101,27 @@ def write_cxi(
     truth_object : (H, W) complex, the true object of a simulation (optional).
     truth_origin_m : (y, x) metres of ``truth_object[0, 0]``; default: the object
         centred on position (0, 0), as :mod:`bluesky_ptycho.sim.sample` makes it.
+    positions : what ``translation`` holds, "sample-translation" (CXI, default:
+        minus the probe positions) or "probe-position"; recorded as an attribute.
     """
     import h5py
 
     path = Path(path)
     frames = np.asarray(frames)
-    positions = np.asarray(positions_m, dtype=np.float64)
+    probe_xy = np.asarray(positions_m, dtype=np.float64)
     if frames.ndim != 3 or tuple(frames.shape[1:]) != config.frame_shape:
         raise ValueError(
             f"write_cxi: frames must have shape (n, {config.frame_shape[0]}, "
             f"{config.frame_shape[1]}) (config.frame_shape), got {frames.shape}"
         )
-    if positions.shape != (frames.shape[0], 2):
+    if probe_xy.shape != (frames.shape[0], 2):
         raise ValueError(
             f"write_cxi: positions_m must have shape ({frames.shape[0]}, 2) in (x, y) order, "
-            f"got {positions.shape}"
+            f"got {probe_xy.shape}"
         )
+    sign = _translation_sign(positions, "write_cxi")
     translation = np.zeros((frames.shape[0], 3))
-    translation[:, :2] = positions
+    translation[:, :2] = sign * probe_xy
     with h5py.File(path, "w") as f:
         f.create_dataset("cxi_version", data=CXI_VERSION)
         detector = f.create_group(DETECTOR)
@@ -122,6 +144,7 @@ def write_cxi(
         f[ENERGY].attrs["units"] = "J"
         f.create_dataset(TRANSLATION, data=translation)
         f[TRANSLATION].attrs["units"] = "m"
+        f[TRANSLATION].attrs[POSITIONS_ATTR] = positions
         data_group = f.require_group("/entry_1/data_1")
         data_group["data"] = h5py.SoftLink(DETECTOR_DATA)
         data_group["translation"] = h5py.SoftLink(TRANSLATION)
@@ -141,6 +164,16 @@ def write_cxi(
     return path
 
 
+def _translation_sign(positions: str, where: str) -> float:
+    """+1 when ``translation`` holds probe positions, -1 when it holds sample translations."""
+    if positions not in POSITION_CONVENTIONS:
+        raise ValueError(
+            f"{where}: positions must be one of {', '.join(POSITION_CONVENTIONS)} (what the "
+            f"file's translation holds), got {positions!r}"
+        )
+    return 1.0 if positions == "probe-position" else -1.0
+
+
 def _require(handle: Any, name: str, path: Path, what: str) -> Any:
     if name not in handle:
         raise ValueError(f"{path}: CXI field {name} ({what}) is missing")
@@ -156,16 +189,41 @@ def _scalar(handle: Any, name: str, path: Path, what: str) -> float:
     return float(value.reshape(-1)[0])
 
 
+def positions_convention(path: str | Path, positions: str | None = None) -> str:
+    """The convention :func:`read_cxi` uses for ``path`` (see module docstring)."""
+    import h5py
+
+    if positions is not None:
+        _translation_sign(positions, "read_cxi")
+        return positions
+    with h5py.File(path, "r") as handle:
+        for name in (TRANSLATION, DATA_TRANSLATION):
+            if name in handle and POSITIONS_ATTR in handle[name].attrs:
+                stored = handle[name].attrs[POSITIONS_ATTR]
+                stored = stored.decode() if isinstance(stored, bytes) else str(stored)
+                _translation_sign(stored, f"{path}: attribute {name}@{POSITIONS_ATTR}")
+                return stored
+    return "sample-translation"
+
+
 def read_cxi(
-    path: str | Path, *, lazy: bool = False, **config_overrides: Any
+    path: str | Path,
+    *,
+    lazy: bool = False,
+    positions: str | None = None,
+    **config_overrides: Any,
 ) -> tuple[Any, np.ndarray, np.ndarray, ReconConfig]:
-    """Frames, positions and configuration of a CXI scan.
+    """Frames, probe positions and configuration of a CXI scan.
 
     Parameters
     ----------
     path : CXI file.
     lazy : return the frames as an open ``h5py.Dataset`` (read it in chunks; close
         it with ``frames.file.close()``) instead of a NumPy array read at once.
+    positions : what the file's ``translation`` holds: "sample-translation" (the
+        CXI specification; probe position = -translation) or "probe-position"
+        (PyNX, ptychodus); None: the file's ``positions`` attribute, else the
+        specification (:func:`positions_convention`).
     config_overrides : :class:`ReconConfig` fields, e.g. ``dp_orient``,
         ``x_direction``, ``y_direction``, ``probe_path``, ``dtype``; they replace
         values from the file. ``position_scale_m`` and ``frame_shape`` are fixed
@@ -174,7 +232,8 @@ def read_cxi(
     Returns
     -------
     frames : (n, M, N) counts as recorded (h5py dataset when ``lazy``, else ndarray).
-    x, y : (n,) float64 probe positions in metres (config has ``position_scale_m=1``).
+    x, y : (n,) float64 probe positions on the object in metres (config has
+        ``position_scale_m=1``).
     config : the reconstruction configuration.
     """
     import h5py
@@ -191,6 +250,10 @@ def read_cxi(
         raise ValueError(f"read_cxi: {', '.join(fixed)} are set by the CXI file, not overrides")
     if not path.exists():
         raise ValueError(f"read_cxi: file {path} does not exist")
+    try:
+        sign = _translation_sign(positions_convention(path, positions), "read_cxi")
+    except OSError as error:
+        raise ValueError(f"read_cxi: {path} is not a readable HDF5/CXI file ({error})") from error
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
@@ -213,10 +276,12 @@ def read_cxi(
         translation = np.asarray(
             _require(handle, name, path, "(n, 3) positions in m")[()], np.float64
         )
+        if translation.ndim == 2 and translation.shape[0] != n and translation.shape[1] == n:
+            translation = translation.T  # (3, n), as PyNX writes it
         if translation.ndim != 2 or translation.shape[0] != n or translation.shape[1] not in (2, 3):
             raise ValueError(
-                f"{path}: {name} must be ({n}, 3) positions in metres (one per frame), "
-                f"got {translation.shape}"
+                f"{path}: {name} must be ({n}, 3) (or (3, {n})) positions in metres, one per "
+                f"frame, got {translation.shape}"
             )
         energy_j = _scalar(handle, ENERGY, path, "photon energy in J")
         distance_m = _scalar(handle, DISTANCE, path, "sample-detector distance in m")
@@ -238,8 +303,8 @@ def read_cxi(
             settings["mask"] = (np.asarray(handle[MASK][()]) == 0).astype(np.uint8)
         settings.update(config_overrides)
         config = ReconConfig(**settings)
-        x = np.ascontiguousarray(translation[:, 0])
-        y = np.ascontiguousarray(translation[:, 1])
+        x = np.ascontiguousarray(sign * translation[:, 0])
+        y = np.ascontiguousarray(sign * translation[:, 1])
         if not lazy:
             frames = frames[()]
             handle.close()

@@ -1,13 +1,17 @@
-"""Reconstruction quality against a known object.
+"""Reconstruction quality against a known object, and resolution without one.
 
-``object_nrmse`` removes the ambiguities ptychography cannot resolve from the
-data - a rigid (sub-pixel) shift, a linear phase ramp (it moves between object
-and probe without changing any exit wave but by a constant phase) and a global
-complex factor - and returns
+``object_nrmse`` judges the image as delivered: it removes only a rigid
+(sub-pixel) shift and a global complex factor ``c`` (least squares) and returns
 
-    || c * ramp * shift(recon) - truth || / || truth ||   over the covered region,
+    || c * shift(recon) - truth || / || truth ||   over the covered region.
 
-with ``c`` the least-squares complex factor.
+``remove_ramp=True`` also removes a linear phase ramp (it moves between object
+and probe without changing any exit wave); it is a diagnostic - an image
+that needs it carries an artificial ramp - never a pass criterion.
+
+``frc`` is the Fourier ring correlation of two independent reconstructions of
+the same area (e.g. the even and the odd frames of a scan), the field's
+reference-free resolution measure.
 """
 
 from __future__ import annotations
@@ -85,11 +89,17 @@ def shift_image(image: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
 
 
 def object_nrmse(
-    recon: np.ndarray, truth: np.ndarray, region: np.ndarray, register: bool = True
+    recon: np.ndarray,
+    truth: np.ndarray,
+    region: np.ndarray,
+    register: bool = True,
+    remove_ramp: bool = False,
 ) -> float:
     """NRMSE of ``recon`` against ``truth`` (same grid) over boolean ``region``.
 
-    NaN pixels of ``recon`` (unreached) are treated as outside the region.
+    register : remove the best sub-pixel shift first. remove_ramp : also remove
+    the best linear phase ramp (diagnostic only, see module docstring). NaN
+    pixels of ``recon`` (unreached) are treated as outside the region.
     """
     if recon.shape != truth.shape or region.shape != truth.shape:
         raise ValueError(
@@ -108,6 +118,7 @@ def object_nrmse(
         )
         recon = shift_image(np.where(region, recon, recon[region].mean()), shift)
         recon = np.where(region, recon, 0)
+    if remove_ramp:
         recon = remove_phase_ramp(recon, target)
     factor = np.vdot(recon[region], target[region]) / np.vdot(recon[region], recon[region])
     error = factor * recon[region] - target[region]
@@ -139,11 +150,111 @@ def crop_truth(
 
 
 def snapshot_nrmse(
-    snapshot: Snapshot, truth: np.ndarray, truth_origin_m: tuple[float, float]
+    snapshot: Snapshot,
+    truth: np.ndarray,
+    truth_origin_m: tuple[float, float],
+    remove_ramp: bool = False,
 ) -> float:
-    """NRMSE of a snapshot's object against ``truth`` over its covered region."""
+    """NRMSE of a snapshot's object as delivered against ``truth``, covered region.
+
+    ``remove_ramp``: diagnostic only (module docstring).
+    """
     cropped = crop_truth(
         truth, truth_origin_m, snapshot.object.shape, snapshot.origin_m, snapshot.pixel_m
     )
     region = (snapshot.coverage >= COVERED_RELATIVE) & np.isfinite(cropped)
-    return object_nrmse(snapshot.object, np.nan_to_num(cropped), region)
+    return object_nrmse(snapshot.object, np.nan_to_num(cropped), region, remove_ramp=remove_ramp)
+
+
+#: FRC summary band, fractions of the Nyquist frequency (docs/real-data.md)
+FRC_BAND = (0.1, 0.5)
+
+
+def frc_curve(image_a: np.ndarray, image_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier ring correlation of two complex images of one area (same grid).
+
+    Returns ``(frequency, correlation)``: ring radii as fractions of the Nyquist
+    frequency (0.5 cycles per pixel along the shorter axis) and
+    ``Re sum F_a conj(F_b) / sqrt(sum |F_a|^2 sum |F_b|^2)`` per one-pixel ring.
+    """
+    if image_a.shape != image_b.shape or image_a.ndim != 2:
+        raise ValueError(
+            f"frc: two images of one 2-D shape needed, got {image_a.shape} and {image_b.shape}"
+        )
+    spectrum_a, spectrum_b = np.fft.fft2(image_a), np.fft.fft2(image_b)
+    rows, cols = image_a.shape
+    fy = np.fft.fftfreq(rows)[:, None]
+    fx = np.fft.fftfreq(cols)[None, :]
+    radius = np.hypot(fy, fx) * min(rows, cols)  # pixels of the shorter axis' spectrum
+    ring = np.round(radius).astype(int).ravel()
+    n_rings = min(rows, cols) // 2 + 1
+    keep = ring < n_rings
+    ring = ring[keep]
+
+    def ring_sum(values: np.ndarray) -> np.ndarray:
+        return np.bincount(ring, values.ravel()[keep], minlength=n_rings)
+
+    cross = ring_sum((spectrum_a * np.conj(spectrum_b)).real)
+    power = ring_sum(np.abs(spectrum_a) ** 2) * ring_sum(np.abs(spectrum_b) ** 2)
+    correlation = np.where(power > 0, cross / np.sqrt(np.where(power > 0, power, 1)), 0.0)
+    return np.arange(n_rings) / (n_rings - 1), correlation
+
+
+def frc(
+    image_a: np.ndarray,
+    image_b: np.ndarray,
+    region: np.ndarray,
+    band: tuple[float, float] = FRC_BAND,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean FRC over ``band`` (fractions of Nyquist) of two reconstructions of one area.
+
+    ``region`` (bool, same grid) is where both are covered. Within its bounding
+    box the images are aligned (sub-pixel shift and global complex factor of
+    ``image_b`` onto ``image_a``), their means removed and a Hann window
+    applied, so the box edges add no correlation. Returns
+    ``(mean, frequency, correlation)``.
+    """
+    if not region.any():
+        raise ValueError("frc: the common covered region is empty")
+    rows = np.flatnonzero(region.any(axis=1))
+    cols = np.flatnonzero(region.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    inside = region[box]
+    a = np.where(inside, np.nan_to_num(image_a[box]), 0)
+    b = np.where(inside, np.nan_to_num(image_b[box]), 0)
+    if min(a.shape) < 8:
+        raise ValueError(f"frc: the common covered region {a.shape} is too small (< 8 px)")
+    b = np.where(inside, shift_image(b, register_shift(a, b)), 0)
+    b = b * np.vdot(b[inside], a[inside]) / np.vdot(b[inside], b[inside])
+    window = np.outer(np.hanning(a.shape[0]), np.hanning(a.shape[1])) * inside
+    a = (a - a[inside].mean()) * window
+    b = (b - b[inside].mean()) * window
+    frequency, correlation = frc_curve(a, b)
+    in_band = (frequency >= band[0]) & (frequency <= band[1])
+    return float(correlation[in_band].mean()), frequency, correlation
+
+
+def common_region(
+    object_a: np.ndarray,
+    coverage_a: np.ndarray,
+    origin_a_m: tuple[float, float],
+    object_b: np.ndarray,
+    coverage_b: np.ndarray,
+    origin_b_m: tuple[float, float],
+    pixel_m: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two results on the grid of ``a``: ``(object_a, object_b, region)``.
+
+    ``region``: both covered (coverage >= ``COVERED_RELATIVE``) and finite.
+    """
+    placed_b = crop_truth(object_b, origin_b_m, object_a.shape, origin_a_m, pixel_m)
+    placed_cov = crop_truth(
+        coverage_b.astype(np.complex128), origin_b_m, object_a.shape, origin_a_m, pixel_m
+    ).real
+    region = (
+        (coverage_a >= COVERED_RELATIVE)
+        & (np.nan_to_num(placed_cov) >= COVERED_RELATIVE)
+        & np.isfinite(placed_b)
+        & np.isfinite(object_a)
+    )
+    return object_a, placed_b, region

@@ -67,6 +67,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="warm-start probe: .npy, or HDF5/CXI (FILE or FILE:/dataset); default: cold start",
     )
     parser.add_argument(
+        "--positions",
+        choices=("sample-translation", "probe-position"),
+        default=None,
+        help="what the file's translation holds: sample-translation (the CXI specification, "
+        "CDTools; probe position = -translation) or probe-position (PyNX, ptychodus); default: "
+        "the file's own 'positions' attribute, else the specification (docs/real-data.md)",
+    )
+    parser.add_argument(
+        "--no-position-check",
+        action="store_true",
+        help="with --probe: skip the short trials that report whether the negated positions "
+        "(the other convention) fit the data clearly better",
+    )
+    parser.add_argument(
+        "--subset",
+        choices=("all", "even", "odd"),
+        default="all",
+        help="reconstruct all frames, or only the even / odd ones (two half-scans for "
+        "`bluesky-ptycho frc`)",
+    )
+    parser.add_argument(
+        "--beam-center",
+        nargs=2,
+        type=float,
+        metavar=("ROW", "COL"),
+        help="beam axis on the frames as recorded, detector pixels (cold start only; default: "
+        "the frame centre; see docs/engine.md)",
+    )
+    parser.add_argument(
+        "--object-smoothness",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="weight of a Gaussian smoothness prior on the object relative to the maximum "
+        "illumination (0: none; ~0.01 reduces noise grain)",
+    )
+    parser.add_argument(
+        "--remove-object-ramp",
+        action="store_true",
+        help="remove the object's mean phase gradient from the written object (display only)",
+    )
+    parser.add_argument(
         "--probe-propagation-m",
         type=float,
         default=0.0,
@@ -138,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import Reconstructor
-    from ..cxi import read_cxi, read_cxi_truth
+    from ..cxi import positions_convention, read_cxi, read_cxi_truth
     from ..metrics import snapshot_nrmse
 
     overrides: dict[str, Any] = {
@@ -147,7 +189,11 @@ def run(args: argparse.Namespace) -> int:
         "y_direction": args.y_direction,
         "probe_propagation_m": args.probe_propagation_m,
         "dtype": PRECISIONS[args.precision],
+        "object_smoothness": args.object_smoothness,
+        "remove_object_ramp": args.remove_object_ramp,
     }
+    if args.beam_center is not None:
+        overrides["beam_center_px"] = tuple(args.beam_center)
     if args.probe:
         overrides["probe_path"] = args.probe
     if args.probe_search and args.probe_propagation_m:
@@ -163,19 +209,24 @@ def run(args: argparse.Namespace) -> int:
     ):
         raise ValueError("the --probe-search-* options need --probe-search")
     output = Path(args.output) if args.output else default_output(args.input)
-    frames, x, y, config = read_cxi(args.input, lazy=True, **overrides)
-    search_attrs: dict[str, Any] = {}
+    convention = positions_convention(args.input, args.positions)
+    frames, x, y, config = read_cxi(args.input, lazy=True, positions=convention, **overrides)
+    search_attrs: dict[str, Any] = {"positions": convention, "subset": args.subset}
     try:
-        n_frames = frames.shape[0]
-        if n_frames == 0:
+        if frames.shape[0] == 0:
             raise ValueError(f"{args.input}: the CXI file holds no frames")
+        selected = subset_indices(args.subset, frames.shape[0])
+        n_frames = len(selected)
+        x, y = x[selected], y[selected]
+        if args.probe and not args.no_position_check:
+            search_attrs.update(position_check(args, frames, x, y, config, convention, selected))
         if args.probe_search:
             best_m, search_attrs = probe_search(args, frames, x, y, config)
             config = config.replace(probe_propagation_m=best_m)
         rec = Reconstructor(config, backend=args.backend)
         for start in range(0, n_frames, args.chunk_frames):
             stop = min(start + args.chunk_frames, n_frames)
-            rec.add_frames(frames[start:stop], x[start:stop], y[start:stop])
+            rec.add_frames(read_chunk(frames, selected[start:stop]), x[start:stop], y[start:stop])
     finally:
         frames.file.close()
     print(
@@ -212,6 +263,52 @@ def run(args: argparse.Namespace) -> int:
     if "nrmse" in attrs:
         print(f"NRMSE vs true object: {attrs['nrmse']:.4f}")
     return 0
+
+
+def subset_indices(subset: str, n_frames: int) -> Any:
+    """Frame indices of ``--subset`` ("all", "even" or "odd") of ``n_frames`` frames."""
+    import numpy as np
+
+    first, step = {"all": (0, 1), "even": (0, 2), "odd": (1, 2)}[subset]
+    return np.arange(first, n_frames, step)
+
+
+def read_chunk(frames: Any, indices: Any) -> Any:
+    """``frames[indices]`` for sorted ``indices``, read as one slice of the (h5py) stack."""
+    return frames[indices[0] : indices[-1] + 1][indices - indices[0]]
+
+
+def position_check(
+    args: argparse.Namespace,
+    frames: Any,
+    x: Any,
+    y: Any,
+    config: Any,
+    convention: str,
+    selected: Any,
+) -> dict[str, Any]:
+    """Trials with the warm probe: do the negated positions fit clearly better? Print it."""
+    from ..calibration.positions import check_position_sign
+    from ..calibration.trials import read_frames
+
+    check = check_position_sign(
+        read_frames(frames, selected), x, y, config, backend=args.backend
+    )
+    other = "probe-position" if convention == "sample-translation" else "sample-translation"
+    print(
+        f"position check with the warm probe: NLL/pixel {check.nll_as_given:.4f} as read "
+        f"({convention}), {check.nll_negated:.4f} negated ({other})"
+    )
+    if check.negated_fits_better:
+        print(
+            f"WARNING: the negated positions fit clearly better: this file's translation "
+            f"probably holds the {other.replace('-', ' ')}; rerun with --positions {other}"
+        )
+    return {
+        "position_check_nll_as_read": check.nll_as_given,
+        "position_check_nll_negated": check.nll_negated,
+        "position_check_negated_fits_better": check.negated_fits_better,
+    }
 
 
 def probe_search(

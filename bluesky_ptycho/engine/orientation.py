@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..config import D4_ORIENTATIONS
 
 _INVERSE = {"rot90_cw": "rot90_ccw", "rot90_ccw": "rot90_cw"}
@@ -34,3 +36,23 @@ def orient_frames(frames: Any, name: str) -> Any:
 def inverse_orientation(name: str) -> str:
     """The D4 name that undoes ``name``."""
     return _INVERSE.get(name, name)
+
+
+def oriented_point(point: tuple[float, float], shape: tuple[int, int], name: str) -> np.ndarray:
+    """(row, col) in the oriented frame of the point ``point`` of a frame as recorded.
+
+    ``shape`` is the recorded frame's shape; fractional points map exactly (the D4
+    index maps are affine).
+    """
+    rows = np.broadcast_to(np.arange(shape[0], dtype=float)[:, None], shape)
+    cols = np.broadcast_to(np.arange(shape[1], dtype=float)[None, :], shape)
+    # oriented pixel (i, j) shows recorded pixel (src_r[i, j], src_c[i, j]), affine in (i, j)
+    src_r, src_c = orient_frames(rows, name), orient_frames(cols, name)
+    base = np.array([src_r[0, 0], src_c[0, 0]])
+    matrix = np.array(
+        [
+            [src_r[1, 0] - src_r[0, 0], src_r[0, 1] - src_r[0, 0]],
+            [src_c[1, 0] - src_c[0, 0], src_c[0, 1] - src_c[0, 0]],
+        ]
+    )
+    return np.linalg.solve(matrix, np.asarray(point, dtype=float) - base)

@@ -18,9 +18,10 @@ extra FFT). The stored far fields are recomputed from scratch every
 
 A linear phase ramp moved from the probe to the object leaves every exit wave
 unchanged up to a constant phase: the data cannot fix it. The engine fixes it
-by convention at every refresh: the centroid of the probe's far-field intensity
-is kept on the centroid of the mean measured pattern of all frames so far
-(:meth:`Reconstructor._remove_phase_ramp`).
+by convention: the probe's far field is held on the beam axis (:mod:`.gauge`:
+a warm probe's own far-field centre, else ``beam_center_px``, else the frame
+centre), never on the mean pattern's centroid, which a sample with a mean
+phase gradient moves.
 """
 
 from __future__ import annotations
@@ -33,17 +34,20 @@ from typing import Any
 import numpy as np
 
 from ..config import ReconConfig
-from . import poisson, shift
+from . import gauge, poisson, shift, smoothness
 from .backend import get_array_module, is_cupy, to_host
 from .operators import ArrayOperators
-from .orientation import orient_frames
+from .orientation import orient_frames, oriented_point
 from .probe_init import cold_start_probe, first_mode, load_probe, scale_to_photons
 from .propagation import propagate
 
 #: iterations between full recomputations of the stored far fields
 REFRESH_EVERY = 10
-#: far-field centroid offset (detector pixels) below which no ramp is removed
+#: far-field centre offset (detector pixels) below which the probe is not re-tilted
 RAMP_TOLERANCE_PX = 1e-3
+#: probe tilt (detector pixels off the beam axis) that triggers an early refresh: the
+#: probe must not absorb the object's phase gradients while the object is still flat
+BEAM_DRIFT_PX = 0.02
 #: illumination (relative to its maximum) below which a pixel counts as unreached
 UNREACHED_RELATIVE = 1e-9
 
@@ -106,6 +110,13 @@ class Reconstructor:
         self._n_fresh = 0  # frames whose stored far field is current
         self._photons_per_frame = 0.0
         self._pattern_sum = self.xp.zeros(self._shape, "float64")  # valid counts, DC at corner
+        self._valid_sum = self.xp.zeros(self._shape, "float64")  # frames valid per pixel
+        # beam axis: far-field centre (row, col) from DC the probe is held on, and its source
+        self._beam_offset_px: np.ndarray | None = None
+        self._beam_source = ""
+        # linear phase ramp the object carries (cycles per pixel, global pixel coordinates):
+        # grown canvas regions continue it
+        self._object_cycles = np.zeros(2)
         self._excluded_pixels = 0
         # Object canvas.
         self._origin_px = np.zeros(2, dtype=np.int64)  # global pixel of canvas [0, 0]
@@ -162,6 +173,7 @@ class Reconstructor:
         self._positions_px[self._n : self._n + n_new] = centres
         valid_counts = self.xp.where(counts >= 0, counts, 0)
         self._pattern_sum += valid_counts.sum(axis=0)
+        self._valid_sum += (counts >= 0).sum(axis=0)
         total_valid = float(valid_counts.sum())
         self._photons_per_frame = (self._photons_per_frame * self._n + total_valid) / (
             self._n + n_new
@@ -216,7 +228,9 @@ class Reconstructor:
             slack = np.array(self.object.shape) // 4
             low = np.where(low < old_low, np.minimum(low, old_low - slack), old_low)
             high = np.where(high > old_high, np.maximum(high, old_high + slack), old_high)
-        grown = self.xp.ones(tuple(int(v) for v in high - low), self._complex)
+        grown = gauge.ramp(
+            self.xp, tuple(int(v) for v in high - low), self._object_cycles, self._complex, low
+        )
         if self.object.size:
             r0, c0 = (self._origin_px - low).astype(int)
             grown[r0 : r0 + self.object.shape[0], c0 : c0 + self.object.shape[1]] = self.object
@@ -242,6 +256,33 @@ class Reconstructor:
     def _ensure_probe(self) -> None:
         if self.probe is None and self._n:
             self.probe = self._initial_probe()
+            self._beam_offset_px, self._beam_source = self._beam_axis()
+            # the mean deflection the data show beyond the beam axis is the object's mean
+            # phase gradient: start the object with it instead of building it slowly
+            self._tilt_object((self._measured_beam_axis() - self._beam_offset_px) / self._shape)
+
+    def _tilt_object(self, cycles: np.ndarray) -> None:
+        """Multiply the object by a linear phase ramp of ``cycles`` per pixel."""
+        shape = self.object.shape
+        self.object *= gauge.ramp(self.xp, shape, cycles, self._complex, self._origin_px)
+        self._object_cycles = self._object_cycles + cycles
+
+    def _beam_axis(self) -> tuple[np.ndarray, str]:
+        """Far-field centre (row, col) from DC that the probe is held on, and its source."""
+        xp, cfg = self.xp, self.config
+        if self._warm_probe is not None:
+            return gauge.disc_centre(xp, xp.abs(self._fft(self.probe)) ** 2), "warm_probe"
+        if cfg.beam_center_px == "data":
+            return self._measured_beam_axis(), "data"
+        if cfg.beam_center_px is not None:
+            # (transposing orientations need square frames: the recorded shape is the same)
+            point = oriented_point(cfg.beam_center_px, self._shape, cfg.dp_orient)
+            return point - np.array(self._shape) // 2, "configured"
+        return np.zeros(2), "frame_centre"
+
+    def _measured_beam_axis(self) -> np.ndarray:
+        mean = self._pattern_sum / self.xp.maximum(self._valid_sum, 1)
+        return gauge.disc_centre(self.xp, mean)
 
     def _initial_probe(self) -> Any:
         xp = self.xp
@@ -285,9 +326,10 @@ class Reconstructor:
         n = self._n
         if self._geometry_frames != n:
             self._update_geometry()
-        if self._since_refresh >= REFRESH_EVERY:
+        tilt = self._probe_tilt_px()
+        if self._since_refresh >= REFRESH_EVERY or np.abs(tilt).max() > BEAM_DRIFT_PX:
             self._n_fresh, self._since_refresh = 0, 0
-            self._remove_phase_ramp()
+            self._hold_beam_axis(tilt)
         if self._n_fresh < n:
             self._farfield[self._n_fresh : n] = self._fft(
                 ops.exit_waves(self.probe, self.object, self._n_fresh)
@@ -304,7 +346,12 @@ class Reconstructor:
         )
         del chi
         self._illumination = illum
-        step_obj = grad_obj / (illum + cfg.alpha_relative * illum.max())
+        damping = cfg.alpha_relative * illum.max()
+        mu = cfg.object_smoothness * float(illum.max())
+        if mu:
+            grad_obj += smoothness.gradient(self.object, mu)
+            damping += 4 * mu
+        step_obj = grad_obj / (illum + damping)
         grad_probe = step_probe = None
         if update_probe:
             grad_probe = ops.probe_adjoint(probe_stack)
@@ -320,8 +367,11 @@ class Reconstructor:
         linear = self._fft(linear)
         if quadratic is not None:
             quadratic = self._fft(quadratic)
+        terms = ops.line_search_terms
+        if mu:
+            terms = _with_prior(terms, self.object, dir_obj, mu)
         tau = poisson.line_search(
-            farfield, linear, quadratic, counts, slope, self._last_step, ops.line_search_terms
+            farfield, linear, quadratic, counts, slope, self._last_step, terms
         )
         if tau > 0:
             self._last_step = tau
@@ -344,17 +394,27 @@ class Reconstructor:
         )
         return nll
 
-    def _remove_phase_ramp(self) -> None:
-        """Move the probe's far-field centroid onto the mean pattern's (module doc)."""
+    def _probe_tilt_px(self) -> np.ndarray:
+        """(row, col) of the probe's far-field centre relative to the beam axis, in px."""
         xp = self.xp
-        offset = _centroid(xp, self._pattern_sum) - _centroid(
-            xp, xp.abs(self._fft(self.probe)) ** 2
-        )
-        if np.abs(offset).max() < RAMP_TOLERANCE_PX:
+        return gauge.disc_centre(xp, xp.abs(self._fft(self.probe)) ** 2) - self._beam_offset_px
+
+    def _hold_beam_axis(self, tilt: np.ndarray) -> None:
+        """Move the probe's far field back onto the beam axis (:mod:`.gauge`).
+
+        Called when the stored far fields are recomputed: the move changes every
+        exit wave by a constant phase.
+        """
+        xp = self.xp
+        if self._beam_source == "data":  # more frames: a better estimate
+            previous = self._beam_offset_px
+            self._beam_offset_px = self._measured_beam_axis()
+            tilt = tilt + previous - self._beam_offset_px
+        if np.abs(tilt).max() < RAMP_TOLERANCE_PX:
             return
-        cycles = offset / np.array(self._shape)  # per object pixel
-        self.probe *= _ramp(xp, self._shape, cycles, self._complex)
-        self.object *= _ramp(xp, self.object.shape, -cycles, self._complex)
+        cycles = -tilt / np.array(self._shape)  # per object pixel
+        self.probe *= gauge.ramp(xp, self._shape, cycles, self._complex)
+        self._tilt_object(-cycles)
         self._previous = None
 
     def _conjugate_direction(
@@ -414,6 +474,8 @@ class Reconstructor:
         peak = float(illum.max()) if illum.size else 0.0
         coverage = illum / peak if peak > 0 else illum
         obj = to_host(self.object).copy()
+        if self.config.remove_object_ramp and obj.size:
+            obj = gauge.remove_mean_ramp(np, obj, np.where(coverage >= 0.1, coverage, 0))
         if live:
             obj[coverage <= UNREACHED_RELATIVE] = np.nan
         probe = (
@@ -426,6 +488,14 @@ class Reconstructor:
             "n_frames_active": last.get("n_frames", 0),
             "excluded_pixels": self._excluded_pixels,
             "probe_propagation_m": self.config.probe_propagation_m,
+            "beam_center_offset_px": (
+                None if self._beam_offset_px is None else [float(v) for v in self._beam_offset_px]
+            ),
+            "beam_center_source": self._beam_source,
+            "beam_center_measured_px": (
+                [float(v) for v in self._measured_beam_axis()] if self._n else None
+            ),
+            "object_smoothness": self.config.object_smoothness,
             "backend": self.backend,
             "history": list(self._history),
         }
@@ -462,18 +532,18 @@ def make_operators(
     return CudaOperators(xp, frame_shape, real_dtype, interpolation)
 
 
-def _centroid(xp: Any, pattern: Any) -> np.ndarray:
-    """(row, col) centroid of a DC-at-corner pattern, relative to DC, in pixels."""
-    centred = xp.fft.fftshift(pattern)
-    total = float(centred.sum())
-    rows, cols = centred.shape
-    row_c = float((centred.sum(axis=1) * xp.arange(rows)).sum()) / total - rows // 2
-    col_c = float((centred.sum(axis=0) * xp.arange(cols)).sum()) / total - cols // 2
-    return np.array([row_c, col_c])
+def _with_prior(terms: Any, obj: Any, direction: Any, mu: float) -> Any:
+    """Line-search terms of the Poisson NLL plus the smoothness prior along ``direction``.
 
+    The prior's ``R'(t) = 2 Re <g, d> + 2 t R_mu(d)`` is exact (R is quadratic).
+    """
+    slope_at_zero = 2 * float(
+        (direction.conj() * smoothness.gradient(obj, mu)).real.sum(dtype="float64")
+    )
+    curvature = 2 * smoothness.energy(direction, mu)
 
-def _ramp(xp: Any, shape: tuple[int, ...], cycles: np.ndarray, dtype: str) -> Any:
-    """``exp(2 pi i (cycles_r * row + cycles_c * col))`` on a ``shape`` grid."""
-    rows = xp.arange(shape[0])[:, None] * cycles[0]
-    cols = xp.arange(shape[1])[None, :] * cycles[1]
-    return xp.exp(2j * np.pi * (rows + cols)).astype(dtype)
+    def with_prior(*args: Any) -> tuple[float, float]:
+        slope, second = terms(*args)
+        return slope + slope_at_zero + args[-1] * curvature, second + curvature
+
+    return with_prior

@@ -166,16 +166,19 @@ def make_beamline(
     photons_per_frame: float = 1e6,
     seed: int = 0,
     config: ReconConfig | None = None,
+    **sample_options: Any,
 ) -> SimBeamline:
     """A beamline whose sample covers a Fermat spiral of up to ``max_points`` points.
 
     step_fraction : mean step between points as a fraction of the frame width.
+    sample_options : :meth:`SimulatedSample.create` keywords (``phase_gradient_rad_px``
+        and the probe's ``defocus_m``, ``central_stop``...).
     """
     config = config or default_config(frame_size)
     step_m = step_fraction * config.frame_shape[1] * config.object_pixel_m[1]
     x_m, y_m = fermat_spiral(max_points, step_m)
     extent_m = 2 * float(max(np.abs(x_m).max(), np.abs(y_m).max()))
-    sample = SimulatedSample.create(config, extent_m, photons_per_frame, seed)
+    sample = SimulatedSample.create(config, extent_m, photons_per_frame, seed, **sample_options)
     return SimBeamline(
         sample=sample,
         sx=SynAxis(name="sx"),

@@ -9,7 +9,7 @@ with motor readings that map to probe positions through the configuration's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +23,18 @@ from ..engine.propagation import propagate
 GOLDEN_ANGLE = np.pi * (3 - np.sqrt(5))
 #: bytes of complex128 work per simulation batch
 SIM_BATCH_BYTES = 256 * 2**20
+#: counts of a stuck ("hot") detector pixel in simulated frames
+HOT_PIXEL_COUNTS = 1_000_000
+#: settings of :func:`simulate_scan` that make a scan look like beamline data: a sample
+#: with a mean phase gradient, a centrally stopped probe defocused by 60 um, a low dose
+#: and stuck pixels (positions of a spiral are sub-pixel already)
+BEAMLINE_LIKE: dict[str, Any] = {
+    "phase_gradient_rad_px": (0.04, -0.06),
+    "photons_per_frame": 2e5,
+    "hot_pixels": 3,
+    "central_stop": 0.35,
+    "defocus_m": 60e-6,
+}
 
 
 def smooth_field(shape: tuple[int, int], sigma_px: float, rng: np.random.Generator) -> np.ndarray:
@@ -38,15 +50,24 @@ def smooth_field(shape: tuple[int, int], sigma_px: float, rng: np.random.Generat
 
 
 def make_object(
-    shape: tuple[int, int], seed: int = 0, feature_px: float = 2.0, phase_rad: float = 1.5
+    shape: tuple[int, int],
+    seed: int = 0,
+    feature_px: float = 2.0,
+    phase_rad: float = 1.5,
+    phase_gradient_rad_px: tuple[float, float] = (0.0, 0.0),
 ) -> np.ndarray:
     """A complex test object: amplitude 0.5..1, phase within +-``phase_rad`` / 2.
 
-    Features are ~``feature_px`` object pixels wide.
+    Features are ~``feature_px`` object pixels wide. ``phase_gradient_rad_px``
+    (row, col) adds a mean phase gradient in radians per object pixel, as a wedge
+    or a tilted substrate gives almost every real sample (it deflects the beam).
     """
     rng = np.random.default_rng(seed)
     amplitude = 0.5 + 0.5 * smooth_field(shape, feature_px, rng)
     phase = phase_rad * (smooth_field(shape, feature_px, rng) - 0.5)
+    rows = (np.arange(shape[0]) - shape[0] / 2)[:, None]
+    cols = (np.arange(shape[1]) - shape[1] / 2)[None, :]
+    phase = phase + phase_gradient_rad_px[0] * rows + phase_gradient_rad_px[1] * cols
     return (amplitude * np.exp(1j * phase)).astype(np.complex64)
 
 
@@ -120,14 +141,22 @@ class SimulatedSample:
         extent_m: float,
         photons_per_frame: float = 1e6,
         seed: int = 0,
+        *,
+        phase_gradient_rad_px: tuple[float, float] = (0.0, 0.0),
         **probe_options: float,
     ) -> SimulatedSample:
-        """A sample covering probe positions within +-``extent_m`` / 2 of the origin."""
+        """A sample covering probe positions within +-``extent_m`` / 2 of the origin.
+
+        ``phase_gradient_rad_px``: see :func:`make_object`; ``probe_options``: see
+        :func:`make_probe`.
+        """
         dy, dx = config.object_pixel_m
         rows, cols = config.frame_shape
         half_y = int(np.ceil(extent_m / 2 / dy)) + rows
         half_x = int(np.ceil(extent_m / 2 / dx)) + cols
-        obj = make_object((2 * half_y, 2 * half_x), seed=seed)
+        obj = make_object(
+            (2 * half_y, 2 * half_x), seed=seed, phase_gradient_rad_px=phase_gradient_rad_px
+        )
         probe = make_probe(config, **probe_options) * np.sqrt(photons_per_frame)
         return cls(
             config, obj, probe.astype(np.complex64), (-half_y * dy, -half_x * dx), photons_per_frame
@@ -200,22 +229,30 @@ class SimulatedSample:
 
 @dataclass
 class SimulatedScan:
-    """A whole simulated scan: frames as recorded, motor readings and the truth."""
+    """A whole simulated scan: frames as recorded, motor readings and the truth.
+
+    hot_pixels : (k, 2) (row, col) of pixels stuck at ``HOT_PIXEL_COUNTS`` in every
+        frame as recorded (exclude them with ``saturation_counts`` or a mask).
+    """
 
     sample: SimulatedSample
     frames: np.ndarray
     x_motor: np.ndarray
     y_motor: np.ndarray
+    hot_pixels: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
     @property
     def config(self) -> ReconConfig:
         return self.sample.config
 
-    def write_cxi(self, path: str | Path) -> Path:
-        """Write the scan as a CXI file (see :mod:`bluesky_ptycho.cxi`)."""
+    def write_cxi(self, path: str | Path, mask: np.ndarray | None = None) -> Path:
+        """Write the scan as a CXI file (see :mod:`bluesky_ptycho.cxi`).
+
+        mask : detector mask to store (nonzero = good pixel), e.g. the hot pixels.
+        """
         from ..cxi import write_cxi
 
-        cfg = self.config
+        cfg = self.config if mask is None else self.config.replace(mask=mask)
         positions_m = np.stack(
             [
                 self.x_motor * cfg.position_scale_m * cfg.x_direction,
@@ -274,14 +311,34 @@ def simulate_scan(
     photons_per_frame: float = 1e6,
     seed: int = 0,
     xp: ModuleType = np,
+    *,
+    phase_gradient_rad_px: tuple[float, float] = (0.0, 0.0),
+    hot_pixels: int = 0,
     **probe_options: float,
 ) -> SimulatedScan:
-    """Simulate a scan (see :func:`scan_positions`); frames on ``xp`` (NumPy or CuPy)."""
+    """Simulate a scan (see :func:`scan_positions`); frames on ``xp`` (NumPy or CuPy).
+
+    ``phase_gradient_rad_px``: see :func:`make_object`. ``hot_pixels``: that many
+    random pixels stuck at ``HOT_PIXEL_COUNTS``. ``probe_options``: see
+    :func:`make_probe`. ``simulate_scan(config, n, **BEAMLINE_LIKE)`` looks like
+    beamline data.
+    """
     config = config or default_config()
     x_m, y_m = scan_positions(config, n_frames, step_fraction, scan, seed)
     extent = 2 * float(max(np.abs(x_m).max(), np.abs(y_m).max()))
-    sample = SimulatedSample.create(config, extent, photons_per_frame, seed, **probe_options)
+    sample = SimulatedSample.create(
+        config,
+        extent,
+        photons_per_frame,
+        seed,
+        phase_gradient_rad_px=phase_gradient_rad_px,
+        **probe_options,
+    )
     x_motor = x_m / (config.position_scale_m * config.x_direction)
     y_motor = y_m / (config.position_scale_m * config.y_direction)
     frames = sample.frames(x_motor, y_motor, seed + 1, xp)
-    return SimulatedScan(sample, frames, x_motor, y_motor)
+    rng = np.random.default_rng(seed + 2)
+    flat = rng.choice(frames.shape[1] * frames.shape[2], size=hot_pixels, replace=False)
+    hot = np.stack(np.unravel_index(flat, frames.shape[1:]), axis=1)
+    frames[:, xp.asarray(hot[:, 0]), xp.asarray(hot[:, 1])] = HOT_PIXEL_COUNTS
+    return SimulatedScan(sample, frames, x_motor, y_motor, hot)

@@ -1,0 +1,102 @@
+"""The linear phase-ramp ambiguity between probe and object, and its convention.
+
+Multiplying the probe by ``exp(2 pi i k.r)`` and the object by ``exp(-2 pi i k.r)``
+changes every exit wave by a constant phase only, so no measured pattern can
+fix ``k``; it only moves the probe's far field by ``k`` detector pixels. The
+engine fixes it by the physical convention (docs/engine.md): the probe's far
+field is held on the beam axis, which is
+
+* the warm-start probe's own far-field centre (the supplied probe is never
+  re-tilted), else
+* ``beam_center_px`` when configured (``"data"``: the centre of the
+  bright-field disc of the mean measured pattern), else
+* the frame centre (frames arrive centred on the direct beam).
+
+The far-field centre of a pattern is the centre of its bright-field disc
+(:func:`disc_centre`), not its centroid: a sample's phase gradients move
+the centroid of the mean pattern.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+#: the disc is the region above this fraction of the maximum (soft edge +-DISC_EDGE)
+DISC_LEVEL = 0.5
+DISC_EDGE = 0.1
+#: Gaussian blur (pixels) applied first, so the soft mask moves continuously with
+#: sub-pixel shifts of a sharp-edged disc
+DISC_BLUR_PX = 1.5
+
+
+def median3x3(xp: ModuleType, image: Any) -> Any:
+    """3 x 3 median filter with periodic edges (removes isolated hot or dead pixels)."""
+    stack = xp.stack(
+        [xp.roll(image, (dr, dc), axis=(0, 1)) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+    )
+    return xp.median(stack, axis=0)
+
+
+def blur(xp: ModuleType, image: Any, sigma_px: float = DISC_BLUR_PX) -> Any:
+    """Periodic Gaussian blur of a real image (via its FFT)."""
+    fy = xp.fft.fftfreq(image.shape[0])[:, None]
+    fx = xp.fft.fftfreq(image.shape[1])[None, :]
+    kernel = xp.exp(-2 * (np.pi * sigma_px) ** 2 * (fy**2 + fx**2))
+    return xp.fft.ifft2(xp.fft.fft2(image) * kernel).real
+
+
+def disc_centre(xp: ModuleType, pattern: Any) -> np.ndarray:
+    """(row, col) centre of the bright-field disc of a DC-at-corner pattern, from DC, in px.
+
+    The centroid of a soft mask of the pixels above ``DISC_LEVEL`` of the
+    median-filtered, blurred maximum: insensitive to how intensity is spread
+    inside the disc, hot pixels and isolated masked pixels, and continuous in
+    sub-pixel shifts.
+    """
+    centred = blur(xp, median3x3(xp, xp.fft.fftshift(xp.asarray(pattern, dtype="float64"))))
+    peak = float(centred.max())
+    if not peak > 0:
+        return np.zeros(2)
+    weight = xp.clip((centred / peak - DISC_LEVEL) / (2 * DISC_EDGE) + 0.5, 0, 1)
+    total = float(weight.sum())
+    rows, cols = centred.shape
+    row_c = float((weight.sum(axis=1) * xp.arange(rows)).sum()) / total - rows // 2
+    col_c = float((weight.sum(axis=0) * xp.arange(cols)).sum()) / total - cols // 2
+    return np.array([row_c, col_c])
+
+
+def ramp(
+    xp: ModuleType,
+    shape: tuple[int, ...],
+    cycles: np.ndarray,
+    dtype: str,
+    start: tuple[int, int] | np.ndarray = (0, 0),
+) -> Any:
+    """``exp(2 pi i (cycles_r * row + cycles_c * col))`` on a ``shape`` grid.
+
+    ``start``: (row, col) of the grid's pixel [0, 0] (e.g. a canvas's global origin).
+    """
+    rows = (xp.arange(shape[0])[:, None] + int(start[0])) * float(cycles[0])
+    cols = (xp.arange(shape[1])[None, :] + int(start[1])) * float(cycles[1])
+    return xp.exp(2j * np.pi * (rows + cols)).astype(dtype)
+
+
+def mean_phase_gradient(xp: ModuleType, obj: Any, weight: Any) -> np.ndarray:
+    """(row, col) mean phase gradient of ``obj`` in cycles per pixel, ``weight``-ed.
+
+    From the weighted sum of neighbour products ``O[r+1] conj(O[r])`` (no phase
+    unwrapping needed).
+    """
+    obj = xp.where(weight > 0, obj, 0) * weight
+    down = complex((obj[1:, :] * xp.conj(obj[:-1, :])).sum())
+    right = complex((obj[:, 1:] * xp.conj(obj[:, :-1])).sum())
+    return np.array([np.angle(down), np.angle(right)]) / (2 * np.pi)
+
+
+def remove_mean_ramp(xp: ModuleType, obj: Any, weight: Any) -> Any:
+    """``obj`` with its mean phase gradient (over ``weight``) removed."""
+    cycles = mean_phase_gradient(xp, obj, weight)
+    return obj * ramp(xp, obj.shape, -cycles, str(obj.dtype))
