@@ -322,6 +322,10 @@ def run_trial(
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"calibration: iterations must be an integer >= 1, got {iterations!r}")
     config = trials.config.replace(**changes)
+    if config.beam_center_px is None:
+        # a trial compares NLLs, which the phase-ramp convention does not change: hold the
+        # probe where the data put it, so no candidate starts with a ramp to build
+        config = config.replace(beam_center_px="data")
     x, y = trials.x, trials.y
     if round_positions:
         dy, dx = config.object_pixel_m

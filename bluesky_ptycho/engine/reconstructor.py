@@ -274,11 +274,13 @@ class Reconstructor:
             return gauge.disc_centre(xp, xp.abs(self._fft(self.probe)) ** 2), "warm_probe"
         if cfg.beam_center_px == "data":
             return self._measured_beam_axis(), "data"
-        if cfg.beam_center_px is not None:
-            # (transposing orientations need square frames: the recorded shape is the same)
-            point = oriented_point(cfg.beam_center_px, self._shape, cfg.dp_orient)
-            return point - np.array(self._shape) // 2, "configured"
-        return np.zeros(2), "frame_centre"
+        # the recorded frame's centre pixel, or the configured point, seen through
+        # dp_orient (a flip of an even frame moves the centre pixel by one); transposing
+        # orientations need square frames, so the recorded shape is the same
+        source = "frame_centre" if cfg.beam_center_px is None else "configured"
+        recorded = cfg.beam_center_px or tuple(n // 2 for n in self._shape)
+        point = oriented_point(recorded, self._shape, cfg.dp_orient)
+        return point - np.array(self._shape) // 2, source
 
     def _measured_beam_axis(self) -> np.ndarray:
         mean = self._pattern_sum / self.xp.maximum(self._valid_sum, 1)
