@@ -196,7 +196,13 @@ def positions_convention(path: str | Path, positions: str | None = None) -> str:
     if positions is not None:
         _translation_sign(positions, "read_cxi")
         return positions
-    with h5py.File(path, "r") as handle:
+    if not Path(path).exists():
+        raise ValueError(f"read_cxi: file {path} does not exist")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"read_cxi: {path} is not a readable HDF5/CXI file ({error})") from error
+    with handle:
         for name in (TRANSLATION, DATA_TRANSLATION):
             if name in handle and POSITIONS_ATTR in handle[name].attrs:
                 stored = handle[name].attrs[POSITIONS_ATTR]
@@ -248,12 +254,9 @@ def read_cxi(
     fixed = sorted(set(config_overrides) & set(_FIXED_BY_FILE))
     if fixed:
         raise ValueError(f"read_cxi: {', '.join(fixed)} are set by the CXI file, not overrides")
+    sign = _translation_sign(positions_convention(path, positions), "read_cxi")
     if not path.exists():
         raise ValueError(f"read_cxi: file {path} does not exist")
-    try:
-        sign = _translation_sign(positions_convention(path, positions), "read_cxi")
-    except OSError as error:
-        raise ValueError(f"read_cxi: {path} is not a readable HDF5/CXI file ({error})") from error
     try:
         handle = h5py.File(path, "r")
     except OSError as error:

@@ -72,7 +72,9 @@ def test_standard_fields_and_units(tmp_path):
         np.testing.assert_array_equal(f[DETECTOR_DATA][()], frames)
         translation = f[TRANSLATION][()]
         assert translation.shape == (5, 3)
-        np.testing.assert_array_equal(translation[:, :2], positions)
+        # the CXI specification: the sample's translation, minus the probe position
+        np.testing.assert_array_equal(translation[:, :2], -positions)
+        assert f[TRANSLATION].attrs["positions"] == "sample-translation"
         assert f[ENERGY][()] == pytest.approx(8.5 * JOULE_PER_KEV)
         assert f[ENERGY].attrs["units"] == "J"
         assert f[DISTANCE][()] == 1.2

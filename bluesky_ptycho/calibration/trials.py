@@ -9,9 +9,9 @@ A *trial* answers "how well does this configuration explain the data?" cheaply:
    field. Cropping the far field keeps the field of view (the probe still fits)
    and only coarsens the object pixel, so the physics a trial tests - detector
    orientation, motor signs, probe defocus - is unchanged. An *odd* crop keeps
-   the zero frequency on the centre pixel, so every D4 transform is an exact
-   mirror or rotation about it (for even frames a flip moves the centre by one
-   pixel);
+   the zero frequency on the centre pixel with the same number of pixels on
+   each side, so every D4 transform is an exact mirror or rotation of the
+   cropped data;
 3. build a :class:`~bluesky_ptycho.Reconstructor` with the configuration under
    test, start cold (or warm, from the configured probe resampled to the crop),
    run ``iterations`` ML_grad iterations and return the Poisson NLL per valid

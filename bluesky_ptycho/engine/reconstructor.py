@@ -261,11 +261,13 @@ class Reconstructor:
             # phase gradient: start the object with it instead of building it slowly
             self._tilt_object((self._measured_beam_axis() - self._beam_offset_px) / self._shape)
 
-    def _tilt_object(self, cycles: np.ndarray) -> None:
-        """Multiply the object by a linear phase ramp of ``cycles`` per pixel."""
+    def _tilt_object(self, cycles: np.ndarray) -> Any:
+        """Multiply the object by a linear phase ramp of ``cycles`` per pixel; returns it."""
         shape = self.object.shape
-        self.object *= gauge.ramp(self.xp, shape, cycles, self._complex, self._origin_px)
+        tilt = gauge.ramp(self.xp, shape, cycles, self._complex, self._origin_px)
+        self.object *= tilt
         self._object_cycles = self._object_cycles + cycles
+        return tilt
 
     def _beam_axis(self) -> tuple[np.ndarray, str]:
         """Far-field centre (row, col) from DC that the probe is held on, and its source."""
@@ -274,13 +276,11 @@ class Reconstructor:
             return gauge.disc_centre(xp, xp.abs(self._fft(self.probe)) ** 2), "warm_probe"
         if cfg.beam_center_px == "data":
             return self._measured_beam_axis(), "data"
-        # the recorded frame's centre pixel, or the configured point, seen through
-        # dp_orient (a flip of an even frame moves the centre pixel by one); transposing
-        # orientations need square frames, so the recorded shape is the same
-        source = "frame_centre" if cfg.beam_center_px is None else "configured"
-        recorded = cfg.beam_center_px or tuple(n // 2 for n in self._shape)
-        point = oriented_point(recorded, self._shape, cfg.dp_orient)
-        return point - np.array(self._shape) // 2, source
+        if cfg.beam_center_px is None:  # dp_orient keeps the centre pixel in place
+            return np.zeros(2), "frame_centre"
+        # (transposing orientations need square frames: the recorded shape is the same)
+        point = oriented_point(cfg.beam_center_px, self._shape, cfg.dp_orient)
+        return point - np.array(self._shape) // 2, "configured"
 
     def _measured_beam_axis(self) -> np.ndarray:
         mean = self._pattern_sum / self.xp.maximum(self._valid_sum, 1)
@@ -415,9 +415,16 @@ class Reconstructor:
         if np.abs(tilt).max() < RAMP_TOLERANCE_PX:
             return
         cycles = -tilt / np.array(self._shape)  # per object pixel
-        self.probe *= gauge.ramp(xp, self._shape, cycles, self._complex)
-        self._tilt_object(-cycles)
-        self._previous = None
+        probe_tilt = gauge.ramp(xp, self._shape, cycles, self._complex)
+        self.probe *= probe_tilt
+        object_tilt = self._tilt_object(-cycles)
+        if self._previous is not None:
+            # a gauge move is unitary and leaves the NLL unchanged: carry the conjugate
+            # directions into the new gauge instead of restarting them
+            dir_obj, dir_probe, g_dot_s, step_obj, step_probe = self._previous
+            moved = [None if p is None else p * probe_tilt for p in (dir_probe, step_probe)]
+            self._previous = (dir_obj * object_tilt, moved[0], g_dot_s, step_obj * object_tilt,
+                              moved[1])  # fmt: skip
 
     def _conjugate_direction(
         self, grad_obj: Any, step_obj: Any, grad_probe: Any, step_probe: Any
