@@ -9,9 +9,9 @@ import pytest
 from subprocess_support import run_python
 
 from bluesky_ptycho import cli
-from bluesky_ptycho.commands import bench
 from bluesky_ptycho.engine.backend import cupy_device_available
 from bluesky_ptycho.sim.sample import default_config, simulate_scan
+from bluesky_ptycho.tools import bench_engine as bench
 
 
 def test_bench_cli_tiny_numpy(tmp_path, capsys):
