@@ -23,7 +23,14 @@ pytestmark = [
 N_FRAMES, SHAPE, OBJECT_SHAPE = 37, (24, 20), (70, 64)
 
 
-@pytest.fixture(params=[("float32", "cubic"), ("float64", "cubic"), ("float32", "linear")])
+@pytest.fixture(
+    params=[
+        ("float32", "cubic"),
+        ("float64", "cubic"),
+        ("float32", "linear"),
+        ("float32", "nearest"),
+    ]
+)
 def pair(request):
     """(fused, array) operators on CuPy sharing one random geometry."""
     import cupy

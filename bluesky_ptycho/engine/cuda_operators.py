@@ -1,12 +1,13 @@
 """Fused CUDA kernels (kernels/ptycho.cu) implementing :class:`~.operators.EngineOperators`.
 
 Each method computes what its :class:`~.operators.ArrayOperators` twin computes,
-in fewer passes over the frame stack; the GPU tests compare them. The sub-pixel
-probe shifts stay in :mod:`.shift` (one matrix product makes a chunk of frames'
-probes); the kernels read those stacks. The transforms are cuFFT's unnormalised
-ones, in place, with the unitary scale folded into the kernel next to each
-(no separate scaling pass). CuPy is imported by the caller; this module only
-touches it through ``xp``.
+in fewer passes over the frame stack; the GPU tests compare them. The kernels
+make each frame's sub-pixel-shifted probe in registers from the K tap images of
+:func:`.shift.tap_stack` (no probe stack in memory), and sum the probe
+gradient's per-tap terms per group of frames in the same pass. The transforms
+are cuFFT's unnormalised ones, in place, with the unitary scale folded into the
+kernel next to each (no separate scaling pass). CuPy is imported by the caller;
+this module only touches it through ``xp``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from . import poisson, shift
 from .operators import chunk_pixels, frame_chunks, stack_buffer, transform
 
 KERNEL_FILE = "ptycho.cu"
-#: kernels templated on the real type only, and on (real, stored count) types
-KERNELS = ("object_gradient", "exit_waves", "advance")
+#: kernels templated on the real type, on (real, taps) and on (real, stored count) types
+KERNELS = ("advance",)
+TAP_KERNELS = ("waves", "object_gradient")
 COUNT_KERNELS = ("poisson_gradient", "line_search_terms")
 COUNT_TYPES = {count_store.COMPACT_DTYPE.name: "unsigned short"}
 THREADS = 256
@@ -34,6 +36,10 @@ THREADS = 256
 NULL = np.uint64(0)
 #: compute capability from which one 16-byte float atomic adds gradient and illumination
 VECTOR_ATOMICS_CC = 90
+#: frames one thread block works through in the frame-loop kernels
+FRAMES_PER_BLOCK = 16
+#: frame groups of the probe-gradient partial sums (each K x M x N, summed on the device)
+PROBE_GROUPS = 32
 
 
 def _optional(array: Any) -> Any:
@@ -49,8 +55,11 @@ def kernel_source() -> str:
 
 
 def _names(ctype: str) -> dict[tuple[str, str], str]:
-    """(kernel, count dtype or '') -> template name expression."""
+    """(kernel, count dtype or interpolation or '') -> template name expression."""
     names = {(name, ""): f"{name}<{ctype}>" for name in KERNELS}
+    for name in TAP_KERNELS:
+        for kind in shift.INTERPOLATIONS:
+            names[(name, kind)] = f"{name}<{ctype}, {len(shift.taps(kind))}>"
     for name in COUNT_KERNELS:
         for dtype, count_ctype in ((ctype, ctype), *COUNT_TYPES.items()):
             key = "" if dtype == ctype else dtype
@@ -132,23 +141,25 @@ class CudaOperators:
         blocks = max(1, min((size + THREADS - 1) // THREADS, self._grid_limit))
         self._kernels[(name, key)]((blocks,), (THREADS,), args)
 
-    def _chunks(self, start: int = 0) -> Iterator[slice]:
-        return frame_chunks(start, self.n_frames, self.frame_shape)
-
-    def _stack_args(self, frames: slice) -> tuple:
-        """Corners, element count and sizes of ``frames``."""
+    def _launch_frames(self, name: str, n_frames: int, frames_per_block: int, args: tuple) -> None:
+        """A frame-loop kernel: one thread per frame pixel, a block per group of frames."""
         rows, cols = self.frame_shape
-        return (
-            self._corners[frames],
-            np.int64((frames.stop - frames.start) * rows * cols),
+        grid = ((rows * cols + THREADS - 1) // THREADS, -(-n_frames // frames_per_block))
+        self._kernels[(name, self.interpolation)](grid, (THREADS,), args)
+
+    def _frame_args(self, start: int = 0) -> tuple[Any, tuple]:
+        """Weights, and corners, frame count and sizes, of the frames ``start:``."""
+        rows, cols = self.frame_shape
+        return self.weights[start:], (
+            self._corners[start:],
+            np.int32(self.n_frames - start),
             np.int32(rows),
             np.int32(cols),
             np.int32(self.object_shape[1]),
         )
 
-    def _probes(self, taps: Any, frames: slice) -> Any:
-        """Sub-pixel-shifted probes of ``frames`` (one GEMM)."""
-        return shift.weighted_sum(self.weights[frames], taps).reshape(-1, *self.frame_shape)
+    def _chunks(self, start: int = 0) -> Iterator[slice]:
+        return frame_chunks(start, self.n_frames, self.frame_shape)
 
     def _forward(self, stack: Any) -> None:
         transform(self.xp, stack, norm="backward")  # unnormalised: scale is in the kernel
@@ -161,26 +172,32 @@ class CudaOperators:
         return self.xp.zeros((*self.object_shape, 4), self.real_dtype)
 
     # -------------------------------------------------------------- operators
+    def _taps(self, probe: Any) -> Any:
+        return self.xp.ascontiguousarray(shift.tap_stack(probe, self.interpolation))
+
     def farfields(self, probe: Any, obj: Any, start: int = 0, out: Any = None) -> Any:
-        out = stack_buffer(self.xp, out, self.n_frames - start, self.frame_shape, self._complex)
-        taps = shift.tap_stack(probe, self.interpolation)
-        for frames in self._chunks(start):
-            target = out[frames.start - start : frames.stop - start]
-            self._launch(
-                "exit_waves",
-                target.size,
-                (
-                    self._probes(taps, frames),
-                    NULL,
-                    obj,
-                    NULL,
-                    *self._stack_args(frames),
-                    self._scale,
-                    target,
-                    NULL,
-                ),
-            )
-            self._forward(target)
+        n = self.n_frames - start
+        out = stack_buffer(self.xp, out, n, self.frame_shape, self._complex)
+        weights, geometry = self._frame_args(start)
+        self._launch_frames(
+            "waves",
+            n,
+            FRAMES_PER_BLOCK,
+            (
+                self._taps(probe),
+                NULL,
+                weights,
+                obj,
+                NULL,
+                *geometry,
+                np.int32(FRAMES_PER_BLOCK),
+                self._scale,
+                out,
+                NULL,
+            ),
+        )
+        for frames in frame_chunks(0, n, self.frame_shape):
+            self._forward(out[frames])
         return out
 
     def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[float, Any]:
@@ -208,29 +225,33 @@ class CudaOperators:
         self, chi: Any, probe: Any, obj: Any, probe_terms: bool
     ) -> tuple[Any, Any, Any, Any]:
         xp = self.xp
+        n = self.n_frames
         acc = self._accumulator()
-        grad_taps = power_taps = None
-        taps = shift.tap_stack(probe, self.interpolation)
-        for frames in self._chunks():
-            part = chi[frames]
-            view_power = xp.empty(part.shape, self.real_dtype) if probe_terms else None
-            self._launch(
-                "object_gradient",
-                part.size,
-                (
-                    part,
-                    self._probes(taps, frames),
-                    obj,
-                    *self._stack_args(frames),
-                    acc,
-                    _optional(view_power),
-                ),
-            )
-            if probe_terms:
-                grad_part = shift.tap_sums(part, self.weights[frames])
-                power_part = shift.tap_sums(view_power, self.weights[frames])
-                grad_taps = grad_part if grad_taps is None else grad_taps + grad_part
-                power_taps = power_part if power_taps is None else power_taps + power_part
+        weights, geometry = self._frame_args()
+        tap_grad = tap_power = None
+        per_block = FRAMES_PER_BLOCK
+        if probe_terms:
+            per_block = -(-n // min(PROBE_GROUPS, n))
+            groups = -(-n // per_block)
+            taps = len(shift.taps(self.interpolation))
+            tap_grad = xp.empty((groups, taps, *self.frame_shape), self._complex)
+            tap_power = xp.empty((groups, taps, *self.frame_shape), self.real_dtype)
+        self._launch_frames(
+            "object_gradient",
+            n,
+            per_block,
+            (
+                chi,
+                self._taps(probe),
+                weights,
+                obj,
+                *geometry,
+                np.int32(per_block),
+                acc,
+                _optional(tap_grad),
+                _optional(tap_power),
+            ),
+        )
         grad = xp.ascontiguousarray(acc[..., :2]).view(self._complex)[..., 0]
         illumination = xp.ascontiguousarray(acc[..., 2])
         if not probe_terms:
@@ -239,20 +260,29 @@ class CudaOperators:
         return (
             grad,
             illumination,
-            shift.combine_taps(grad_taps, kind),
-            shift.combine_taps(power_taps, kind),
+            shift.combine_taps(tap_grad.sum(axis=0), kind),
+            shift.combine_taps(tap_power.sum(axis=0), kind),
         )
 
     def illumination(self, probe: Any) -> Any:
         acc = self._accumulator()
-        taps = shift.tap_stack(probe, self.interpolation)
-        for frames in self._chunks():
-            probes = self._probes(taps, frames)
-            self._launch(
-                "object_gradient",
-                probes.size,
-                (NULL, probes, NULL, *self._stack_args(frames), acc, NULL),
-            )
+        weights, geometry = self._frame_args()
+        self._launch_frames(
+            "object_gradient",
+            self.n_frames,
+            FRAMES_PER_BLOCK,
+            (
+                NULL,
+                self._taps(probe),
+                weights,
+                NULL,
+                *geometry,
+                np.int32(FRAMES_PER_BLOCK),
+                acc,
+                NULL,
+                NULL,
+            ),
+        )
         return self.xp.ascontiguousarray(acc[..., 2])
 
     def direction_farfields(
@@ -265,23 +295,25 @@ class CudaOperators:
         quadratic = None
         if dprobe is not None:
             quadratic = stack_buffer(xp, out_quadratic, n, shape, self._complex)
-            dtaps = shift.tap_stack(dprobe, self.interpolation)
-        taps = shift.tap_stack(probe, self.interpolation)
+        weights, geometry = self._frame_args()
+        self._launch_frames(
+            "waves",
+            n,
+            FRAMES_PER_BLOCK,
+            (
+                self._taps(probe),
+                NULL if dprobe is None else self._taps(dprobe),
+                weights,
+                obj,
+                dobj,
+                *geometry,
+                np.int32(FRAMES_PER_BLOCK),
+                self._scale,
+                linear,
+                _optional(quadratic),
+            ),
+        )
         for frames in self._chunks():
-            self._launch(
-                "exit_waves",
-                linear[frames].size,
-                (
-                    self._probes(taps, frames),
-                    NULL if quadratic is None else self._probes(dtaps, frames),
-                    obj,
-                    dobj,
-                    *self._stack_args(frames),
-                    self._scale,
-                    linear[frames],
-                    NULL if quadratic is None else quadratic[frames],
-                ),
-            )
             self._forward(linear[frames])
             if quadratic is not None:
                 self._forward(quadratic[frames])
@@ -317,7 +349,10 @@ class CudaOperators:
         )
 
     def workspace_bytes(self, n_frames: int) -> int:
-        # direction_farfields: probes and dprobes of one chunk; cuFFT's work area
-        # for a chunk (at most one chunk-sized complex stack).
-        pixels = chunk_pixels(n_frames, self.frame_shape)
-        return 3 * pixels * np.dtype(self._complex).itemsize
+        # cuFFT's work area for a chunk (at most one chunk-sized complex stack),
+        # and the probe gradient's per-group tap sums (complex and real).
+        complex_size = np.dtype(self._complex).itemsize
+        fft_area = chunk_pixels(n_frames, self.frame_shape) * complex_size
+        groups = min(PROBE_GROUPS, max(n_frames, 1))
+        taps = len(shift.taps(self.interpolation)) * self.frame_shape[0] * self.frame_shape[1]
+        return fft_area + groups * taps * (complex_size + np.dtype(self.real_dtype).itemsize)

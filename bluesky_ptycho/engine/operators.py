@@ -96,10 +96,12 @@ def chunk_pixels(n_frames: int, frame_shape: tuple[int, int]) -> int:
 
 def transform(xp: ModuleType, stack: Any, inverse: bool = False, norm: str = "ortho") -> Any:
     """2-D FFT of the last two axes of ``stack``, written back into ``stack``."""
-    fft = xp.fft.ifft2 if inverse else xp.fft.fft2
     if xp is np:
-        stack[...] = fft(stack, norm=norm)
+        stack[...] = (np.fft.ifft2 if inverse else np.fft.fft2)(stack, norm=norm)
         return stack
+    import cupyx.scipy.fft as device_fft  # xp is CuPy: its scipy-style FFTs can overwrite
+
+    fft = device_fft.ifft2 if inverse else device_fft.fft2
     result = fft(stack, norm=norm, overwrite_x=True)  # cuFFT in place for contiguous C2C
     if result.data.ptr != stack.data.ptr:
         stack[...] = result

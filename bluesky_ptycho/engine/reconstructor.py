@@ -108,6 +108,7 @@ class Reconstructor:
         self._n_fresh = 0  # frames whose stored far field is current
         self._photons_per_frame = 0.0
         self._pattern_sum = self.xp.zeros(self._shape, "float64")  # valid counts, DC at corner
+        self._valid_frames = self.xp.zeros(self._shape, "int64")  # frames valid per pixel
         self._excluded_pixels = 0
         # Object canvas.
         self._origin_px = np.zeros(2, dtype=np.int64)  # global pixel of canvas [0, 0]
@@ -166,6 +167,7 @@ class Reconstructor:
         self._positions_px[self._n : self._n + n_new] = centres
         valid_counts = self.xp.where(counts >= 0, counts, 0)
         self._pattern_sum += valid_counts.sum(axis=0)
+        self._valid_frames += (counts >= 0).sum(axis=0)
         total_valid = float(valid_counts.sum())
         self._photons_per_frame = (self._photons_per_frame * self._n + total_valid) / (
             self._n + n_new
@@ -252,8 +254,10 @@ class Reconstructor:
         if self._warm_probe is not None:
             probe = xp.asarray(self._warm_probe, self._complex)
         else:
-            counts = count_store.decode(self._counts[: self._n], self._real)
-            probe = cold_start_probe(xp, counts, self._complex)
+            # the mean valid pattern as a one-frame stack: no frame-stack temporaries
+            mean = self._pattern_sum / xp.maximum(self._valid_frames, 1)
+            mean = xp.where(self._valid_frames > 0, mean, -1)[None].astype(self._real)
+            probe = cold_start_probe(xp, mean, self._complex)
         if self.config.probe_propagation_m:
             probe = propagate(
                 probe, self.config.probe_propagation_m, self._pixel_m, self.config.wavelength_m
