@@ -23,7 +23,14 @@ import numpy as np
 
 from . import counts as count_store
 from . import poisson, shift
-from .operators import chunk_pixels, frame_chunks, stack_buffer, transform
+from .operators import (
+    chunk_pixels,
+    direction_buffers,
+    frame_chunks,
+    gradients,
+    stack_buffer,
+    transform,
+)
 
 KERNEL_FILE = "ptycho.cu"
 #: kernels templated on the real type, on (real, taps) and on (real, stored count) types
@@ -254,15 +261,9 @@ class CudaOperators:
         )
         grad = xp.ascontiguousarray(acc[..., :2]).view(self._complex)[..., 0]
         illumination = xp.ascontiguousarray(acc[..., 2])
-        if not probe_terms:
-            return grad, illumination, None, None
-        kind = self.interpolation
-        return (
-            grad,
-            illumination,
-            shift.combine_taps(tap_grad.sum(axis=0), kind),
-            shift.combine_taps(tap_power.sum(axis=0), kind),
-        )
+        if tap_grad is not None:
+            tap_grad, tap_power = tap_grad.sum(axis=0), tap_power.sum(axis=0)
+        return gradients(grad, illumination, tap_grad, tap_power, self.interpolation)
 
     def illumination(self, probe: Any) -> Any:
         acc = self._accumulator()
@@ -288,17 +289,11 @@ class CudaOperators:
     def direction_farfields(
         self, probe: Any, dprobe: Any | None, obj: Any, dobj: Any, out: Any = None
     ) -> tuple[Any, Any | None]:
-        xp = self.xp
-        out_linear, out_quadratic = out if out is not None else (None, None)
-        shape, n = self.frame_shape, self.n_frames
-        linear = stack_buffer(xp, out_linear, n, shape, self._complex)
-        quadratic = None
-        if dprobe is not None:
-            quadratic = stack_buffer(xp, out_quadratic, n, shape, self._complex)
+        linear, quadratic = direction_buffers(self, out, dprobe is not None)
         weights, geometry = self._frame_args()
         self._launch_frames(
             "waves",
-            n,
+            self.n_frames,
             FRAMES_PER_BLOCK,
             (
                 self._taps(probe),

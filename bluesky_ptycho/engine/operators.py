@@ -118,6 +118,28 @@ def stack_buffer(xp: ModuleType, out: Any, n_frames: int, frame_shape: tuple, dt
     return out
 
 
+def gradients(
+    grad: Any, illumination: Any, grad_taps: Any, power_taps: Any, kind: str
+) -> tuple[Any, Any, Any, Any]:
+    """``object_gradient``'s result from per-tap probe sums (None without probe terms)."""
+    if grad_taps is None:
+        return grad, illumination, None, None
+    return (
+        grad,
+        illumination,
+        shift.combine_taps(grad_taps, kind),
+        shift.combine_taps(power_taps, kind),
+    )
+
+
+def direction_buffers(ops: Any, out: Any, quadratic: bool) -> tuple[Any, Any | None]:
+    """The (b, c) stacks of ``direction_farfields``: ``out``'s (checked) or new ones."""
+    out_linear, out_quadratic = out if out is not None else (None, None)
+    args = (ops.n_frames, ops.frame_shape, ops._complex)
+    linear = stack_buffer(ops.xp, out_linear, *args)
+    return linear, stack_buffer(ops.xp, out_quadratic, *args) if quadratic else None
+
+
 class ArrayOperators:
     """Generic array-module implementation of :class:`EngineOperators` (the reference)."""
 
@@ -193,15 +215,7 @@ class ArrayOperators:
                 power_part = shift.tap_sums(_power(views), self.weights[frames])
                 grad_taps = grad_part if grad_taps is None else grad_taps + grad_part
                 power_taps = power_part if power_taps is None else power_taps + power_part
-        if not probe_terms:
-            return grad, illumination, None, None
-        kind = self.interpolation
-        return (
-            grad,
-            illumination,
-            shift.combine_taps(grad_taps, kind),
-            shift.combine_taps(power_taps, kind),
-        )
+        return gradients(grad, illumination, grad_taps, power_taps, self.interpolation)
 
     def illumination(self, probe: Any) -> Any:
         out = self.xp.zeros(self.object_shape, self.real_dtype)
@@ -215,12 +229,8 @@ class ArrayOperators:
         self, probe: Any, dprobe: Any | None, obj: Any, dobj: Any, out: Any = None
     ) -> tuple[Any, Any | None]:
         xp = self.xp
-        out_linear, out_quadratic = out if out is not None else (None, None)
-        shape, n = self.frame_shape, self.n_frames
-        linear = stack_buffer(xp, out_linear, n, shape, self._complex)
-        quadratic = None
+        linear, quadratic = direction_buffers(self, out, dprobe is not None)
         if dprobe is not None:
-            quadratic = stack_buffer(xp, out_quadratic, n, shape, self._complex)
             dtaps = shift.tap_stack(dprobe, self.interpolation)
         taps = shift.tap_stack(probe, self.interpolation)
         for frames in self._chunks():

@@ -27,6 +27,7 @@ from .backend import array_module_of
 def xp_is_numpy(array: Any) -> bool:
     return isinstance(array, np.ndarray)
 
+
 #: whole-pixel shifts per axis of each interpolation
 SHIFTS = {"nearest": (0,), "linear": (0, 1), "cubic": (-1, 0, 1, 2)}
 INTERPOLATIONS = tuple(SHIFTS)
