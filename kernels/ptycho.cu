@@ -1,25 +1,34 @@
 // Fused ML_grad kernels for bluesky_ptycho (CuPy RawModule, C++17).
 //
 // Twins of the NumPy/CuPy array code in bluesky_ptycho/engine/operators.py; the
-// GPU tests compare each kernel with its twin. Conventions:
+// GPU tests compare each kernel (with the transforms around it) with its twin.
+// Conventions:
 //   * a stack has n frames of rows x cols pixels, frame-major, DC at the corner;
 //   * frame j's window starts at object pixel corners[2j], corners[2j+1];
-//   * probes are stacks too: frame j's sub-pixel-shifted probe P_j, made by
-//     bluesky_ptycho/engine/shift.py (one matrix product for all frames);
-//   * counts < 0 mark excluded pixels;
-//   * reductions accumulate in double: block sums, then one atomicAdd per block.
+//   * frame j's sub-pixel-shifted probe P_j = sum_k w_jk T_k is made in registers
+//     from the K whole-pixel-shifted taps T_k and weights w (engine/shift.py);
+//   * counts are either real (< 0 marks an excluded pixel) or uint16 with
+//     COUNT_EXCLUDED (65535) marking an excluded pixel (engine/counts.py);
+//   * `scale` folds the unitary FFT's 1/sqrt(rows cols) into the element-wise
+//     pass next to an unnormalised cuFFT transform (no separate scaling pass);
+//   * reductions accumulate in double: block sums, then one atomicAdd per block;
+//   * the object gradient and illumination are scattered into one interleaved
+//     accumulator (re, im, illumination, unused) per object pixel: with
+//     PTYCHO_VECTOR_ATOMICS (sm_90+, single precision) one 16-byte atomic adds
+//     all three.
 
 #include <cupy/complex.cuh>
 
 using index_t = long long;
 
-// Object index seen by stack element i (frame j, pixel (r, c)).
-__device__ inline index_t object_index(index_t i, const int* corners, int rows, int cols,
-                                       int object_cols) {
-  const index_t frame_size = (index_t)rows * cols;
-  const index_t j = i / frame_size;
-  const int p = (int)(i - j * frame_size), r = p / cols, c = p - r * cols;
-  return (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
+#define COUNT_EXCLUDED 65535
+
+// Counts as real photons, negative where excluded.
+template <typename R>
+__device__ inline R count_value(R count) { return count; }
+template <typename R>
+__device__ inline R count_value(unsigned short count) {
+  return count == COUNT_EXCLUDED ? R(-1) : R(count);
 }
 
 // Sum `value` over the block; thread 0 adds it to `out`.
@@ -38,6 +47,27 @@ __device__ inline void block_accumulate(double value, double* out) {
   }
 }
 
+// acc[0..2] += (a, b, c): one vector atomic where the hardware has it.
+__device__ inline void add3(float* acc, float a, float b, float c) {
+#ifdef PTYCHO_VECTOR_ATOMICS
+  float4 value;
+  value.x = a;
+  value.y = b;
+  value.z = c;
+  value.w = 0.f;
+  atomicAdd(reinterpret_cast<float4*>(acc), value);
+#else
+  atomicAdd(acc, a);
+  atomicAdd(acc + 1, b);
+  atomicAdd(acc + 2, c);
+#endif
+}
+__device__ inline void add3(double* acc, double a, double b, double c) {
+  atomicAdd(acc, a);
+  atomicAdd(acc + 1, b);
+  atomicAdd(acc + 2, c);
+}
+
 template <typename R>
 __device__ inline R pixel_nll(R intensity, R count) {
   if (count < 0) return 0;
@@ -45,31 +75,31 @@ __device__ inline R pixel_nll(R intensity, R count) {
   return intensity - count - count * log(intensity / count);
 }
 
-// grad = m (1 - n / I) a;  nll += sum m (I - n - n ln(I / n)).
-template <typename R>
-__global__ void poisson_gradient(const complex<R>* farfield, const R* counts,
-                                 complex<R>* grad, double* nll, index_t size, R eps) {
+// grad = scale m (1 - n / I) a;  nll += sum m (I - n - n ln(I / n)).
+template <typename R, typename C>
+__global__ void poisson_gradient(const complex<R>* farfield, const C* counts, complex<R>* grad,
+                                 double* nll, index_t size, R eps, R scale) {
   double local = 0;
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
     const complex<R> a = farfield[i];
-    const R n = counts[i];
+    const R n = count_value<R>(counts[i]);
     const R intensity = a.real() * a.real() + a.imag() * a.imag() + eps;
     local += pixel_nll(intensity, n);
-    grad[i] = n < 0 ? complex<R>(0, 0) : (R(1) - n / intensity) * a;
+    grad[i] = n < 0 ? complex<R>(0, 0) : (scale * (R(1) - n / intensity)) * a;
   }
   block_accumulate(local, nll);
 }
 
 // out[0] += L'(tau), out[1] += L''(tau) along a(t) = a + t b + t^2 c (c may be null).
-template <typename R>
+template <typename R, typename C>
 __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* linear,
-                                  const complex<R>* quadratic, const R* counts, R tau,
+                                  const complex<R>* quadratic, const C* counts, R tau,
                                   double* out, index_t size, R eps) {
   double slope = 0, curvature = 0;
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
-    const R n = counts[i];
+    const R n = count_value<R>(counts[i]);
     if (n < 0) continue;
     complex<R> model = farfield[i] + tau * linear[i];
     complex<R> velocity = linear[i];
@@ -92,55 +122,119 @@ __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* 
   block_accumulate(curvature, out + 1);
 }
 
-// Object gradient and illumination (scattered with atomics); with `probe_terms`
-// also conj(O_j) chi_j into `chi` (in place) and |O_j|^2 into `view_power`.
-template <typename R>
-__global__ void object_gradient(complex<R>* chi, const complex<R>* probes, const complex<R>* object,
-                                const int* corners, index_t size, int rows, int cols,
-                                int object_cols, complex<R>* grad_object, R* illumination,
-                                R* view_power, int probe_terms) {
-  for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
-       i += (index_t)blockDim.x * gridDim.x) {
-    const index_t k = object_index(i, corners, rows, cols, object_cols);
-    const complex<R> pj = probes[i];
-    const complex<R> x = chi[i];
-    const complex<R> g = conj(pj) * x;
-    R* target = reinterpret_cast<R*>(grad_object + k);
-    atomicAdd(target, g.real());
-    atomicAdd(target + 1, g.imag());
-    atomicAdd(illumination + k, pj.real() * pj.real() + pj.imag() * pj.imag());
-    if (probe_terms) {
-      const complex<R> o = object[k];
-      chi[i] = conj(o) * x;
-      view_power[i] = o.real() * o.real() + o.imag() * o.imag();
-    }
-  }
+// Frame-loop kernels: thread (blockIdx.x, threadIdx.x) owns frame pixel p and
+// blockIdx.y a group of `frames_per_block` consecutive frames. The K shifted
+// probe taps T_k(p) (engine/shift.py tap_stack, (K, rows, cols)) are loaded
+// once into registers, and each frame's sub-pixel-shifted probe is made there:
+//   P_j(p) = sum_k weights[j K + k] T_k(p)
+// so no (n, rows, cols) probe stack is ever written or read.
+
+template <typename R, int K>
+__device__ inline void load_taps(const complex<R>* taps, index_t frame_size, int p,
+                                 complex<R> (&t)[K]) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) t[k] = taps[k * frame_size + p];
 }
 
-// Exit waves P_j O_j (dobject null), or the search-direction terms
-//   linear = P_j dO_j + dP_j O_j,  quadratic = dP_j dO_j   (dprobes may be null:
-//   then linear = P_j dO_j and quadratic is untouched).
-template <typename R>
-__global__ void exit_waves(const complex<R>* probes, const complex<R>* dprobes,
-                           const complex<R>* object, const complex<R>* dobject, const int* corners,
-                           index_t size, int rows, int cols, int object_cols, complex<R>* linear,
-                           complex<R>* quadratic) {
-  for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
-       i += (index_t)blockDim.x * gridDim.x) {
-    const index_t k = object_index(i, corners, rows, cols, object_cols);
-    const complex<R> pj = probes[i];
+template <typename R, int K>
+__device__ inline complex<R> shifted(const complex<R> (&t)[K], const R* w) {
+  complex<R> value(0, 0);
+#pragma unroll
+  for (int k = 0; k < K; ++k) value += w[k] * t[k];
+  return value;
+}
+
+// scale P_j O_j (dobject null), or the search-direction terms
+//   linear = scale (P_j dO_j + dP_j O_j),  quadratic = scale dP_j dO_j  (dtaps may be
+//   null: then linear = scale P_j dO_j and quadratic is untouched).
+// Frames first_frame.. of the geometry; outputs start at that frame.
+template <typename R, int K>
+__global__ void waves(const complex<R>* taps, const complex<R>* dtaps, const R* weights,
+                      const complex<R>* object, const complex<R>* dobject, const int* corners,
+                      int n_frames, int rows, int cols, int object_cols, int frames_per_block,
+                      R scale, complex<R>* linear, complex<R>* quadratic) {
+  const index_t frame_size = (index_t)rows * cols;
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= frame_size) return;
+  const int r = p / cols, c = p - r * cols;
+  complex<R> t[K], dt[K];
+  load_taps<R, K>(taps, frame_size, p, t);
+  if (dtaps != nullptr) load_taps<R, K>(dtaps, frame_size, p, dt);
+  const int first = blockIdx.y * frames_per_block;
+  const int last = min(n_frames, first + frames_per_block);
+  for (int j = first; j < last; ++j) {
+    const R* w = weights + (index_t)j * K;
+    const index_t k = (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
+    const index_t i = j * frame_size + p;
+    const complex<R> pj = shifted<R, K>(t, w);
     if (dobject == nullptr) {
-      linear[i] = pj * object[k];
+      linear[i] = scale * (pj * object[k]);
       continue;
     }
     const complex<R> dobj = dobject[k];
     complex<R> lin = pj * dobj;
-    if (dprobes != nullptr) {
-      const complex<R> dpj = dprobes[i];
+    if (dtaps != nullptr) {
+      const complex<R> dpj = shifted<R, K>(dt, w);
       lin += dpj * object[k];
-      quadratic[i] = dpj * dobj;
+      quadratic[i] = scale * (dpj * dobj);
     }
-    linear[i] = lin;
+    linear[i] = scale * lin;
+  }
+}
+
+// Object gradient and illumination into `acc` (4 reals per object pixel); with
+// `tap_grad` non-null also this group's per-tap probe-gradient sums
+//   tap_grad[g, k, p] = sum_j w_jk conj(O_j(p)) chi_j(p),  tap_power[g, k, p] = sum_j w_jk |O_j(p)|^2
+// (g = blockIdx.y; summed over groups and shifted back on the host side).
+// With `chi` null only the illumination is accumulated.
+template <typename R, int K>
+__global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, const R* weights,
+                                const complex<R>* object, const int* corners, int n_frames,
+                                int rows, int cols, int object_cols, int frames_per_block, R* acc,
+                                complex<R>* tap_grad, R* tap_power) {
+  const index_t frame_size = (index_t)rows * cols;
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= frame_size) return;
+  const int r = p / cols, c = p - r * cols;
+  complex<R> t[K], gsum[K];
+  R psum[K];
+  load_taps<R, K>(taps, frame_size, p, t);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    gsum[k] = complex<R>(0, 0);
+    psum[k] = 0;
+  }
+  const int first = blockIdx.y * frames_per_block;
+  const int last = min(n_frames, first + frames_per_block);
+  for (int j = first; j < last; ++j) {
+    const R* w = weights + (index_t)j * K;
+    const index_t k_obj = (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
+    const complex<R> pj = shifted<R, K>(t, w);
+    const R power = pj.real() * pj.real() + pj.imag() * pj.imag();
+    if (chi == nullptr) {
+      atomicAdd(acc + 4 * k_obj + 2, power);
+      continue;
+    }
+    const complex<R> x = chi[j * frame_size + p];
+    const complex<R> g = conj(pj) * x;
+    add3(acc + 4 * k_obj, g.real(), g.imag(), power);
+    if (tap_grad != nullptr) {
+      const complex<R> o = object[k_obj];
+      const complex<R> h = conj(o) * x;
+      const R view_power = o.real() * o.real() + o.imag() * o.imag();
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        gsum[k] += w[k] * h;
+        psum[k] += w[k] * view_power;
+      }
+    }
+  }
+  if (tap_grad == nullptr) return;
+  const index_t base = (index_t)blockIdx.y * K * frame_size + p;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    tap_grad[base + k * frame_size] = gsum[k];
+    tap_power[base + k * frame_size] = psum[k];
   }
 }
 

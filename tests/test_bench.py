@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from subprocess_support import run_python
 
-from bluesky_ptycho import cli
-from bluesky_ptycho.commands import bench
+from bluesky_ptycho import Reconstructor, cli
 from bluesky_ptycho.engine.backend import cupy_device_available
 from bluesky_ptycho.sim.sample import default_config, simulate_scan
+from bluesky_ptycho.tools import bench_engine as bench
 
 
 def test_bench_cli_tiny_numpy(tmp_path, capsys):
@@ -69,3 +69,16 @@ def test_bench_cupy_matches_numpy_twin():
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=0, atol=1e-6 * on_cpu.max())
     results = bench.benchmark(backend="cupy", frame_size=32, n_frames=64, iterations=4, block=2)
     assert results["backend"] == "cupy" and results["frame_iterations_per_s"] > 0
+
+
+def test_stage_profile_times_each_stage_and_restores_the_engine():
+    scan = simulate_scan(default_config(16), n_frames=12)
+    rec = Reconstructor(scan.config, backend="numpy")
+    rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+    rec.iterate(3)
+    fft2 = np.fft.fft2
+    stages = bench.stage_profile(rec, 2)
+    assert rec.iteration == 5 and np.fft.fft2 is fft2 and not vars(rec._ops).keys() & set(stages)
+    top_level = ("nll_and_chi", "object_gradient", "direction_farfields", "line_search_terms")
+    assert all(stages[name] > 0 for name in (*top_level, "fft", "advance"))
+    assert stages["iteration"] >= sum(stages[name] for name in top_level)

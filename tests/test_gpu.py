@@ -11,7 +11,7 @@ import pytest
 
 from bluesky_ptycho import Reconstructor
 from bluesky_ptycho.engine.backend import cupy_device_available
-from bluesky_ptycho.engine.operators import ArrayOperators
+from bluesky_ptycho.engine.operators import ArrayOperators, EngineOperators
 from bluesky_ptycho.metrics import snapshot_nrmse
 from bluesky_ptycho.sim.sample import simulate_scan
 
@@ -23,7 +23,14 @@ pytestmark = [
 N_FRAMES, SHAPE, OBJECT_SHAPE = 37, (24, 20), (70, 64)
 
 
-@pytest.fixture(params=[("float32", "cubic"), ("float64", "cubic"), ("float32", "linear")])
+@pytest.fixture(
+    params=[
+        ("float32", "cubic"),
+        ("float64", "cubic"),
+        ("float32", "linear"),
+        ("float32", "nearest"),
+    ]
+)
 def pair(request):
     """(fused, array) operators on CuPy sharing one random geometry."""
     import cupy
@@ -63,33 +70,44 @@ def close(a, b, real, scale=None):
     return float(cupy.abs(a - b).max()) <= tol * scale
 
 
-def test_exit_waves_and_direction_terms(pair):
+def test_both_implement_the_declared_interface(pair):
+    fused, array, _ = pair
+    assert isinstance(fused, EngineOperators) and isinstance(array, EngineOperators)
+    assert not isinstance(fused, ArrayOperators)
+
+
+def test_farfields_and_direction_farfields(pair):
     fused, array, rng = pair
     real = fused.real_dtype
     probe, dprobe = rand(rng, SHAPE, real), rand(rng, SHAPE, real)
     obj, dobj = rand(rng, OBJECT_SHAPE, real), rand(rng, OBJECT_SHAPE, real)
-    assert close(fused.exit_waves(probe, obj, 5), array.exit_waves(probe, obj, 5), real)
+    assert close(fused.farfields(probe, obj, 5), array.farfields(probe, obj, 5), real)
     for dp in (None, dprobe):
-        lin_f, quad_f = fused.direction_terms(probe, dp, obj, dobj)
-        lin_a, quad_a = array.direction_terms(probe, dp, obj, dobj)
+        lin_f, quad_f = fused.direction_farfields(probe, dp, obj, dobj)
+        lin_a, quad_a = array.direction_farfields(probe, dp, obj, dobj)
         assert close(lin_f, lin_a, real)
         assert (quad_f is None) == (quad_a is None)
         if quad_a is not None:
             assert close(quad_f, quad_a, real)
 
 
-def test_poisson_gradient_and_line_search_terms(pair):
+@pytest.mark.parametrize("compact", [False, True])
+def test_poisson_gradient_and_line_search_terms(pair, compact):
     import cupy
+
+    from bluesky_ptycho.engine import counts as count_store
 
     fused, array, rng = pair
     real = fused.real_dtype
     a, b, c = (rand(rng, (N_FRAMES, *SHAPE), real) for _ in range(3))
     counts = cupy.asarray(rng.poisson(3.0, (N_FRAMES, *SHAPE)).astype(real))
     counts[0, :2] = -1
-    nll_f, grad_f = fused.nll_and_gradient(a, counts)
-    nll_a, grad_a = array.nll_and_gradient(a, counts)
+    if compact:
+        counts = count_store.encode(counts, count_store.COMPACT_DTYPE)
+    nll_f, chi_f = fused.nll_and_chi(a, counts)
+    nll_a, chi_a = array.nll_and_chi(a, counts)
     assert abs(nll_f - nll_a) <= 1e-5 * abs(nll_a)
-    assert close(grad_f, grad_a, real, scale=float(cupy.abs(grad_a).max()) * 10)
+    assert close(chi_f, chi_a, real, scale=float(cupy.abs(chi_a).max()) * 10)
     for quad in (None, c):
         terms_f = fused.line_search_terms(a, b, quad, counts, 0.3)
         terms_a = array.line_search_terms(a, b, quad, counts, 0.3)
@@ -97,7 +115,7 @@ def test_poisson_gradient_and_line_search_terms(pair):
 
 
 @pytest.mark.parametrize("probe_terms", [False, True])
-def test_object_gradient(pair, probe_terms):
+def test_object_gradient_and_illumination(pair, probe_terms):
     fused, array, rng = pair
     real = fused.real_dtype
     chi = rand(rng, (N_FRAMES, *SHAPE), real)
@@ -108,6 +126,7 @@ def test_object_gradient(pair, probe_terms):
         assert (got is None) == (want is None)
         if want is not None:
             assert close(got, want, real)
+    assert close(fused.illumination(probe), out_a[1], real)
 
 
 def test_advance(pair):
@@ -118,6 +137,27 @@ def test_advance(pair):
     fused.advance(a_f, b, c, 0.7)
     array.advance(a_a, b, c, 0.7)
     assert close(a_f, a_a, real)
+
+
+def test_chunked_operators_match_one_chunk(pair, monkeypatch):
+    from bluesky_ptycho.engine import operators
+
+    fused, array, rng = pair
+    real = fused.real_dtype
+    probe, obj, dobj = (
+        rand(rng, SHAPE, real),
+        rand(rng, OBJECT_SHAPE, real),
+        rand(rng, OBJECT_SHAPE, real),
+    )
+    chi = rand(rng, (N_FRAMES, *SHAPE), real)
+    whole = fused.object_gradient(chi.copy(), probe, obj, True)
+    lin_whole, quad_whole = fused.direction_farfields(probe, probe, obj, dobj)
+    monkeypatch.setattr(operators, "CHUNK_PIXELS", 5 * SHAPE[0] * SHAPE[1])
+    chunked = fused.object_gradient(chi.copy(), probe, obj, True)
+    for got, want in zip(chunked, whole, strict=True):
+        assert close(got, want, real)
+    lin, quad = fused.direction_farfields(probe, probe, obj, dobj)
+    assert close(lin, lin_whole, real) and close(quad, quad_whole, real)
 
 
 def test_cupy_matches_numpy_and_reaches_target(monkeypatch):

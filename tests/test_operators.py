@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bluesky_ptycho.config import D4_ORIENTATIONS
-from bluesky_ptycho.engine import patches, shift
-from bluesky_ptycho.engine.orientation import inverse_orientation, orient_frames
+from bluesky_ptycho.engine import patches, poisson, shift
+from bluesky_ptycho.engine.orientation import inverse_orientation, orient_frames, oriented_point
 from bluesky_ptycho.engine.propagation import propagate
 
 
@@ -122,10 +122,19 @@ def test_propagation_is_unitary_and_reversible(xp):
     ],
 )
 def test_d4_orientations_match_numpy(name, reference):
-    frame = np.arange(12).reshape(3, 4)
+    # odd sides: the array operation is the transform about the centre pixel
+    frame = np.arange(15).reshape(3, 5)
     np.testing.assert_array_equal(orient_frames(frame[None], name)[0], reference(frame))
+    # even sides: the transform about the zero-frequency pixel (M//2, N//2), which stays
+    # put; every pixel lands where the D4 map of its offset from there says (mod N)
+    even = np.arange(16).reshape(4, 4)
+    oriented = orient_frames(even, name)
+    for (row, col), value in np.ndenumerate(even):
+        target = np.round(oriented_point((row, col), (4, 4), name)).astype(int) % 4
+        assert oriented[tuple(target)] == value
+    assert oriented[2, 2] == even[2, 2]
     np.testing.assert_array_equal(
-        orient_frames(orient_frames(frame, name), inverse_orientation(name)), frame
+        orient_frames(orient_frames(even, name), inverse_orientation(name)), even
     )
 
 
@@ -153,3 +162,86 @@ def test_weighted_sum_matches_tensordot(xp, dtype):
     want = xp.tensordot(weights.astype(dtype), stack, axes=(1, 0))
     assert got.dtype == stack.dtype
     assert float(xp.abs(got - want).max()) <= 1e-5 * float(xp.abs(want).max())
+
+
+def operator_case(xp, dtype="complex128", n=9, shape=(8, 6), object_shape=(20, 18)):
+    """ArrayOperators with a random geometry, and random probe, object and stacks."""
+    from bluesky_ptycho.engine.operators import ArrayOperators
+
+    rng = np.random.default_rng(11)
+    real = "float32" if dtype == "complex64" else "float64"
+    corners = np.stack([rng.integers(0, object_shape[i] - shape[i], n) for i in (0, 1)], axis=1)
+    fractions = rng.uniform(0, 1, (n, 2))
+    ops = ArrayOperators(xp, shape, real, "cubic")
+    ops.set_geometry(corners, fractions, object_shape)
+    probe, obj = random_complex(xp, shape, dtype, rng), random_complex(xp, object_shape, dtype, rng)
+    return ops, probe, obj, rng
+
+
+def test_array_operators_implement_the_interface(xp):
+    from bluesky_ptycho.engine.operators import EngineOperators
+
+    ops, *_ = operator_case(xp)
+    assert isinstance(ops, EngineOperators)
+
+
+def test_operator_stages_match_their_definitions(xp):
+    ops, probe, obj, rng = operator_case(xp)
+    shape, n = ops.frame_shape, 9
+    probes = shift.shifted_probes(probe, ops.weights, "cubic")
+    views = patches.extract(obj, ops._indices)
+    fft2 = xp.fft.fft2
+
+    def near(got, want):
+        return float(xp.abs(got - want).max()) <= 1e-12 * float(xp.abs(want).max())
+
+    assert near(ops.farfields(probe, obj, 2), fft2(probes * views, norm="ortho")[2:])
+    farfield = random_complex(xp, (n, *shape), "complex128", rng)
+    counts = xp.asarray(rng.poisson(2.0, (n, *shape)).astype(float))
+    nll, chi = ops.nll_and_chi(farfield, counts)
+    assert nll == pytest.approx(poisson.negative_log_likelihood(farfield, counts), rel=1e-12)
+    want_chi = xp.fft.ifft2(poisson.farfield_gradient(farfield, counts), norm="ortho")
+    assert near(chi, want_chi)
+    grad, illumination, grad_probe, power = ops.object_gradient(chi.copy(), probe, obj, True)
+    assert near(grad, patches.scatter_add(xp.conj(probes) * chi, ops._indices, obj.shape))
+    want_illumination = patches.scatter_add(xp.abs(probes) ** 2, ops._indices, obj.shape)
+    assert near(illumination, want_illumination)
+    assert near(ops.illumination(probe), want_illumination)
+    want_probe = shift.shifted_probes_adjoint(xp.conj(views) * chi, ops.weights, "cubic")
+    assert near(grad_probe, want_probe)
+    assert near(power, shift.shifted_probes_adjoint(xp.abs(views) ** 2, ops.weights, "cubic"))
+    dprobe, dobj = (
+        random_complex(xp, shape, "complex128", rng),
+        random_complex(xp, obj.shape, "complex128", rng),
+    )
+    dprobes = shift.shifted_probes(dprobe, ops.weights, "cubic")
+    dviews = patches.extract(dobj, ops._indices)
+    linear, quadratic = ops.direction_farfields(probe, dprobe, obj, dobj)
+    assert near(linear, fft2(probes * dviews + dprobes * views, norm="ortho"))
+    assert near(quadratic, fft2(dprobes * dviews, norm="ortho"))
+    linear, quadratic = ops.direction_farfields(probe, None, obj, dobj)
+    assert quadratic is None and near(linear, fft2(probes * dviews, norm="ortho"))
+
+
+def test_chunked_stages_match_one_chunk(xp, monkeypatch):
+    from bluesky_ptycho.engine import operators
+
+    ops, probe, obj, rng = operator_case(xp, n=11)
+    chi = random_complex(xp, (11, *ops.frame_shape), "complex128", rng)
+    counts = xp.asarray(rng.poisson(2.0, chi.shape).astype(float))
+    whole = ops.object_gradient(chi.copy(), probe, obj, True)
+    terms = ops.line_search_terms(chi, chi[::-1].copy(), None, counts, 0.2)
+    monkeypatch.setattr(operators, "CHUNK_PIXELS", 3 * chi.shape[1] * chi.shape[2])
+    assert len(list(operators.frame_chunks(0, 11, ops.frame_shape))) == 4
+    for got, want in zip(ops.object_gradient(chi.copy(), probe, obj, True), whole, strict=True):
+        assert float(xp.abs(got - want).max()) <= 1e-12 * float(xp.abs(want).max())
+    chunked = ops.line_search_terms(chi, chi[::-1].copy(), None, counts, 0.2)
+    np.testing.assert_allclose(chunked, terms, rtol=1e-12)
+
+
+def test_outputs_go_into_the_buffers_given(xp):
+    ops, probe, obj, _ = operator_case(xp)
+    buffer = xp.zeros((9, *ops.frame_shape), "complex128")
+    assert ops.farfields(probe, obj, 0, buffer) is buffer and float(xp.abs(buffer).max()) > 0
+    with pytest.raises(ValueError, match="out: expected"):
+        ops.farfields(probe, obj, 1, buffer)

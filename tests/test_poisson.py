@@ -79,3 +79,30 @@ def test_excluded_pixels_do_not_count():
         a, counts
     )
     assert np.all(poisson.farfield_gradient(a, counts)[0, 0, :3] == 0)
+
+
+def test_compact_counts_round_trip_and_fit():
+    from bluesky_ptycho.engine import counts as count_store
+
+    counts = np.array([[-1.0, 0.0, 3.0, 65534.0]])
+    stored = count_store.encode(counts, count_store.COMPACT_DTYPE)
+    assert stored.dtype == np.uint16 and stored.tolist() == [[65535, 0, 3, 65534]]
+    np.testing.assert_array_equal(count_store.decode(stored, "float32"), counts)
+    assert count_store.fits_compact(counts)
+    assert not count_store.fits_compact(np.array([65535.0]))
+    assert not count_store.fits_compact(np.array([2.5]))
+    assert count_store.fits_compact(np.array([-1.0, -7.0]))  # excluded values do not count
+
+
+def test_poisson_terms_read_compact_counts():
+    from bluesky_ptycho.engine import counts as count_store
+
+    a, b, c, counts = fields(6)
+    stored = count_store.encode(counts, count_store.COMPACT_DTYPE)
+    assert poisson.negative_log_likelihood(a, stored) == poisson.negative_log_likelihood(a, counts)
+    np.testing.assert_array_equal(
+        poisson.farfield_gradient(a, stored), poisson.farfield_gradient(a, counts)
+    )
+    assert poisson.line_search_terms(a, b, c, stored, 0.4) == poisson.line_search_terms(
+        a, b, c, counts, 0.4
+    )

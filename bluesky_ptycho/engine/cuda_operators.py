@@ -1,15 +1,19 @@
-"""Fused CUDA kernels (kernels/ptycho.cu) behind the :class:`ArrayOperators` API.
+"""Fused CUDA kernels (kernels/ptycho.cu) implementing :class:`~.operators.EngineOperators`.
 
 Each method computes what its :class:`~.operators.ArrayOperators` twin computes,
-in one pass over the frame stack; the GPU tests compare them. The sub-pixel
-probe shifts stay in :mod:`.shift` (one matrix product makes every frame's
-probe); the kernels read those stacks. CuPy is imported by the caller; this
-module only touches it through ``xp``.
+in fewer passes over the frame stack; the GPU tests compare them. The kernels
+make each frame's sub-pixel-shifted probe in registers from the K tap images of
+:func:`.shift.tap_stack` (no probe stack in memory), and sum the probe
+gradient's per-tap terms per group of frames in the same pass. The transforms
+are cuFFT's unnormalised ones, in place, with the unitary scale folded into the
+kernel next to each (no separate scaling pass). CuPy is imported by the caller;
+this module only touches it through ``xp``.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -17,14 +21,32 @@ from typing import Any
 
 import numpy as np
 
+from . import counts as count_store
 from . import poisson, shift
-from .operators import ArrayOperators
+from .operators import (
+    chunk_pixels,
+    direction_buffers,
+    frame_chunks,
+    gradients,
+    stack_buffer,
+    transform,
+)
 
 KERNEL_FILE = "ptycho.cu"
-KERNELS = ("poisson_gradient", "line_search_terms", "object_gradient", "exit_waves", "advance")
+#: kernels templated on the real type, on (real, taps) and on (real, stored count) types
+KERNELS = ("advance",)
+TAP_KERNELS = ("waves", "object_gradient")
+COUNT_KERNELS = ("poisson_gradient", "line_search_terms")
+COUNT_TYPES = {count_store.COMPACT_DTYPE.name: "unsigned short"}
 THREADS = 256
 #: a null pointer for optional kernel arguments
 NULL = np.uint64(0)
+#: compute capability from which one 16-byte float atomic adds gradient and illumination
+VECTOR_ATOMICS_CC = 90
+#: frames one thread block works through in the frame-loop kernels
+FRAMES_PER_BLOCK = 16
+#: frame groups of the probe-gradient partial sums (each K x M x N, summed on the device)
+PROBE_GROUPS = 32
 
 
 def _optional(array: Any) -> Any:
@@ -39,29 +61,74 @@ def kernel_source() -> str:
     return (Path(__file__).resolve().parents[2] / "kernels" / KERNEL_FILE).read_text()
 
 
+def _names(ctype: str) -> dict[tuple[str, str], str]:
+    """(kernel, count dtype or interpolation or '') -> template name expression."""
+    names = {(name, ""): f"{name}<{ctype}>" for name in KERNELS}
+    for name in TAP_KERNELS:
+        for kind in shift.INTERPOLATIONS:
+            names[(name, kind)] = f"{name}<{ctype}, {len(shift.taps(kind))}>"
+    for name in COUNT_KERNELS:
+        for dtype, count_ctype in ((ctype, ctype), *COUNT_TYPES.items()):
+            key = "" if dtype == ctype else dtype
+            names[(name, key)] = f"{name}<{ctype}, {count_ctype}>"
+    return names
+
+
 @functools.cache
-def _module(real: str) -> Any:
+def _module(real: str) -> tuple[dict[tuple[str, str], Any], bool]:
+    """Compiled kernels for ``real`` and whether they use vector atomics.
+
+    Vector atomics (``atomicAdd(float4*)``) are tried in single precision on
+    compute capability >= 9.0 and dropped if this toolkit's compiler lacks them.
+    """
     import cupy
 
     ctype = {"float32": "float", "float64": "double"}[real]
-    names = [f"{name}<{ctype}>" for name in KERNELS]
-    module = cupy.RawModule(code=kernel_source(), options=("-std=c++17",), name_expressions=names)
-    return {name: module.get_function(f"{name}<{ctype}>") for name in KERNELS}
+    names = _names(ctype)
+    capability = int(cupy.cuda.Device().compute_capability)
+    tries = [False]
+    if real == "float32" and capability >= VECTOR_ATOMICS_CC:
+        tries.insert(0, True)
+    for vector in tries:
+        options = ("-std=c++17",) + (("-DPTYCHO_VECTOR_ATOMICS",) if vector else ())
+        try:
+            module = cupy.RawModule(
+                code=kernel_source(), options=options, name_expressions=list(names.values())
+            )
+            kernels = {key: module.get_function(name) for key, name in names.items()}
+        except cupy.cuda.compiler.CompileException:
+            if vector:
+                continue
+            raise
+        return kernels, vector
+    raise AssertionError("unreachable")
 
 
-class CudaOperators(ArrayOperators):
-    """Fused-kernel implementation on CuPy arrays."""
+class CudaOperators:
+    """Fused-kernel implementation of :class:`~.operators.EngineOperators` on CuPy."""
 
     def __init__(
         self, xp: ModuleType, frame_shape: tuple[int, int], real_dtype: str, interpolation: str
     ) -> None:
-        super().__init__(xp, frame_shape, real_dtype, interpolation)
-        self._kernels = _module(real_dtype)
+        self.xp = xp
+        self.frame_shape = frame_shape
+        self.real_dtype = real_dtype
+        self.interpolation = interpolation
+        self._complex = np.result_type(real_dtype, np.complex64)
+        self._kernels, self.vector_atomics = _module(real_dtype)
         self._real = np.dtype(real_dtype).type
+        #: unitary FFT scale, applied inside the kernels next to each transform
+        self._scale = self._real(1 / np.sqrt(frame_shape[0] * frame_shape[1]))
+        self.weights: Any = None
+        self.object_shape: tuple[int, int] = (0, 0)
         self._corners: Any = None
         self._sums = xp.zeros(2, "float64")
         device = xp.cuda.Device()
         self._grid_limit = 32 * device.attributes["MultiProcessorCount"]
+
+    @property
+    def n_frames(self) -> int:
+        return 0 if self._corners is None else int(self._corners.shape[0])
 
     def set_geometry(
         self, corners: np.ndarray, fractions: np.ndarray, object_shape: tuple[int, int]
@@ -73,38 +140,75 @@ class CudaOperators(ArrayOperators):
             xp.asarray(fractions, dtype=self.real_dtype), self.interpolation
         )
 
-    def _launch(self, name: str, size: int, args: tuple) -> None:
+    # ----------------------------------------------------------------- helpers
+    def _launch(self, name: str, size: int, args: tuple, counts: Any = None) -> None:
+        key = ""
+        if counts is not None and counts.dtype != self._real:
+            key = str(counts.dtype)
         blocks = max(1, min((size + THREADS - 1) // THREADS, self._grid_limit))
-        self._kernels[name]((blocks,), (THREADS,), args)
+        self._kernels[(name, key)]((blocks,), (THREADS,), args)
 
-    def _stack_args(self, start: int = 0) -> tuple:
-        """Corners, element count and sizes of the frames ``start:``."""
+    def _launch_frames(self, name: str, n_frames: int, frames_per_block: int, args: tuple) -> None:
+        """A frame-loop kernel: one thread per frame pixel, a block per group of frames."""
         rows, cols = self.frame_shape
-        n = self._corners.shape[0] - start
-        return (
+        grid = ((rows * cols + THREADS - 1) // THREADS, -(-n_frames // frames_per_block))
+        self._kernels[(name, self.interpolation)](grid, (THREADS,), args)
+
+    def _frame_args(self, start: int = 0) -> tuple[Any, tuple]:
+        """Weights, and corners, frame count and sizes, of the frames ``start:``."""
+        rows, cols = self.frame_shape
+        return self.weights[start:], (
             self._corners[start:],
-            np.int64(n * rows * cols),
+            np.int32(self.n_frames - start),
             np.int32(rows),
             np.int32(cols),
             np.int32(self.object_shape[1]),
         )
 
-    def _probes(self, probe: Any, start: int = 0) -> Any:
-        """(n, M, N) sub-pixel-shifted probes of frames ``start:`` (one GEMM)."""
-        return shift.shifted_probes(probe, self.weights[start:], self.interpolation)
+    def _chunks(self, start: int = 0) -> Iterator[slice]:
+        return frame_chunks(start, self.n_frames, self.frame_shape)
 
-    def exit_waves(self, probe: Any, obj: Any, start: int = 0) -> Any:
-        probes = self._probes(probe, start)
-        out = self.xp.empty_like(probes)
-        self._launch(
-            "exit_waves",
-            out.size,
-            (probes, NULL, obj, NULL, *self._stack_args(start), out, NULL),
+    def _forward(self, stack: Any) -> None:
+        transform(self.xp, stack, norm="backward")  # unnormalised: scale is in the kernel
+
+    def _inverse(self, stack: Any) -> None:
+        transform(self.xp, stack, inverse=True, norm="forward")  # unnormalised
+
+    def _accumulator(self) -> Any:
+        """(H, W, 4) zeros: gradient re, im, illumination, unused per object pixel."""
+        return self.xp.zeros((*self.object_shape, 4), self.real_dtype)
+
+    # -------------------------------------------------------------- operators
+    def _taps(self, probe: Any) -> Any:
+        return self.xp.ascontiguousarray(shift.tap_stack(probe, self.interpolation))
+
+    def farfields(self, probe: Any, obj: Any, start: int = 0, out: Any = None) -> Any:
+        n = self.n_frames - start
+        out = stack_buffer(self.xp, out, n, self.frame_shape, self._complex)
+        weights, geometry = self._frame_args(start)
+        self._launch_frames(
+            "waves",
+            n,
+            FRAMES_PER_BLOCK,
+            (
+                self._taps(probe),
+                NULL,
+                weights,
+                obj,
+                NULL,
+                *geometry,
+                np.int32(FRAMES_PER_BLOCK),
+                self._scale,
+                out,
+                NULL,
+            ),
         )
+        for frames in frame_chunks(0, n, self.frame_shape):
+            self._forward(out[frames])
         return out
 
-    def nll_and_gradient(self, farfield: Any, counts: Any) -> tuple[float, Any]:
-        grad = self.xp.empty_like(farfield)
+    def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[float, Any]:
+        out = stack_buffer(self.xp, out, farfield.shape[0], self.frame_shape, self._complex)
         self._sums.fill(0)
         self._launch(
             "poisson_gradient",
@@ -112,56 +216,102 @@ class CudaOperators(ArrayOperators):
             (
                 farfield,
                 counts,
-                grad,
+                out,
                 self._sums,
                 np.int64(farfield.size),
                 self._real(poisson.EPS_PHOTONS),
+                self._scale,
             ),
+            counts,
         )
-        return float(self._sums[0]), grad
+        for frames in self._chunks():
+            self._inverse(out[frames])
+        return float(self._sums[0]), out
 
     def object_gradient(
         self, chi: Any, probe: Any, obj: Any, probe_terms: bool
     ) -> tuple[Any, Any, Any, Any]:
         xp = self.xp
-        grad = xp.zeros(self.object_shape, obj.dtype)
-        illumination = xp.zeros(self.object_shape, self.real_dtype)
-        view_power = xp.empty(chi.shape, self.real_dtype) if probe_terms else None
-        self._launch(
+        n = self.n_frames
+        acc = self._accumulator()
+        weights, geometry = self._frame_args()
+        tap_grad = tap_power = None
+        per_block = FRAMES_PER_BLOCK
+        if probe_terms:
+            per_block = -(-n // min(PROBE_GROUPS, n))
+            groups = -(-n // per_block)
+            taps = len(shift.taps(self.interpolation))
+            tap_grad = xp.empty((groups, taps, *self.frame_shape), self._complex)
+            tap_power = xp.empty((groups, taps, *self.frame_shape), self.real_dtype)
+        self._launch_frames(
             "object_gradient",
-            chi.size,
+            n,
+            per_block,
             (
                 chi,
-                self._probes(probe),
+                self._taps(probe),
+                weights,
                 obj,
-                *self._stack_args(),
-                grad,
-                illumination,
-                _optional(view_power),
-                np.int32(probe_terms),
+                *geometry,
+                np.int32(per_block),
+                acc,
+                _optional(tap_grad),
+                _optional(tap_power),
             ),
         )
-        return grad, illumination, (chi if probe_terms else None), view_power
+        grad = xp.ascontiguousarray(acc[..., :2]).view(self._complex)[..., 0]
+        illumination = xp.ascontiguousarray(acc[..., 2])
+        if tap_grad is not None:
+            tap_grad, tap_power = tap_grad.sum(axis=0), tap_power.sum(axis=0)
+        return gradients(grad, illumination, tap_grad, tap_power, self.interpolation)
 
-    def direction_terms(
-        self, probe: Any, dprobe: Any | None, obj: Any, dobj: Any
-    ) -> tuple[Any, Any | None]:
-        shape = (self._corners.shape[0], *self.frame_shape)
-        linear = self.xp.empty(shape, probe.dtype)
-        quadratic = self.xp.empty(shape, probe.dtype) if dprobe is not None else None
-        self._launch(
-            "exit_waves",
-            linear.size,
+    def illumination(self, probe: Any) -> Any:
+        acc = self._accumulator()
+        weights, geometry = self._frame_args()
+        self._launch_frames(
+            "object_gradient",
+            self.n_frames,
+            FRAMES_PER_BLOCK,
             (
-                self._probes(probe),
-                NULL if dprobe is None else self._probes(dprobe),
+                NULL,
+                self._taps(probe),
+                weights,
+                NULL,
+                *geometry,
+                np.int32(FRAMES_PER_BLOCK),
+                acc,
+                NULL,
+                NULL,
+            ),
+        )
+        return self.xp.ascontiguousarray(acc[..., 2])
+
+    def direction_farfields(
+        self, probe: Any, dprobe: Any | None, obj: Any, dobj: Any, out: Any = None
+    ) -> tuple[Any, Any | None]:
+        linear, quadratic = direction_buffers(self, out, dprobe is not None)
+        weights, geometry = self._frame_args()
+        self._launch_frames(
+            "waves",
+            self.n_frames,
+            FRAMES_PER_BLOCK,
+            (
+                self._taps(probe),
+                NULL if dprobe is None else self._taps(dprobe),
+                weights,
                 obj,
                 dobj,
-                *self._stack_args(),
+                *geometry,
+                np.int32(FRAMES_PER_BLOCK),
+                self._scale,
                 linear,
                 _optional(quadratic),
             ),
         )
+        for frames in self._chunks():
+            self._forward(linear[frames])
+            if quadratic is not None:
+                self._forward(quadratic[frames])
         return linear, quadratic
 
     def line_search_terms(
@@ -181,6 +331,7 @@ class CudaOperators(ArrayOperators):
                 np.int64(farfield.size),
                 self._real(poisson.EPS_PHOTONS),
             ),
+            counts,
         )
         slope, curvature = self._sums.get()
         return float(slope), float(curvature)
@@ -191,3 +342,12 @@ class CudaOperators(ArrayOperators):
             farfield.size,
             (farfield, linear, _optional(quadratic), self._real(tau), np.int64(farfield.size)),
         )
+
+    def workspace_bytes(self, n_frames: int) -> int:
+        # cuFFT's work area for a chunk (at most one chunk-sized complex stack),
+        # and the probe gradient's per-group tap sums (complex and real).
+        complex_size = np.dtype(self._complex).itemsize
+        fft_area = chunk_pixels(n_frames, self.frame_shape) * complex_size
+        groups = min(PROBE_GROUPS, max(n_frames, 1))
+        taps = len(shift.taps(self.interpolation)) * self.frame_shape[0] * self.frame_shape[1]
+        return fft_area + groups * taps * (complex_size + np.dtype(self.real_dtype).itemsize)

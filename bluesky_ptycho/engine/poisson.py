@@ -1,7 +1,8 @@
 """Poisson likelihood of far-field models against photon counts.
 
 ``counts`` hold photons with DC at the corner; excluded pixels (mask, saturated)
-carry a negative value and contribute nothing. For model far field ``a``:
+carry a negative value and contribute nothing (counts stored in the compact
+uint16 form of :mod:`.counts` are accepted too). For model far field ``a``:
 
     I = |a|^2 + eps
     L = sum m (I - n - n ln(I / n))      (NLL minus its saturated value, >= 0)
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from . import counts as count_store
 from .backend import array_module_of
 
 #: floor added to model intensities (photons) so n ln I stays finite
@@ -41,6 +43,7 @@ def _pixel_nll(intensity: Any, counts: Any) -> Any:
 def negative_log_likelihood(farfield: Any, counts: Any) -> float:
     """Poisson NLL relative to the saturated model, summed over valid pixels."""
     intensity = farfield.real**2 + farfield.imag**2 + EPS_PHOTONS
+    counts = count_store.decode(counts, intensity.dtype)
     return float(_pixel_nll(intensity, counts).sum(dtype="float64"))
 
 
@@ -48,6 +51,7 @@ def farfield_gradient(farfield: Any, counts: Any) -> Any:
     """dL/da*: ``m (1 - n / I) a`` with the mask taken from negative counts."""
     xp = array_module_of(farfield)
     intensity = farfield.real**2 + farfield.imag**2 + EPS_PHOTONS
+    counts = count_store.decode(counts, intensity.dtype)
     factor = xp.where(counts >= 0, 1 - counts / intensity, 0).astype(farfield.real.dtype)
     return factor * farfield
 
@@ -63,6 +67,7 @@ def line_search_terms(
         model += (tau * tau) * quadratic
         slope_field = linear + (2 * tau) * quadratic
     intensity = model.real**2 + model.imag**2 + EPS_PHOTONS
+    counts = count_store.decode(counts, intensity.dtype)
     d1 = 2 * (model.real * slope_field.real + model.imag * slope_field.imag)
     d2 = 2 * (slope_field.real**2 + slope_field.imag**2)
     if quadratic is not None:

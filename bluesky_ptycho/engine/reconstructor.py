@@ -34,9 +34,10 @@ from typing import Any
 import numpy as np
 
 from ..config import ReconConfig
-from . import gauge, poisson, shift, smoothness
+from . import counts as count_store
+from . import gauge, poisson, shift, smoothness, workspace
 from .backend import get_array_module, is_cupy, to_host
-from .operators import ArrayOperators
+from .operators import ArrayOperators, EngineOperators
 from .orientation import orient_frames, oriented_point
 from .probe_init import cold_start_probe, first_mode, load_probe, scale_to_photons
 from .propagation import propagate
@@ -104,13 +105,14 @@ class Reconstructor:
         self._warm_probe = self._requested_probe()
         # Frame storage (capacity grows by doubling): counts and model far fields.
         self._n = 0
-        self._counts = self.xp.zeros((0, *self._shape), self._real)
+        self._counts = self.xp.zeros((0, *self._shape), count_store.COMPACT_DTYPE)
         self._farfield = self.xp.zeros((0, *self._shape), self._complex)
+        self._work = workspace.StackBuffers(self.xp, self._shape, self._complex)
         self._positions_px = np.zeros((0, 2))  # probe centres, global object pixels (y, x)
         self._n_fresh = 0  # frames whose stored far field is current
         self._photons_per_frame = 0.0
         self._pattern_sum = self.xp.zeros(self._shape, "float64")  # valid counts, DC at corner
-        self._valid_sum = self.xp.zeros(self._shape, "float64")  # frames valid per pixel
+        self._valid_frames = self.xp.zeros(self._shape, "int64")  # frames valid per pixel
         # beam axis: far-field centre (row, col) from DC the probe is held on, and its source
         self._beam_offset_px: np.ndarray | None = None
         self._beam_source = ""
@@ -168,12 +170,14 @@ class Reconstructor:
             ],
             axis=1,
         )
+        if count_store.is_compact(self._counts) and not count_store.fits_compact(counts):
+            self._counts = count_store.decode(self._counts, self._real)  # widen the store
         self._ensure_capacity(self._n + n_new)
-        self._counts[self._n : self._n + n_new] = counts
+        self._counts[self._n : self._n + n_new] = count_store.encode(counts, self._counts.dtype)
         self._positions_px[self._n : self._n + n_new] = centres
         valid_counts = self.xp.where(counts >= 0, counts, 0)
         self._pattern_sum += valid_counts.sum(axis=0)
-        self._valid_sum += (counts >= 0).sum(axis=0)
+        self._valid_frames += (counts >= 0).sum(axis=0)
         total_valid = float(valid_counts.sum())
         self._photons_per_frame = (self._photons_per_frame * self._n + total_valid) / (
             self._n + n_new
@@ -200,7 +204,7 @@ class Reconstructor:
         if needed <= capacity:
             return
         new_capacity = max(needed, 2 * capacity, 16)
-        for name, dtype in (("_counts", self._real), ("_farfield", self._complex)):
+        for name, dtype in (("_counts", self._counts.dtype), ("_farfield", self._complex)):
             old = getattr(self, name)
             grown = self.xp.zeros((new_capacity, *self._shape), dtype)
             grown[: self._n] = old[: self._n]
@@ -271,9 +275,9 @@ class Reconstructor:
 
     def _beam_axis(self) -> tuple[np.ndarray, str]:
         """Far-field centre (row, col) from DC that the probe is held on, and its source."""
-        xp, cfg = self.xp, self.config
+        cfg = self.config
         if self._warm_probe is not None:
-            return gauge.disc_centre(xp, xp.abs(self._fft(self.probe)) ** 2), "warm_probe"
+            return self._probe_farfield_centre(), "warm_probe"
         if cfg.beam_center_px == "data":
             return self._measured_beam_axis(), "data"
         if cfg.beam_center_px is None:  # dp_orient keeps the centre pixel in place
@@ -283,7 +287,7 @@ class Reconstructor:
         return point - np.array(self._shape) // 2, "configured"
 
     def _measured_beam_axis(self) -> np.ndarray:
-        mean = self._pattern_sum / self.xp.maximum(self._valid_sum, 1)
+        mean = self._pattern_sum / self.xp.maximum(self._valid_frames, 1)
         return gauge.disc_centre(self.xp, mean)
 
     def _initial_probe(self) -> Any:
@@ -291,7 +295,10 @@ class Reconstructor:
         if self._warm_probe is not None:
             probe = xp.asarray(self._warm_probe, self._complex)
         else:
-            probe = cold_start_probe(xp, self._counts[: self._n], self._complex)
+            # the mean valid pattern as a one-frame stack: no frame-stack temporaries
+            mean = self._pattern_sum / xp.maximum(self._valid_frames, 1)
+            mean = xp.where(self._valid_frames > 0, mean, -1)[None].astype(self._real)
+            probe = cold_start_probe(xp, mean, self._complex)
         if self.config.probe_propagation_m:
             probe = propagate(
                 probe, self.config.probe_propagation_m, self._pixel_m, self.config.wavelength_m
@@ -306,8 +313,9 @@ class Reconstructor:
         self._ops.set_geometry(corners, fractions, self.object.shape)
         self._geometry_frames = self._n
 
-    def _fft(self, waves: Any) -> Any:
-        return self.xp.fft.fft2(waves, norm="ortho")
+    def _probe_farfield_centre(self) -> np.ndarray:
+        """Bright-field disc centre (row, col) of the probe's far field, px from DC."""
+        return gauge.disc_centre(self.xp, self.xp.abs(self.xp.fft.fft2(self.probe)) ** 2)
 
     # -------------------------------------------------------------- iterating
     def iterate(self, n_iterations: int = 1) -> float:
@@ -323,7 +331,7 @@ class Reconstructor:
         return nll
 
     def _step(self) -> float:
-        xp, ops, cfg = self.xp, self._ops, self.config
+        ops, cfg = self._ops, self.config
         started = time.perf_counter()
         n = self._n
         if self._geometry_frames != n:
@@ -333,17 +341,14 @@ class Reconstructor:
             self._n_fresh, self._since_refresh = 0, 0
             self._hold_beam_axis(tilt)
         if self._n_fresh < n:
-            self._farfield[self._n_fresh : n] = self._fft(
-                ops.exit_waves(self.probe, self.object, self._n_fresh)
-            )
+            ops.farfields(self.probe, self.object, self._n_fresh, self._farfield[self._n_fresh : n])
             self._n_fresh = n
         farfield, counts = self._farfield[:n], self._counts[:n]
         update_probe = self.iteration >= cfg.probe_hold_iterations
 
-        nll, grad_farfield = ops.nll_and_gradient(farfield, counts)
-        chi = xp.fft.ifft2(grad_farfield, norm="ortho")
-        del grad_farfield
-        grad_obj, illum, probe_stack, view_power = ops.object_gradient(
+        capacity = self._counts.shape[0]
+        nll, chi = ops.nll_and_chi(farfield, counts, self._work.get("linear", n, capacity))
+        grad_obj, illum, grad_probe, power = ops.object_gradient(
             chi, self.probe, self.object, update_probe
         )
         del chi
@@ -354,21 +359,20 @@ class Reconstructor:
             grad_obj += smoothness.gradient(self.object, mu)
             damping += 4 * mu
         step_obj = grad_obj / (illum + damping)
-        grad_probe = step_probe = None
+        step_probe = None
         if update_probe:
-            grad_probe = ops.probe_adjoint(probe_stack)
-            del probe_stack
-            power = ops.probe_adjoint(view_power)
-            del view_power
             step_probe = grad_probe / (power + cfg.alpha_relative * power.max())
 
         dir_obj, dir_probe, slope = self._conjugate_direction(
             grad_obj, step_obj, grad_probe, step_probe
         )
-        linear, quadratic = ops.direction_terms(self.probe, dir_probe, self.object, dir_obj)
-        linear = self._fft(linear)
-        if quadratic is not None:
-            quadratic = self._fft(quadratic)
+        buffers = (
+            self._work.get("linear", n, capacity),
+            None if dir_probe is None else self._work.get("quadratic", n, capacity),
+        )
+        linear, quadratic = ops.direction_farfields(
+            self.probe, dir_probe, self.object, dir_obj, buffers
+        )
         terms = ops.line_search_terms
         if mu:
             terms = _with_prior(terms, self.object, dir_obj, mu)
@@ -398,8 +402,7 @@ class Reconstructor:
 
     def _probe_tilt_px(self) -> np.ndarray:
         """(row, col) of the probe's far-field centre relative to the beam axis, in px."""
-        xp = self.xp
-        return gauge.disc_centre(xp, xp.abs(self._fft(self.probe)) ** 2) - self._beam_offset_px
+        return self._probe_farfield_centre() - self._beam_offset_px
 
     def _hold_beam_axis(self, tilt: np.ndarray) -> None:
         """Move the probe's far field back onto the beam axis (:mod:`.gauge`).
@@ -470,12 +473,7 @@ class Reconstructor:
         self._ensure_probe()
         if self._n and (self._illumination is None or self._illumination.shape != shape):
             self._update_geometry()
-            _, self._illumination, _, _ = self._ops.object_gradient(
-                self.xp.zeros((self._n, *self._shape), self._complex),
-                self.probe,
-                self.object,
-                probe_terms=False,
-            )
+            self._illumination = self._ops.illumination(self.probe)
         if self._illumination is not None:
             illum = to_host(self._illumination).astype(np.float32)
         else:
@@ -525,10 +523,26 @@ class Reconstructor:
         """Frames added so far."""
         return self._n
 
+    def memory_estimate(self, n_frames: int, object_shape: tuple[int, int] | None = None) -> int:
+        """Bytes of device (host on NumPy) memory iterating over ``n_frames`` frames needs.
+
+        ``object_shape`` defaults to the current canvas; counts are costed in
+        their current storage (compact unless frames so far did not fit).
+        See :mod:`.workspace` for what is counted.
+        """
+        return workspace.memory_estimate(
+            n_frames,
+            self._shape,
+            self._complex,
+            self._counts.dtype,
+            object_shape if object_shape is not None else self.object.shape,
+            self._ops.workspace_bytes(n_frames),
+        )
+
 
 def make_operators(
     xp: Any, frame_shape: tuple[int, int], real_dtype: str, interpolation: str, kind: str = "auto"
-) -> ArrayOperators:
+) -> EngineOperators:
     """The operator implementation for ``xp``: "fused", "array" or "auto"."""
     if kind not in ("auto", "fused", "array"):
         raise ValueError(f"operators: expected 'auto', 'fused' or 'array', got {kind!r}")

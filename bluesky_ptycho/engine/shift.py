@@ -27,6 +27,7 @@ from .backend import array_module_of
 def xp_is_numpy(array: Any) -> bool:
     return isinstance(array, np.ndarray)
 
+
 #: whole-pixel shifts per axis of each interpolation
 SHIFTS = {"nearest": (0,), "linear": (0, 1), "cubic": (-1, 0, 1, 2)}
 INTERPOLATIONS = tuple(SHIFTS)
@@ -112,7 +113,16 @@ def shifted_probes(probe: Any, weights: Any, kind: str) -> Any:
     return weighted_sum(weights, tap_stack(probe, kind)).reshape(-1, *probe.shape)
 
 
+def tap_sums(stack: Any, weights: Any) -> Any:
+    """(K, M, N) inner sums ``sum_j w_jk H_j`` of the adjoint; additive over frame chunks."""
+    return weighted_sum(weights.T, stack).reshape(-1, *stack.shape[1:])
+
+
+def combine_taps(per_tap: Any, kind: str) -> Any:
+    """Outer sum ``sum_k S_k^T per_tap[k]`` of the adjoint: an (M, N) array."""
+    return sum(shift_whole(per_tap[k], -dy, -dx) for k, (dy, dx) in enumerate(taps(kind)))
+
+
 def shifted_probes_adjoint(stack: Any, weights: Any, kind: str) -> Any:
     """Adjoint of :func:`shifted_probes`: an (M, N) array from an (n, M, N) stack."""
-    per_tap = weighted_sum(weights.T, stack).reshape(-1, *stack.shape[1:])
-    return sum(shift_whole(per_tap[k], -dy, -dx) for k, (dy, dx) in enumerate(taps(kind)))
+    return combine_taps(tap_sums(stack, weights), kind)

@@ -1,0 +1,66 @@
+"""Frame-stack buffers reused across iterations, and the engine's memory budget.
+
+Per frame the engine keeps: the stored counts (2 bytes a pixel in the compact
+form of :mod:`.counts`, else the real type's size), the model far field ``a``,
+and two work stacks an iteration reuses - the exit-wave gradient, then the
+search direction's linear far field ``b``, and its quadratic far field ``c``
+(allocated once the probe updates). Everything else an iteration allocates is
+bounded by one chunk of frames (``EngineOperators.workspace_bytes``) or is
+object- or probe-sized.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+#: complex stacks kept per frame: stored far field a, work stacks b and c
+STACKS_PER_FRAME = 3
+#: object-sized complex arrays alive during an iteration (object, direction,
+#: previous direction and step, gradient, step, illumination, scatter accumulator x2)
+OBJECT_ARRAYS = 10
+
+
+class StackBuffers:
+    """Named (n, M, N) stacks that keep their memory between iterations.
+
+    ``get(name, n, capacity)`` returns the first ``n`` frames of the buffer
+    ``name``, reallocated only when ``n`` exceeds its capacity (then to
+    ``capacity`` frames, the frame store's, so buffers grow as rarely as it does).
+    """
+
+    def __init__(self, xp: ModuleType, frame_shape: tuple[int, int], dtype: Any) -> None:
+        self.xp = xp
+        self.frame_shape = frame_shape
+        self.dtype = np.dtype(dtype)
+        self._buffers: dict[str, Any] = {}
+
+    def get(self, name: str, n_frames: int, capacity: int) -> Any:
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape[0] < n_frames:
+            self._buffers.pop(name, None)  # free before allocating the larger one
+            buffer = self.xp.empty((max(n_frames, capacity), *self.frame_shape), self.dtype)
+            self._buffers[name] = buffer
+        return buffer[:n_frames]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(buffer.nbytes) for buffer in self._buffers.values())
+
+
+def memory_estimate(
+    n_frames: int,
+    frame_shape: tuple[int, int],
+    complex_dtype: Any,
+    count_dtype: Any,
+    object_shape: tuple[int, int],
+    workspace_bytes: int,
+) -> int:
+    """Bytes an engine iterating over ``n_frames`` frames holds at its peak (module doc)."""
+    pixels = frame_shape[0] * frame_shape[1]
+    complex_size = np.dtype(complex_dtype).itemsize
+    per_frame = pixels * (np.dtype(count_dtype).itemsize + STACKS_PER_FRAME * complex_size)
+    object_bytes = OBJECT_ARRAYS * object_shape[0] * object_shape[1] * complex_size
+    return n_frames * per_frame + object_bytes + workspace_bytes
