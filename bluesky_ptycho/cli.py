@@ -26,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "bench",
     "demo",
     "bench_callback",
+    "serve",
 )
 
 
