@@ -48,9 +48,10 @@ def kafka_publisher(
 ) -> Any:
     """A bluesky-kafka ``Publisher`` that keys each message with its run's uid.
 
-    producer_config : librdkafka settings; the default adds ``acks=all`` and
-        ``enable.idempotence`` (no loss, no reordering on retry) and a
-        64 MiB ``message.max.bytes``.
+    producer_config : librdkafka settings; added unless given there:
+        ``enable.idempotence`` (implies ``acks=all``: no loss, no reordering on
+        retry; left out when ``acks`` is set otherwise) and a 64 MiB
+        ``message.max.bytes``.
     """
     from bluesky_kafka import Publisher
 
@@ -66,7 +67,9 @@ def kafka_publisher(
             self._key = self.run_keys.key(name, doc)
             super().__call__(name, doc)
 
-    config = {"enable.idempotence": True, "message.max.bytes": 64 * 2**20}
+    config: dict[str, Any] = {"message.max.bytes": 64 * 2**20}
+    if str((producer_config or {}).get("acks", "all")) in ("all", "-1"):
+        config["enable.idempotence"] = True  # librdkafka allows it only with acks=all
     config.update(producer_config or {})
     return RunKeyedPublisher(
         topic=topic,

@@ -52,6 +52,7 @@ class KafkaSource:
         self.codec = codec
         self.consumer_config = {**DEFAULT_CONSUMER_CONFIG, **(consumer_config or {})}
         self._stopping = threading.Event()
+        self.partitions: list[int] = []  # owned now (rebalance callbacks)
 
     def describe(self) -> str:
         return f"Kafka {self.bootstrap_servers} topic {self.topic!r} group {self.group_id!r}"
@@ -79,7 +80,21 @@ class KafkaSource:
             deserializer=self._deserialize,
             process_document=process,
         )
+        # bluesky-kafka 0.10 subscribes without rebalance callbacks; subscribe again
+        # (same topic) with callbacks so that health shows the partitions this process owns.
+        consumer._consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
         consumer.start(continue_polling=lambda: not self._stopping.is_set())
+
+    def _on_assign(self, consumer: Any, partitions: list) -> None:
+        self.partitions = sorted(p.partition for p in partitions)
+        logger.info("serve: partitions %s of %r assigned", self.partitions, self.topic)
+
+    def _on_revoke(self, consumer: Any, partitions: list) -> None:
+        revoked = sorted(p.partition for p in partitions)
+        self.partitions = [p for p in self.partitions if p not in revoked]
+        logger.info("serve: partitions %s of %r revoked", revoked, self.topic)
 
     def interrupt(self) -> None:
         """Stop :meth:`run` at its next poll (thread- and signal-safe)."""

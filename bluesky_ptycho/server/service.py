@@ -162,6 +162,7 @@ class ReconstructionService:
                 "queue_frames": stats.frames_in - stats.frames_out,
                 "gpu_memory_bytes": gpu_memory_bytes(),
                 "transport": self.source.codec.stats.as_dict(),
+                "partitions": getattr(self.source, "partitions", None),
                 "callback_errors": self.callback.errors,
                 "sink_errors": self.sink_errors,
                 "last_error": self.last_error or self.source.codec.stats.last_refusal,
