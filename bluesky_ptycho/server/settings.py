@@ -30,7 +30,7 @@ class ServeConfig:
     kafka_producer: dict[str, Any] = field(default_factory=dict)
 
 
-def _read(path: Path) -> Mapping[str, Any]:
+def _read(path: Path) -> Any:
     suffix = path.suffix.lower()
     if suffix == ".toml":
         if sys.version_info >= (3, 11):
@@ -38,16 +38,23 @@ def _read(path: Path) -> Mapping[str, Any]:
         else:  # pragma: no cover - Python 3.10
             import tomli as tomllib
         with path.open("rb") as stream:
-            return tomllib.load(stream)
+            return _parsed(path, tomllib.load, stream)
     if suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as error:
             raise ValueError(f"{path}: reading YAML needs PyYAML (pip install pyyaml)") from error
         with path.open() as stream:
-            data = yaml.safe_load(stream)
+            data = _parsed(path, yaml.safe_load, stream)
         return {} if data is None else data
     raise ValueError(f"{path}: expected a .toml, .yaml or .yml file")
+
+
+def _parsed(path: Path, load: Any, stream: Any) -> Any:
+    try:
+        return load(stream)
+    except Exception as error:  # tomllib / yaml syntax errors
+        raise ValueError(f"{path}: {type(error).__name__}: {error}") from error
 
 
 def _table(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
@@ -62,12 +69,7 @@ def load_config(path: str | Path) -> ServeConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} not found")
-    try:
-        data = _read(path)
-    except ValueError:
-        raise
-    except Exception as error:  # tomllib/yaml syntax errors
-        raise ValueError(f"{path}: {type(error).__name__}: {error}") from error
+    data = _read(path)
     if not isinstance(data, Mapping):
         raise ValueError(f"{path}: expected tables at the top level")
     unknown = sorted(set(data) - set(SECTIONS))
