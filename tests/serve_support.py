@@ -36,8 +36,14 @@ def free_port() -> int:
 class Process:
     """A child process with its log; :meth:`stop` signals it by PID."""
 
-    def __init__(self, args: list[str], log: Path, stop_signal: int = signal.SIGTERM) -> None:
-        env = dict(os.environ)
+    def __init__(
+        self,
+        args: list[str],
+        log: Path,
+        stop_signal: int = signal.SIGTERM,
+        env_extra: dict[str, str] | None = None,
+    ) -> None:
+        env = {**os.environ, **(env_extra or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         self.log = log
@@ -62,12 +68,14 @@ class Process:
         return self.log.read_text(errors="replace")
 
 
-def serve_process(args: list[str], folder: Path, name: str = "serve") -> tuple[Process, Path]:
+def serve_process(
+    args: list[str], folder: Path, name: str = "serve", env_extra: dict[str, str] | None = None
+) -> tuple[Process, Path]:
     """``bluesky-ptycho serve ARGS`` with a status file; returns (process, status file)."""
     status = folder / f"{name}-status.json"
     command = [sys.executable, "-m", "bluesky_ptycho.cli", "serve", *args]
     command += ["--status-file", str(status), "--health-interval", "0.5"]
-    return Process(command, folder / f"{name}.log"), status
+    return Process(command, folder / f"{name}.log", env_extra=env_extra), status
 
 
 def read_status(path: Path) -> dict[str, Any]:
@@ -118,10 +126,12 @@ class DerivedListener:
         self._thread.join(30)
 
 
-def derived_nrmse(docs: list[tuple[str, dict]], beamline: Any) -> float:
-    """NRMSE of a derived run's final object (as delivered) against the simulated sample."""
-    (result,) = events_of(docs, "primary")
-    data = result["data"]
+#: the primary-stream keys that an NRMSE needs
+RESULT_KEYS = ("object_amplitude", "object_phase", "coverage", "origin_m", "pixel_m")
+
+
+def result_nrmse(data: Any, beamline: Any) -> float:
+    """NRMSE of a derived result (primary event data) as delivered, against the sample."""
     obj = np.asarray(data["object_amplitude"]) * np.exp(1j * np.asarray(data["object_phase"]))
     truth = crop_truth(
         beamline.sample.object,
@@ -132,3 +142,9 @@ def derived_nrmse(docs: list[tuple[str, dict]], beamline: Any) -> float:
     )
     region = (np.asarray(data["coverage"]) >= COVERED_RELATIVE) & np.isfinite(truth)
     return object_nrmse(obj, np.nan_to_num(truth), region)
+
+
+def derived_nrmse(docs: list[tuple[str, dict]], beamline: Any) -> float:
+    """:func:`result_nrmse` of a derived run's documents."""
+    (result,) = events_of(docs, "primary")
+    return result_nrmse(result["data"], beamline)

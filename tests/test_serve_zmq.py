@@ -16,24 +16,39 @@ from ptycho_support import check_derived_run
 from serve_support import (
     BIN,
     CALLBACK_TOML,
+    RESULT_KEYS,
     DerivedListener,
     Process,
     derived_nrmse,
     free_port,
     read_status,
+    result_nrmse,
     serve_process,
     wait_for,
     write_config,
 )
+from tiled.client import from_uri
+from tiled.server import SimpleTiledServer
 
+from bluesky_ptycho.demo import close_server
 from bluesky_ptycho.publish import zmq_publisher
 from bluesky_ptycho.server.transport import Codec, pack
 from bluesky_ptycho.server.zmq_bus import ZmqSource
 from bluesky_ptycho.sim.beamline import make_beamline
 
 TARGET_NRMSE = 0.10
-POINTS = 150
+POINTS = 100
 MAX_MESSAGE_BYTES = 1_000_000  # a 64 x 64 float64 frame event is ~33 kB
+
+
+@pytest.fixture
+def tiled(tmp_path):
+    """An embedded Tiled server (derived runs go there through serve --tiled)."""
+    server = SimpleTiledServer(directory=tmp_path / "tiled")
+    client = from_uri(server.uri)
+    yield server, client
+    client.context.close()
+    close_server(server)
 
 
 @pytest.fixture
@@ -63,8 +78,9 @@ def _scan(engine, beamline, points):
     return uid
 
 
-def test_zmq_serve_reconstructs_refuses_bad_messages_and_stops_truthfully(tmp_path, proxy):
+def test_zmq_serve_reconstructs_refuses_bad_messages_and_stops_truthfully(tmp_path, proxy, tiled):
     address_in, address_out = proxy
+    tiled_server, client = tiled
     config = write_config(tmp_path / "serve.toml", CALLBACK_TOML)
     server, status = serve_process(
         [
@@ -76,8 +92,11 @@ def test_zmq_serve_reconstructs_refuses_bad_messages_and_stops_truthfully(tmp_pa
             str(config),
             "--max-message-bytes",
             str(MAX_MESSAGE_BYTES),
+            "--tiled",
+            tiled_server.uri.split("?")[0],
         ],
         tmp_path,
+        env_extra={"TILED_API_KEY": tiled_server.api_key},  # not on the command line
     )
     listener = DerivedListener(ZmqSource(address_out, Codec(), prefix=b"ptycho"))
     publisher = zmq_publisher(address_in)
@@ -115,6 +134,9 @@ def test_zmq_serve_reconstructs_refuses_bad_messages_and_stops_truthfully(tmp_pa
         nrmse = derived_nrmse(docs, beamline)
         print(f"NRMSE as delivered over 0MQ: {nrmse:.4f}")
         assert nrmse <= TARGET_NRMSE
+        primary = client[docs[0][1]["uid"]]["primary"]  # the same result stored in Tiled
+        stored = {key: primary[key].read()[0] for key in RESULT_KEYS}
+        assert result_nrmse(stored, beamline) == pytest.approx(nrmse, rel=1e-6)
         record = read_status(status)
         assert record["runs_seen"] == 1 and record["runs_finished"] == 1
 
@@ -136,6 +158,8 @@ def test_zmq_serve_reconstructs_refuses_bad_messages_and_stops_truthfully(tmp_pa
         stop = listener.recorder.of(uid2)[-1][1]
         assert stop["exit_status"] == "abort"
         assert "SIGTERM" in stop["reason"] and "before the raw run's stop" in stop["reason"]
+        derived2 = listener.recorder.of(uid2)[0][1]["uid"]
+        assert client[derived2].metadata["stop"]["exit_status"] == "abort"
         assert read_status(status)["state"] == "stopped"
     finally:
         context.destroy()
