@@ -5,16 +5,22 @@ from __future__ import annotations
 import pickle
 import textwrap
 
+import bluesky.plans as bp
 import bluesky_kafka  # noqa: F401 - patches msgpack with msgpack-numpy's pickling hook
 import msgpack_numpy
 import numpy as np
 import pytest
+from bluesky import RunEngine
 from event_model import compose_run
+from ptycho_support import WAIT_S, Recorder
 from subprocess_support import run_python
 
 from bluesky_ptycho.server.app import ServeArguments, UnsafePickleWarning, make_codec
+from bluesky_ptycho.server.service import ReconstructionService
 from bluesky_ptycho.server.settings import load_config
 from bluesky_ptycho.server.transport import Codec, MessageRefused, RunKeys, pack
+from bluesky_ptycho.server.zmq_bus import ZmqSource
+from bluesky_ptycho.sim.beamline import make_beamline
 
 
 def test_codec_round_trip_is_msgpack_numpy_compatible():
@@ -137,3 +143,29 @@ def test_publish_helper_imports_no_gpu_or_engine_packages(tmp_path):
     done = run_python(code, tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_service_names_events_lost_on_the_bus_in_the_derived_stop():
+    beamline = make_beamline(64, max_points=40, seed=0)
+    recorder = Recorder()
+    options = {"backend": "numpy", "refine_iterations": 5, "snapshot_interval_s": 0.0}
+    service = ReconstructionService(ZmqSource("127.0.0.1:1", Codec()), options, [recorder])
+
+    def bus(name, doc):  # a transport that dropped two events
+        if not (name == "event" and doc["seq_num"] in (5, 6)):
+            service.dispatch(name, doc)
+
+    engine = RunEngine({})
+    engine.subscribe(bus)
+    x, y = beamline.positions_um(40)
+    plan = bp.list_scan([beamline.inline_detector()], beamline.sx, list(x), beamline.sy, list(y))
+    (uid,) = engine(plan, ptycho=beamline.metadata("det_image"))
+    try:
+        assert service.callback.wait(timeout=WAIT_S)
+    finally:
+        assert service.callback.close(timeout=WAIT_S)
+    stop = recorder.of(uid)[-1][1]
+    assert "2 event(s) of the raw run never reached serve (primary: 2)" in stop["reason"]
+    record = service.status()
+    assert record["events_lost_on_bus"] == 2 and record["runs_finished"] == 1
+    assert record["frames_in"] == 38

@@ -11,7 +11,10 @@
 * SIGINT/SIGTERM: the source stops between two messages, the current run is
   finished (refinement cut short) and its derived run ended. If the raw run's
   stop document had not arrived, that derived stop says so: ``exit_status``
-  "abort" and a reason naming the signal and the frames received.
+  "abort" and a reason naming the signal;
+* events that a raw stop document announces (``num_events``) but that never
+  arrived (0MQ PUB/SUB drops messages when a subscriber falls behind) are
+  counted (``events_lost_on_bus``) and named in the derived stop's reason.
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ class ReconstructionService:
         self.last_error = ""
         self.sink_errors = 0
         self.signal_name = ""
-        self._open_raw: dict[str, int] = {}  # raw uid -> frames announced (start seen, no stop)
+        self._open_raw: dict[str, dict[str, int]] = {}  # raw uid -> events per stream (no stop)
+        self._streams: dict[str, tuple[str, str]] = {}  # descriptor uid -> (raw uid, stream)
+        self._lost: dict[str, str] = {}  # raw uid -> what never arrived (from its stop)
+        self.events_lost = 0
         self._derived_of: dict[str, str] = {}  # derived uid -> raw uid
         self._lock = threading.Lock()
         self._health_stop = threading.Event()
@@ -94,17 +100,47 @@ class ReconstructionService:
     # ------------------------------------------------------------ documents
     def dispatch(self, name: str, doc: dict) -> None:
         """Source thread: one raw document."""
-        if name == "start" and self.callback.wants(doc):
-            with self._lock:
+        with self._lock:
+            if name == "start" and self.callback.wants(doc):
                 self.runs_seen += 1
                 self.current_run = doc["uid"]
-                self._open_raw[doc["uid"]] = 0
-        elif name == "stop":
-            with self._lock:
-                if self._open_raw.pop(doc.get("run_start", ""), None) is not None:
-                    if self.current_run == doc.get("run_start"):
-                        self.current_run = None
+                self._open_raw[doc["uid"]] = {}
+            elif name in ("event", "event_page"):
+                self._count_events(doc)
+            elif name == "descriptor" and doc.get("run_start") in self._open_raw:
+                self._streams[doc["uid"]] = (doc["run_start"], doc.get("name", "primary"))
+            elif name == "stop" and doc.get("run_start") in self._open_raw:
+                self._close_raw(doc)
         self.callback(name, doc)
+
+    def _count_events(self, doc: dict) -> None:
+        stream = self._streams.get(doc.get("descriptor", ""))
+        if stream is not None:
+            counts = self._open_raw[stream[0]]
+            n = len(doc["seq_num"]) if isinstance(doc.get("seq_num"), list) else 1
+            counts[stream[1]] = counts.get(stream[1], 0) + n
+
+    def _close_raw(self, doc: dict) -> None:
+        """A raw stop: compare the events announced with those that arrived (0MQ drops)."""
+        uid = doc["run_start"]
+        received = self._open_raw.pop(uid)
+        self._streams = {k: v for k, v in self._streams.items() if v[0] != uid}
+        if self.current_run == uid:
+            self.current_run = None
+        missing = {
+            stream: int(n) - received.get(stream, 0)
+            for stream, n in (doc.get("num_events") or {}).items()
+            if int(n) > received.get(stream, 0)
+        }
+        if missing:
+            lost = sum(missing.values())
+            self.events_lost += lost
+            self._lost[uid] = (
+                f"{lost} event(s) of the raw run never reached serve "
+                f"({', '.join(f'{k}: {v}' for k, v in missing.items())})"
+            )
+            self.last_error = f"run {uid}: {self._lost[uid]}"
+            logger.warning("serve: run %s: %s", uid, self._lost[uid])
 
     def _emit(self, name: str, doc: dict) -> None:
         """Publisher thread: one derived document to every sink."""
@@ -129,15 +165,21 @@ class ReconstructionService:
         raw = self._derived_of.pop(doc["run_start"], "")
         with self._lock:
             cut = self.state == "stopping" and raw in self._open_raw
-        if not cut:
+            lost = self._lost.pop(raw, "")
+        notes = [lost] if lost else []
+        if cut:
+            notes.insert(
+                0,
+                f"serve stopped ({self.signal_name or 'shutdown'}) before the raw run's stop "
+                "document: result from the frames received so far",
+            )
+        if not notes:
             return doc
-        reason = (
-            f"serve stopped ({self.signal_name or 'shutdown'}) before the raw run's stop "
-            "document: result from the frames received so far"
-        )
         if doc.get("reason"):
-            reason = f"{reason}; {doc['reason']}"
-        return {**doc, "exit_status": "abort", "reason": reason}  # a copy: documents are shared
+            notes.append(doc["reason"])
+        status = "abort" if cut else doc.get("exit_status", "success")
+        # a copy: the callback's document is not changed in place
+        return {**doc, "exit_status": status, "reason": "; ".join(notes)}
 
     # ---------------------------------------------------------------- health
     def status(self) -> dict[str, Any]:
@@ -160,6 +202,7 @@ class ReconstructionService:
                 "frames_out": stats.frames_out,
                 "frames_per_s": round(rate, 1),
                 "queue_frames": stats.frames_in - stats.frames_out,
+                "events_lost_on_bus": self.events_lost,
                 "gpu_memory_bytes": gpu_memory_bytes(),
                 "transport": self.source.codec.stats.as_dict(),
                 "partitions": getattr(self.source, "partitions", None),
