@@ -104,7 +104,7 @@ def write_config(path: Path, text: str) -> Path:
 CALLBACK_TOML = """
 [callback]
 backend = "numpy"
-refine_iterations = 40
+refine_iterations = 30
 snapshot_interval_s = 0.5
 """
 

@@ -35,7 +35,7 @@ from bluesky_ptycho.sim.beamline import make_beamline
 
 TARGET_NRMSE = 0.10
 RUNS = 4
-POINTS = 80
+POINTS = 60
 PARTITIONS = 4
 TOPIC = "test.bluesky.documents"
 #: what made a consumer join in ~3 s on Tansu (DESIGN.md section 6)

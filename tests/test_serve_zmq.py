@@ -37,7 +37,7 @@ from bluesky_ptycho.server.zmq_bus import ZmqSource
 from bluesky_ptycho.sim.beamline import make_beamline
 
 TARGET_NRMSE = 0.10
-POINTS = 100
+POINTS = 80
 MAX_MESSAGE_BYTES = 1_000_000  # a 64 x 64 float64 frame event is ~33 kB
 
 
