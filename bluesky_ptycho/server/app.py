@@ -61,18 +61,15 @@ def make_source(args: ServeArguments, config: ServeConfig, codec: Codec) -> Any:
     return KafkaSource(args.kafka, args.topic, args.group, codec, config.kafka_consumer)
 
 
-def tiled_sink(uri: str) -> Any:
-    """A TiledWriter of the derived runs into the Tiled server at ``uri``.
-
-    (Seam: PtychoCallback's live Tiled nodes will take the same client.)
-    """
-    from bluesky_tiled_plugins import TiledWriter
+def tiled_client(uri: str) -> Any:
+    """A Tiled client of ``uri`` (the API key from ``TILED_API_KEY``, as tiled reads it)."""
     from tiled.client import from_uri
 
-    return TiledWriter(from_uri(uri), batch_size=1)
+    return from_uri(uri)
 
 
-def make_sinks(args: ServeArguments, config: ServeConfig) -> list[Any]:
+def make_sinks(args: ServeArguments, config: ServeConfig, tiled: Any = None) -> list[Any]:
+    """Receivers of the derived documents: republisher on the bus, TiledWriter."""
     sinks: list[Any] = []
     if args.zmq and args.publish:
         from .zmq_bus import ZmqRepublisher
@@ -83,8 +80,10 @@ def make_sinks(args: ServeArguments, config: ServeConfig) -> list[Any]:
 
         topic = args.derived_topic or f"{args.topic}.ptycho"
         sinks.append(KafkaRepublisher(args.kafka, topic, config.kafka_producer))
-    if args.tiled:
-        sinks.append(tiled_sink(args.tiled))
+    if tiled is not None:
+        from bluesky_tiled_plugins import TiledWriter
+
+        sinks.append(TiledWriter(tiled, batch_size=1))
     return sinks
 
 
@@ -101,7 +100,9 @@ def serve(args: ServeArguments) -> int:
         options["backend"] = args.backend
     codec = make_codec(args)
     source = make_source(args, config, codec)
-    sinks = make_sinks(args, config)
+    tiled = tiled_client(args.tiled) if args.tiled else None
+    # Tiled live nodes (PtychoCallback's own Tiled output) take this same client.
+    sinks = make_sinks(args, config, tiled)
     service = ReconstructionService(
         source,
         options,
@@ -109,4 +110,8 @@ def serve(args: ServeArguments) -> int:
         status_file=args.status_file,
         health_interval_s=args.health_interval,
     )
-    return service.serve()
+    try:
+        return service.serve()
+    finally:
+        if tiled is not None:
+            tiled.context.close()

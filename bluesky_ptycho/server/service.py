@@ -279,6 +279,8 @@ class ReconstructionService:
                     except Exception:
                         logger.exception("serve: closing a sink failed")
             self._health_stop.set()
+            if health.is_alive():
+                health.join(self.health_interval_s + 5.0)
             self.state = "stopped"
             self.report_health()
             for s, handler in previous.items():
