@@ -7,7 +7,8 @@ in order, and reach one process. The topic needs at least as many partitions as
 there are processes (idle processes otherwise). A process that stops mid-run
 ends that derived run with a truthful stop (``abort``); if it dies, the derived
 run has no stop at all. Either way the partition's next owner sees the rest of
-that run without its start document and ignores it: ``replay`` redoes the run.
+that run without its start document and ignores it; the stored raw run can be
+reconstructed again afterwards (post-hoc replay).
 """
 
 from __future__ import annotations
