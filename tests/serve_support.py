@@ -86,11 +86,14 @@ def read_status(path: Path) -> dict[str, Any]:
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, log: Any = None) -> Any:
+    """Poll ``condition`` until true; fail at once if the process ``log`` has exited."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
+        if log is not None and log.popen.poll() is not None:
+            raise AssertionError(f"{what}: the process exited\n{log.text()[-4000:]}")
         time.sleep(0.1)
     detail = f"\n--- log ---\n{log.text()[-4000:]}" if log is not None else ""
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}{detail}")

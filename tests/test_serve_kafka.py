@@ -118,19 +118,53 @@ def _partitions_by_run(bootstrap: str, expected_messages: int) -> dict[str, set[
     return found
 
 
+def _listener(broker: str) -> DerivedListener:
+    """The derived documents, read back from the derived topic."""
+    source = KafkaSource(
+        broker,
+        f"{TOPIC}.ptycho",
+        "listener",
+        Codec(),
+        {"auto.offset.reset": "earliest", **FAST_GROUP},
+    )
+    return DerivedListener(source)
+
+
+def _publish_runs(publisher, beamline, runs: int) -> tuple[list[str], int]:
+    """``runs`` scans through ``publisher``; returns their uids and the documents sent."""
+    x, y = beamline.positions_um(POINTS)
+    engine = RunEngine({})
+    engine.subscribe(publisher)
+    counter = {"n": 0}
+    engine.subscribe(lambda name, doc: counter.__setitem__("n", counter["n"] + 1))
+    uids = []
+    for _ in range(runs):
+        plan = bp.list_scan(
+            [beamline.inline_detector()], beamline.sx, list(x), beamline.sy, list(y)
+        )
+        uids.extend(engine(plan, ptycho=beamline.metadata("det_image")))
+    return uids, counter["n"]
+
+
+def _check_runs(listener: DerivedListener, uids: list[str], beamline, log) -> None:
+    """Exactly one successful derived run per raw run, at the target quality."""
+    wait_for(lambda: len(listener.stops()) >= len(uids), 240, "the derived stops", log)
+    time.sleep(1.0)  # nothing more (a duplicate) may arrive
+    assert len(listener.stops()) == len(uids)
+    for uid in uids:
+        docs = listener.recorder.of(uid)  # exactly one derived run per raw run
+        check_derived_run(docs)
+        assert docs[-1][1]["exit_status"] == "success", docs[-1][1]
+        nrmse = derived_nrmse(docs, beamline)
+        print(f"run {uid[:8]}: NRMSE as delivered over Kafka {nrmse:.4f}")
+        assert nrmse <= TARGET_NRMSE
+
+
 def test_kafka_group_shares_runs_each_reconstructed_once(tmp_path, broker):
     config = write_config(tmp_path / "serve.toml", CONFIG_TOML)
     args = ["--kafka", broker, "--topic", TOPIC, "--group", "recon", "--config", str(config)]
     servers = [serve_process(args, tmp_path, name=f"serve{i}") for i in range(2)]
-    listener = DerivedListener(
-        KafkaSource(
-            broker,
-            f"{TOPIC}.ptycho",
-            "listener",
-            Codec(),
-            {"auto.offset.reset": "earliest", **FAST_GROUP},
-        )
-    )
+    listener = _listener(broker)
     publisher = None
     try:
         publisher = kafka_publisher(broker, TOPIC)
@@ -151,38 +185,14 @@ def test_kafka_group_shares_runs_each_reconstructed_once(tmp_path, broker):
         raw.flush(10)
 
         beamline = make_beamline(64, max_points=POINTS, seed=0)
-        x, y = beamline.positions_um(POINTS)
-        engine = RunEngine({})
-        engine.subscribe(publisher)
-        counter = {"n": 0}
-        engine.subscribe(lambda name, doc: counter.__setitem__("n", counter["n"] + 1))
-        uids = []
-        for _ in range(RUNS):
-            plan = bp.list_scan(
-                [beamline.inline_detector()], beamline.sx, list(x), beamline.sy, list(y)
-            )
-            uids.extend(engine(plan, ptycho=beamline.metadata("det_image")))
-
-        def all_stopped():
-            return len(listener.stops()) >= RUNS
-
-        wait_for(all_stopped, 240, f"{RUNS} derived stop documents", servers[0][0])
-        time.sleep(1.0)  # nothing more (a duplicate) may arrive
-        assert len(listener.stops()) == RUNS
-        for uid in uids:
-            docs = listener.recorder.of(uid)  # exactly one derived run per raw run
-            check_derived_run(docs)
-            assert docs[-1][1]["exit_status"] == "success", docs[-1][1]
-            nrmse = derived_nrmse(docs, beamline)
-            print(f"run {uid[:8]}: NRMSE as delivered over Kafka {nrmse:.4f}")
-            assert nrmse <= TARGET_NRMSE
-
+        uids, sent = _publish_runs(publisher, beamline, RUNS)
+        _check_runs(listener, uids, beamline, servers[0][0])
         records = [read_status(status) for _, status in servers]
         print("runs per server:", [r["runs_seen"] for r in records])
         assert sum(r["runs_seen"] for r in records) == RUNS
         assert sum(r["transport"]["refused"]["pickle"] for r in records) == 1
 
-        partitions = _partitions_by_run(broker, counter["n"] + 1)
+        partitions = _partitions_by_run(broker, sent + 1)
         assert all(len(p) == 1 for uid, p in partitions.items() if uid in uids), partitions
     finally:
         if publisher is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import textwrap
+import time
 
 import bluesky.plans as bp
 import bluesky_kafka  # noqa: F401 - patches msgpack with msgpack-numpy's pickling hook
@@ -16,6 +17,7 @@ from ptycho_support import WAIT_S, Recorder
 from subprocess_support import run_python
 
 from bluesky_ptycho.server.app import ServeArguments, UnsafePickleWarning, make_codec
+from bluesky_ptycho.server.sequencer import RunSequencer
 from bluesky_ptycho.server.service import ReconstructionService
 from bluesky_ptycho.server.settings import load_config
 from bluesky_ptycho.server.transport import Codec, MessageRefused, RunKeys, pack
@@ -169,3 +171,41 @@ def test_service_names_events_lost_on_the_bus_in_the_derived_stop():
     record = service.status()
     assert record["events_lost_on_bus"] == 2 and record["runs_finished"] == 1
     assert record["frames_in"] == 38
+
+
+def _run_documents(n_events: int) -> list[tuple[str, dict]]:
+    run = compose_run()
+    desc = run.compose_descriptor(
+        name="primary", data_keys={"x": {"source": "s", "dtype": "number", "shape": []}}
+    )
+    docs = [("start", run.start_doc), ("descriptor", desc.descriptor_doc)]
+    docs += [
+        ("event", desc.compose_event(data={"x": i}, timestamps={"x": 0})) for i in range(n_events)
+    ]
+    return docs + [("stop", run.compose_stop())]
+
+
+def test_sequencer_hands_interleaved_runs_over_one_at_a_time():
+    a, b, c = _run_documents(3), _run_documents(2), _run_documents(1)
+    mixed = [a[0], a[1], b[0], a[2], b[1], c[0], b[2], a[3], c[1], b[3], a[4], c[2], b[4], a[5]]
+    mixed += c[3:]
+    assert sorted(map(id, (d for _, d in mixed))) == sorted(id(d) for _, d in a + b + c)
+    received = Recorder()
+    sequencer = RunSequencer(received)
+    for name, doc in mixed:
+        sequencer(name, doc)
+    assert [d for _, d in received.docs] == [d for _, d in a + b + c]  # runs in start order
+    assert sequencer.held_documents == 0 and sequencer.released_early == 0
+
+
+def test_sequencer_releases_held_runs_when_the_active_one_goes_stale():
+    a, b = _run_documents(2), _run_documents(1)
+    received = Recorder()
+    sequencer = RunSequencer(received, stale_s=0.05)
+    for name, doc in a[:3] + b:  # run a never ends
+        sequencer(name, doc)
+    assert len(received.docs) == 3 and sequencer.held_documents == len(b)
+    time.sleep(0.1)
+    sequencer.tick()
+    assert [d for _, d in received.docs] == [d for _, d in a[:3] + b]
+    assert sequencer.released_early == 1

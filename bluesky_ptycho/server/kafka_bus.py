@@ -64,8 +64,11 @@ class KafkaSource:
         except MessageRefused:
             return _REFUSED  # counted by the codec; skipped below
 
-    def run(self, dispatch: Dispatch) -> None:
-        """Dispatch documents until :meth:`interrupt` (blocks); closes the consumer."""
+    def run(self, dispatch: Dispatch, idle: Callable[[], None] | None = None) -> None:
+        """Dispatch documents until :meth:`interrupt` (blocks); closes the consumer.
+
+        idle : called between polls that returned nothing.
+        """
         from bluesky_kafka import BlueskyConsumer
 
         def process(consumer: Any, topic: str, name: str, doc: dict) -> bool:
@@ -86,7 +89,7 @@ class KafkaSource:
         consumer._consumer.subscribe(
             [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
-        consumer.start(continue_polling=lambda: not self._stopping.is_set())
+        consumer.start(continue_polling=lambda: not self._stopping.is_set(), work_during_wait=idle)
 
     def _on_assign(self, consumer: Any, partitions: list) -> None:
         self.partitions = sorted(p.partition for p in partitions)

@@ -1,7 +1,8 @@
 """The server's lifecycle: one PtychoCallback fed by a bus source, health, shutdown.
 
 * documents from the source (:mod:`.zmq_bus` or :mod:`.kafka_bus`) go to one
-  :class:`~bluesky_ptycho.callback.PtychoCallback`, run after run;
+  :class:`~bluesky_ptycho.callback.PtychoCallback`, one run at a time
+  (:mod:`.sequencer` holds back runs that the bus interleaves);
 * its derived documents go to every sink (republisher, TiledWriter); a failing
   sink is logged and counted, never stops the others;
 * health: every ``health_interval_s`` one log line and, with ``status_file``,
@@ -30,6 +31,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from .sequencer import RunSequencer
+
 logger = logging.getLogger(__name__)
 
 Sink = Callable[[str, dict], None]
@@ -40,7 +43,9 @@ class Source(Protocol):
 
     def describe(self) -> str: ...
 
-    def run(self, dispatch: Callable[[str, dict], None]) -> None: ...
+    def run(
+        self, dispatch: Callable[[str, dict], None], idle: Callable[[], None] | None = None
+    ) -> None: ...
 
     def interrupt(self) -> None: ...
 
@@ -80,6 +85,7 @@ class ReconstructionService:
         self.health_interval_s = health_interval_s
         self.shutdown_timeout_s = shutdown_timeout_s
         self.callback = PtychoCallback(self._emit, **callback_options)
+        self.sequencer = RunSequencer(self._document)
         self.state = "starting"
         self.runs_seen = 0
         self.runs_finished = 0
@@ -99,7 +105,11 @@ class ReconstructionService:
 
     # ------------------------------------------------------------ documents
     def dispatch(self, name: str, doc: dict) -> None:
-        """Source thread: one raw document."""
+        """Source thread: one raw document (runs reordered one at a time, see sequencer)."""
+        self.sequencer(name, doc)
+
+    def _document(self, name: str, doc: dict) -> None:
+        """Source thread: one raw document of the active run, to the callback."""
         with self._lock:
             if name == "start" and self.callback.wants(doc):
                 self.runs_seen += 1
@@ -203,6 +213,8 @@ class ReconstructionService:
                 "frames_per_s": round(rate, 1),
                 "queue_frames": stats.frames_in - stats.frames_out,
                 "events_lost_on_bus": self.events_lost,
+                "held_documents": self.sequencer.held_documents,
+                "runs_held": self.sequencer.runs_held,
                 "gpu_memory_bytes": gpu_memory_bytes(),
                 "transport": self.source.codec.stats.as_dict(),
                 "partitions": getattr(self.source, "partitions", None),
@@ -257,7 +269,7 @@ class ReconstructionService:
             self.report_health()
             logger.info("serve: consuming from %s", self.source.describe())
             health.start()
-            self.source.run(self.dispatch)
+            self.source.run(self.dispatch, idle=self.sequencer.tick)
         except Exception as error:
             logger.exception("serve: the source failed")
             self.last_error = f"source: {type(error).__name__}: {error}"

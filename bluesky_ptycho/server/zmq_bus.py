@@ -38,8 +38,11 @@ class ZmqSource:
     def describe(self) -> str:
         return f"0MQ proxy {self.address}"
 
-    def run(self, dispatch: Dispatch) -> None:
-        """Dispatch documents until :meth:`interrupt` (blocks)."""
+    def run(self, dispatch: Dispatch, idle: Callable[[], None] | None = None) -> None:
+        """Dispatch documents until :meth:`interrupt` (blocks).
+
+        idle : not called (bluesky's dispatcher has no hook between messages).
+        """
         from bluesky.callbacks.zmq import RemoteDispatcher
 
         while not self._stopping.is_set():
