@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -148,9 +149,13 @@ def _publish_runs(publisher, beamline, runs: int) -> tuple[list[str], int]:
 
 def _check_runs(listener: DerivedListener, uids: list[str], beamline, log) -> None:
     """Exactly one successful derived run per raw run, at the target quality."""
-    wait_for(lambda: len(listener.stops()) >= len(uids), 240, "the derived stops", log)
+    _check_runs_of(listener, uids, beamline, log, expected_stops=len(uids))
+
+
+def _check_runs_of(listener, uids, beamline, log, expected_stops: int) -> None:
+    wait_for(lambda: len(listener.stops()) >= expected_stops, 240, "the derived stops", log)
     time.sleep(1.0)  # nothing more (a duplicate) may arrive
-    assert len(listener.stops()) == len(uids)
+    assert len(listener.stops()) == expected_stops
     for uid in uids:
         docs = listener.recorder.of(uid)  # exactly one derived run per raw run
         check_derived_run(docs)
@@ -200,3 +205,58 @@ def test_kafka_group_shares_runs_each_reconstructed_once(tmp_path, broker):
         listener.close()
         for process, _ in servers:
             assert process.stop() == 0, process.text()[-3000:]
+
+
+def test_kafka_two_runengines_at_once_each_run_reconstructed_whole(tmp_path, broker):
+    """Two RunEngines publishing at the same time: one server gets the runs interleaved
+    (within a partition or across its partitions) and still reconstructs each whole."""
+    config = write_config(tmp_path / "serve.toml", CONFIG_TOML)
+    args = ["--kafka", broker, "--topic", TOPIC, "--group", "solo", "--config", str(config)]
+    server, status = serve_process(args, tmp_path)
+    listener = _listener(broker)
+    publishers = []
+    try:
+        wait_for(lambda: read_status(status).get("partitions"), 60, "the partitions", server)
+        second_started = threading.Event()
+        uids: dict[int, str] = {}
+
+        def scan(index: int) -> None:
+            beamline = make_beamline(64, max_points=POINTS, seed=index)
+            beamline.exposure_s = 0.01
+            publisher = kafka_publisher(broker, TOPIC)
+            publishers.append(publisher)
+            engine = RunEngine({}, context_managers=[])  # not the main thread: no SIGINT hook
+            engine.subscribe(publisher)
+            if index == 0:  # hold the first scan until the second one has started
+
+                def hold(name: str, doc: dict) -> None:
+                    if name == "event" and doc["seq_num"] == 5:
+                        second_started.wait(60)
+
+                engine.subscribe(hold)
+            else:
+                engine.subscribe(lambda name, doc: name == "start" and second_started.set())
+            x, y = beamline.positions_um(POINTS)
+            plan = bp.list_scan(
+                [beamline.inline_detector()], beamline.sx, list(x), beamline.sy, list(y)
+            )
+            (uids[index],) = engine(plan, ptycho=beamline.metadata("det_image"))
+            publisher.flush()
+
+        threads = [threading.Thread(target=scan, args=(i,)) for i in range(2)]
+        threads[0].start()
+        time.sleep(0.5)
+        threads[1].start()
+        for thread in threads:
+            thread.join(120)
+        assert len(uids) == 2
+        for index, uid in uids.items():
+            beamline = make_beamline(64, max_points=POINTS, seed=index)
+            _check_runs_of(listener, [uid], beamline, server, expected_stops=2)
+        record = read_status(status)
+        print("runs held back by the sequencer:", record["runs_held"])
+        assert record["runs_seen"] == 2 and record["runs_held"] >= 1
+        assert record["held_documents"] == 0
+    finally:
+        listener.close()
+        assert server.stop() == 0, server.text()[-3000:]
