@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,17 @@ class Item:
 
 
 @dataclass(frozen=True)
+class _WithFrames(Item):
+    """An item that announces ``frames`` detector frames."""
+
+    frames: int = field(default=0, kw_only=True)
+
+    @property
+    def n_frames(self) -> int:
+        return self.frames
+
+
+@dataclass(frozen=True)
 class Start(Item):
     """A raw run to reconstruct begins; ``doc`` is its start document."""
 
@@ -61,17 +72,12 @@ class Descriptor(Item):
 
 
 @dataclass(frozen=True)
-class Values(Item):
+class Values(_WithFrames):
     """Event columns (inline values or datum ids) of one descriptor."""
 
     descriptor: str
     seq_nums: list[int]
     columns: dict[str, list[Any]]
-    frames: int = 0
-
-    @property
-    def n_frames(self) -> int:
-        return self.frames
 
 
 @dataclass(frozen=True)
@@ -96,15 +102,10 @@ class StreamResource(Item):
 
 
 @dataclass(frozen=True)
-class StreamDatum(Item):
+class StreamDatum(_WithFrames):
     """A StreamDatum document; ``frames`` counts the images it announces."""
 
     doc: dict[str, Any]
-    frames: int = 0
-
-    @property
-    def n_frames(self) -> int:
-        return self.frames
 
 
 @dataclass(frozen=True)

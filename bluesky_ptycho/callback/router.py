@@ -324,7 +324,7 @@ class PtychoCallback(DocumentRouter):
         tap = stream.run
         n = 1 if tap.keys is not None and tap.keys[0] in columns else 0
         tap.frames += n
-        self._put(items.Values(tap.uid, doc["descriptor"], [doc["seq_num"]], columns, n))
+        self._put(items.Values(tap.uid, doc["descriptor"], [doc["seq_num"]], columns, frames=n))
 
     def event_page(self, doc: dict) -> None:
         stream = self._streams.get(doc["descriptor"])
@@ -337,7 +337,7 @@ class PtychoCallback(DocumentRouter):
         tap = stream.run
         n = len(doc["seq_num"]) if tap.keys is not None and tap.keys[0] in columns else 0
         tap.frames += n
-        self._put(items.Values(tap.uid, doc["descriptor"], list(doc["seq_num"]), columns, n))
+        self._put(items.Values(tap.uid, doc["descriptor"], list(doc["seq_num"]), columns, frames=n))
 
     def resource(self, doc: dict) -> None:
         tap = self._taps.get(doc.get("run_start", "")) or self._current
@@ -383,7 +383,7 @@ class PtychoCallback(DocumentRouter):
         ):
             n = int(doc["indices"]["stop"]) - int(doc["indices"]["start"])
             tap.frames += n
-        self._send(tap, items.StreamDatum(tap.uid, dict(doc), n))
+        self._send(tap, items.StreamDatum(tap.uid, dict(doc), frames=n))
 
     def stop(self, doc: dict) -> None:
         tap = self._taps.pop(doc.get("run_start", ""), None)

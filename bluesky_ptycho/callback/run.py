@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import calibrate
+from ..calibration import CalibrationError, calibrate
 from ..engine.reconstructor import Reconstructor, Snapshot
 from ..outputs import Progress, SnapshotPublisher
 from . import ingest as items
@@ -38,6 +38,17 @@ from .settings import RunSettings, merge
 from .sources import FrameAssembler
 
 logger = logging.getLogger(__name__)
+
+#: calibration's option names (bluesky_ptycho.calibration.advice) as callback settings
+ADVICE_NAMES: dict[str, str | None] = {
+    "probe_propagation_m": "probe_propagation_m",
+    "probe": "probe_path",
+    "defocus_search": 'calibrate="both"',
+    "distances_m": 'a known probe_propagation_m with calibrate="orientation"',
+    "trial_frames": "calibrate_frames",
+    "trial_iterations": None,
+    "defocus_sign": "defocus_sign",
+}
 
 
 @dataclass
@@ -227,12 +238,14 @@ class RunReconstruction:
                 defocus=mode in ("defocus", "both"),
                 defocus_sign=self.settings.defocus_sign,
                 backend=self._options.backend,
+                names=ADVICE_NAMES,
             )
             config, self.calibration = found.config, dict(found.summary)
             logger.info("ptycho: run %s calibrated: %s", self.raw_uid, found.changes or "no change")
         except Exception as error:  # never lose the run: reconstruct as configured
             logger.exception("ptycho: calibration of run %s failed", self.raw_uid)
-            self.calibration = {"verdict": "failed", "applied": False, "note": str(error)}
+            note = error.render(ADVICE_NAMES) if isinstance(error, CalibrationError) else str(error)
+            self.calibration = {"verdict": "failed", "applied": False, "note": note}
         self._start_engine(config)
         return frames, x, y
 
