@@ -34,7 +34,7 @@ from ..outputs import Progress, SnapshotPublisher
 from . import ingest as items
 from .handlers import Handler
 from .options import CallbackOptions
-from .settings import RunSettings, merge
+from .settings import RunSettings, json_safe, merge
 from .sources import FrameAssembler
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class RunReconstruction:
         metadata = raw_start.get("ptycho")
         if not isinstance(metadata, Mapping):
             metadata = {}
-        described: dict[str, Any] = {k: str(v) for k, v in {**defaults, **metadata}.items()}
+        described = {k: json_safe(v) for k, v in {**defaults, **metadata}.items()}
         try:
             self.settings = merge(defaults, metadata)
             described = self.settings.describe()
@@ -131,6 +131,8 @@ class RunReconstruction:
             )
         except Exception as error:  # any bad value: this run fails, the next is unaffected
             self.settings = None
+            if not isinstance(error, ValueError):
+                logger.exception("ptycho: settings of run %s", self.raw_uid)
             detail = str(error) if isinstance(error, ValueError) else _describe(error)
             self.fail(f"invalid settings: {detail}")
         self.derived_uid = publisher.begin(self.raw_uid, raw_start, described)
