@@ -139,3 +139,16 @@ def test_no_silent_adjustment_and_numbers_stay_numbers():
     for bad in ({"frame_shape": (16.0, 16)}, {"saturation_counts": "6e4"}, {"dtype": True}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ReconConfig(**{**GEOMETRY, "frame_shape": (16, 16), **bad})
+
+
+def test_auto_throttle_only_for_numpy_on_few_cores(monkeypatch):
+    from bluesky_ptycho.callback import options as options_module
+
+    auto = CallbackOptions()
+    assert auto.scan_duty_cycle == "auto"
+    monkeypatch.setattr(options_module, "usable_cores", lambda: 2)
+    assert auto.duty_cycle("numpy") == options_module.AUTO_DUTY_CYCLE < 1
+    assert auto.duty_cycle("cupy") == 1.0
+    assert CallbackOptions(scan_duty_cycle=0.5).duty_cycle("numpy") == 0.5
+    monkeypatch.setattr(options_module, "usable_cores", lambda: 16)
+    assert auto.duty_cycle("numpy") == 1.0
