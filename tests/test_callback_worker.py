@@ -218,3 +218,16 @@ def test_debug_switch_reraises_after_ending_the_run(harness, monkeypatch):
     assert not h.worker.alive
     assert [str(e) for e in raised] == ["broken at iterate"]
     assert h.result("bad").exit_status == "fail"  # its derived run still ended
+
+
+def test_run_engine_thread_errors_are_caught_unless_debugging(monkeypatch):
+    from bluesky_ptycho.callback import PtychoCallback
+
+    callback = PtychoCallback(None)
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    callback("event", {})  # a malformed document: logged and counted, never raised
+    assert callback.errors == 1
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(KeyError):
+        callback("event", {})
+    assert callback.errors == 2 and callback.close()
