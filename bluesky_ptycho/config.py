@@ -58,7 +58,8 @@ _POSITIVE = validation.real("a finite number > 0", lambda v: v > 0)
 _DIRECTION = validation.choice((1, -1))
 
 #: the check of every field (see :mod:`bluesky_ptycho.validation` for the rule);
-#: a new field needs an entry here (tests/test_config.py checks that every field has one)
+#: a new field needs an entry here (tests/test_callback_settings.py checks that every
+#: field has one)
 FIELD_CHECKS: dict[str, validation.Check] = {
     "energy_kev": _POSITIVE,
     "distance_m": _POSITIVE,
@@ -83,10 +84,11 @@ FIELD_CHECKS: dict[str, validation.Check] = {
 
 def check_field(name: str, value: Any) -> Any:
     """One field's value on its own (normalised), or ValueError naming the field."""
-    try:
-        check = FIELD_CHECKS[name]
-    except KeyError:
-        raise ValueError(f"ReconConfig has no field {name!r}") from None
+    check = FIELD_CHECKS.get(name)
+    if check is None:
+        if name not in ReconConfig.field_names():
+            raise ValueError(f"ReconConfig has no field {name!r}")
+        return value  # a field without a check yet: tests/test_callback_settings.py fails
     try:
         return check(name, value)
     except ValueError as error:
@@ -141,7 +143,7 @@ class ReconConfig:
     position_interpolation: str = "cubic"
 
     def __post_init__(self) -> None:
-        for name in self.field_names():
+        for name in FIELD_CHECKS:
             object.__setattr__(self, name, check_field(name, getattr(self, name)))
         if self.dp_orient in TRANSPOSING and self.frame_shape[0] != self.frame_shape[1]:
             _fail(
