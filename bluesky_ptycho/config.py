@@ -14,9 +14,10 @@ Conventions (see docs/engine.md):
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import validation
 
 #: hc in keV * m: wavelength_m = HC_KEV_M / energy_kev
 HC_KEV_M = 1.23984198e-9
@@ -40,7 +41,72 @@ POSITION_INTERPOLATIONS: tuple[str, ...] = ("cubic", "linear", "nearest")
 
 
 def _fail(name: str, expected: str, got: Any) -> None:
-    raise ValueError(f"ReconConfig.{name}: expected {expected}, got {got!r}")
+    validation.fail(f"ReconConfig.{name}", expected, got)
+
+
+def _frame_shape(name: str, value: Any) -> tuple[int, int]:
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(validation.is_integer(s) and s >= 8 for s in value)
+    ):
+        _fail(name, "(rows, columns), two integers >= 8", value)
+    return (int(value[0]), int(value[1]))
+
+
+def _beam_center(name: str, value: Any) -> tuple[float, float] | str | None:
+    if value is None or value == "data":
+        return value
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        _fail(name, "None, 'data' or (row, col) in detector pixels", value)
+    coordinate = validation.real("(row, col): two finite numbers, detector pixels")
+    return (coordinate(name, value[0]), coordinate(name, value[1]))
+
+
+_POSITIVE = validation.real("a finite number > 0", lambda v: v > 0)
+_DIRECTION = validation.choice((1, -1))
+
+#: the check of every field (see :mod:`bluesky_ptycho.validation` for the rule);
+#: a new field needs an entry here (tests/test_callback_settings.py checks that every
+#: field has one)
+FIELD_CHECKS: dict[str, validation.Check] = {
+    "energy_kev": _POSITIVE,
+    "distance_m": _POSITIVE,
+    "detector_pixel_m": _POSITIVE,
+    "frame_shape": _frame_shape,
+    "dp_orient": validation.choice(D4_ORIENTATIONS),
+    "x_direction": _DIRECTION,
+    "y_direction": _DIRECTION,
+    "position_scale_m": _POSITIVE,
+    "dtype": validation.choice(DTYPES),
+    "probe_hold_iterations": validation.integer("an integer >= 0", lambda v: v >= 0),
+    "probe": validation.anything(),
+    "probe_path": validation.optional(validation.path()),
+    "probe_propagation_m": validation.real("a finite distance in metres"),
+    "mask": validation.anything(),
+    "saturation_counts": validation.optional(validation.real("a count > 0", lambda v: v > 0)),
+    "alpha_relative": validation.real("a number in (0, 1)", lambda v: 0 < v < 1),
+    "object_margin_px": validation.integer("an integer >= 0", lambda v: v >= 0),
+    "position_interpolation": validation.choice(POSITION_INTERPOLATIONS),
+    "beam_center_px": _beam_center,
+    "remove_object_ramp": validation.boolean(),
+    "object_smoothness": validation.real("a finite number >= 0", lambda v: v >= 0),
+}
+
+
+def check_field(name: str, value: Any) -> Any:
+    """One field's value on its own (normalised), or ValueError naming the field."""
+    check = FIELD_CHECKS.get(name)
+    if check is None:
+        if name not in ReconConfig.field_names():
+            raise ValueError(f"ReconConfig has no field {name!r}")
+        return value  # a field without a check yet: tests/test_callback_settings.py fails
+    try:
+        return check(name, value)
+    except ValueError as error:
+        if str(error).startswith("ReconConfig."):
+            raise
+        raise ValueError(f"ReconConfig.{error}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,20 +167,8 @@ class ReconConfig:
     object_smoothness: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("energy_kev", "distance_m", "detector_pixel_m", "position_scale_m"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                _fail(name, "a finite number > 0", value)
-        shape = self.frame_shape
-        if (
-            not isinstance(shape, (tuple, list))
-            or len(shape) != 2
-            or not all(isinstance(s, int) and s >= 8 for s in shape)
-        ):
-            _fail("frame_shape", "(rows, columns), two integers >= 8", shape)
-        object.__setattr__(self, "frame_shape", (int(shape[0]), int(shape[1])))
-        if self.dp_orient not in D4_ORIENTATIONS:
-            _fail("dp_orient", f"one of {', '.join(D4_ORIENTATIONS)}", self.dp_orient)
+        for name in FIELD_CHECKS:
+            object.__setattr__(self, name, check_field(name, getattr(self, name)))
         if self.dp_orient in TRANSPOSING and self.frame_shape[0] != self.frame_shape[1]:
             _fail(
                 "dp_orient",
@@ -122,38 +176,7 @@ class ReconConfig:
                 "(crop the frames to a square to use " + ", ".join(TRANSPOSING) + ")",
                 self.dp_orient,
             )
-        for name in ("x_direction", "y_direction"):
-            if getattr(self, name) not in (1, -1):
-                _fail(name, "+1 or -1", getattr(self, name))
-        if self.dtype not in DTYPES:
-            _fail("dtype", "'complex64' or 'complex128'", self.dtype)
-        if not isinstance(self.probe_hold_iterations, int) or self.probe_hold_iterations < 0:
-            _fail("probe_hold_iterations", "an integer >= 0", self.probe_hold_iterations)
-        if not math.isfinite(self.probe_propagation_m):
-            _fail("probe_propagation_m", "a finite distance in metres", self.probe_propagation_m)
-        if self.saturation_counts is not None and not self.saturation_counts > 0:
-            _fail("saturation_counts", "None or a count > 0", self.saturation_counts)
-        if not 0 < self.alpha_relative < 1:
-            _fail("alpha_relative", "a number in (0, 1)", self.alpha_relative)
-        if not isinstance(self.object_margin_px, int) or self.object_margin_px < 0:
-            _fail("object_margin_px", "an integer >= 0", self.object_margin_px)
-        if self.position_interpolation not in POSITION_INTERPOLATIONS:
-            _fail(
-                "position_interpolation",
-                f"one of {', '.join(POSITION_INTERPOLATIONS)}",
-                self.position_interpolation,
-            )
-        self._check_beam_center()
-        if not isinstance(self.remove_object_ramp, bool):
-            _fail("remove_object_ramp", "True or False", self.remove_object_ramp)
-        smoothness = self.object_smoothness
-        if (
-            isinstance(smoothness, bool)
-            or not isinstance(smoothness, (int, float))
-            or not math.isfinite(smoothness)
-            or smoothness < 0
-        ):
-            _fail("object_smoothness", "a finite number >= 0", smoothness)
+        self._check_beam_center_inside()
         if self.probe is not None and self.probe_path is not None:
             _fail("probe", "either probe or probe_path, not both", "both given")
         if self.mask is not None and tuple(getattr(self.mask, "shape", ())) != self.frame_shape:
@@ -163,20 +186,12 @@ class ReconConfig:
                 getattr(self.mask, "shape", self.mask),
             )
 
-    def _check_beam_center(self) -> None:
+    def _check_beam_center_inside(self) -> None:
         centre = self.beam_center_px
-        if centre is None or centre == "data":
-            return
-        expected = (
-            f"None, 'data' or (row, col) inside the {self.frame_shape} frame, in detector pixels"
-        )
-        if not isinstance(centre, (tuple, list)) or len(centre) != 2:
-            _fail("beam_center_px", expected, centre)
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in centre):
-            _fail("beam_center_px", expected, centre)
-        if not all(0 <= v <= s - 1 for v, s in zip(centre, self.frame_shape, strict=True)):
-            _fail("beam_center_px", expected, centre)
-        object.__setattr__(self, "beam_center_px", (float(centre[0]), float(centre[1])))
+        if isinstance(centre, tuple) and not all(
+            0 <= v <= s - 1 for v, s in zip(centre, self.frame_shape, strict=True)
+        ):
+            _fail("beam_center_px", f"(row, col) inside the {self.frame_shape} frame", centre)
 
     @property
     def wavelength_m(self) -> float:

@@ -42,7 +42,7 @@ ptycho = PtychoCallback(
     snapshot_interval_s=1.0,  # seconds between live progress events
     max_queued_frames=4096,  # soft bound of the hand-off queue (then it grows, never drops)
     file_timeout_s=30.0,  # after the scan, how long unwritten files are retried
-    scan_duty_cycle=1.0,  # time share of iterating during a scan (0.2-0.5: few-core CPU host)
+    scan_duty_cycle="auto",  # time share of iterating in a scan ("auto": 0.25 on few CPU cores)
     # handler_registry={"AD_EIGER": EigerHandler},  # more specs (NPY_SEQ, AD_HDF5 built in)
     # root_map={"/old/root": "/new/root"},  # data moved since acquisition
     # require_metadata=True,  # only scans started with ptycho={...} metadata

@@ -29,6 +29,8 @@ from bluesky_ptycho.calibration import (
 from bluesky_ptycho.calibration.joint import REPRESENTATIVES
 from bluesky_ptycho.calibration.orientation import candidates, rank_candidates, to_motor_frame
 from bluesky_ptycho.calibration.trials import crop_centre, resample_probe
+from bluesky_ptycho.callback.run import ADVICE_NAMES
+from bluesky_ptycho.commands.detect_orientation import ADVICE_FLAGS
 from bluesky_ptycho.config import D4_ORIENTATIONS
 from bluesky_ptycho.cxi import write_cxi
 from bluesky_ptycho.engine.orientation import inverse_orientation, orient_frames
@@ -291,7 +293,15 @@ def test_plain_cold_start_reports_the_twin_ambiguity(asymmetric_scan):
     result = detect_orientation(frames, x, y, sample.config, **SWEEP)
     assert {c.key for c in result.tied} == mirror_class(planted) | twin_class(planted)
     assert result.verdict == "ambiguous"
-    assert "twin" in result.explanation() and "--probe-propagation-m" in result.explanation()
+    assert "twin" in result.explanation()
+    # structured advice: calibration's names by default, a front end's spelling on request
+    assert "(probe_propagation_m)" in result.explanation() and "--" not in result.explanation()
+    flags = result.explanation(ADVICE_FLAGS)
+    assert "(--probe-propagation-m)" in flags and "(--probe)" in flags
+    as_settings = result.explanation(ADVICE_NAMES)
+    assert "(probe_propagation_m)" in as_settings and "(probe_path)" in as_settings
+    (twin,) = [a for a in result.advice() if "twin" in a.problem]
+    assert [r.options for r in twin.remedies] == [("probe_propagation_m",), ("probe",)]
     table = result.format_table()
     assert len(table.splitlines()) == 33 and "TIED, twin" in table
 
@@ -482,3 +492,17 @@ def test_cli_detect_orientation_with_defocus_search(tmp_path, capsys):
     # misuse
     assert cli.main(["detect-orientation", str(path), "--defocus-sign", "+1"]) == 1
     assert "need --probe-search" in capsys.readouterr().err
+
+
+def test_no_beam_advice_is_structured_and_rendered_per_front_end():
+    from bluesky_ptycho.calibration import CalibrationError
+
+    config = default_config(32)
+    frames = np.zeros((12, 32, 32), np.float32)
+    x = y = np.linspace(0.0, 1.0, 12)
+    with pytest.raises(CalibrationError) as error:
+        search_probe_propagation(frames, x, y, config, n_frames=12, iterations=1)
+    assert error.value.advice.remedies[0].options == ("distances_m",)
+    assert "(--probe-search-range MIN MAX)" in error.value.render(ADVICE_FLAGS)
+    assert "calibrate=" in error.value.render(ADVICE_NAMES)
+    assert isinstance(error.value, ValueError)  # existing callers keep catching ValueError

@@ -49,6 +49,9 @@ def test_orientation_and_defocus_found_on_the_first_frames():
     )
     calibration = json.loads(primary["calibration"])
     assert calibration["applied"], calibration
+    assert "--" not in calibration["note"]  # advice in setting names, never CLI flags
+    for advice in calibration["advice"]:
+        assert {o for r in advice["remedies"] for o in r["options"]}, advice
     assert 30e-6 < primary["probe_propagation_m"] < 90e-6  # planted: 60 um
     assert result.snapshot.metrics["calibration"] == calibration
     truth = beamline.sample

@@ -8,19 +8,20 @@ from bluesky import RunEngine
 from ptycho_support import WAIT_S, Recorder, check_derived_run, events_of
 
 from bluesky_ptycho.callback import PtychoCallback
-from bluesky_ptycho.callback.bench import bench_callback
 from bluesky_ptycho.metrics import snapshot_nrmse
 from bluesky_ptycho.sim.beamline import make_beamline
+from bluesky_ptycho.tools.bench_callback import bench_callback
 
 TARGET_NRMSE = 0.10
 #: the issue's requirement is < 1 ms; measured ~0.03-0.04 ms on 2 loaded cores
 MAX_MEDIAN_EVENT_S = 1e-3
-#: the requirement is < 1.2x. Measured on an idle 2-core machine, best of 3 scans
-#: (docs/usage.md): the callback itself (worker only ingesting) 1.075x; reconstructing
-#: live at scan_duty_cycle=0.3 1.36x; flat out 2.4x, as the CPU engine takes one of
-#: the two cores from the CPU-bound scan (the same in a separate process). With other
-#: processes loading the machine these scatter upwards. The bounds catch a callback
-#: that computes or blocks on the RunEngine thread without flaking on a busy machine.
+#: the requirement is < 1.2x with the default settings (scan_duty_cycle="auto": 0.25 on
+#: a 2-core host with the NumPy engine). Measured with `bluesky-ptycho bench-callback`
+#: (docs/usage.md): the callback itself (worker only ingesting) ~1.1x, the default
+#: settings <= 1.2x, flat out 1.3-1.5x, as the CPU engine takes one of the two cores from
+#: the CPU-bound scan. With other processes loading the machine these scatter upwards.
+#: The bounds catch a callback that computes or blocks on the RunEngine thread, or a
+#: throttle that stopped working, without flaking on a busy machine.
 MAX_INGEST_ONLY_RATIO = 1.5
 MAX_THROTTLED_RATIO = 2.0
 MAX_SCAN_RATIO = 3.5
@@ -59,6 +60,6 @@ def test_callback_costs_the_run_engine_little():
     print(result.summary())
     assert result.frames_received == result.frames_ingested == 6000
     assert result.median_event_s < MAX_MEDIAN_EVENT_S
-    assert result.ratio_ingest_only < MAX_INGEST_ONLY_RATIO
-    assert result.ratio_throttled < MAX_THROTTLED_RATIO
-    assert result.ratio < MAX_SCAN_RATIO
+    assert result.ratio("ingest_only") < MAX_INGEST_ONLY_RATIO
+    assert result.ratio("default") < MAX_THROTTLED_RATIO
+    assert result.ratio("flat_out") < MAX_SCAN_RATIO

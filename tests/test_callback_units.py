@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bluesky_ptycho.callback.handlers import NumpySeqHandler, handler_registry
-from bluesky_ptycho.callback.ingest import IngestQueue, Item
+from bluesky_ptycho.callback.ingest import IngestQueue, Item, Start, Values
 from bluesky_ptycho.callback.settings import RUN_DEFAULTS, allowed_keys, merge
 from bluesky_ptycho.callback.sources import FrameAssembler
 from bluesky_ptycho.config import ReconConfig
@@ -73,25 +73,25 @@ def test_missing_geometry_is_named():
 def test_queue_counts_every_frame_and_grows_instead_of_dropping():
     queue = IngestQueue(max_frames=4, full_wait_s=0.01)
     for i in range(10):
-        queue.put(Item("values", "run", i, n_frames=1))
+        queue.put(Values("run", str(i), [i], {}, frames=1))
     stats = queue.stats()
     assert stats.frames_in == 10 and len(queue) == 10
     assert stats.waits == 1  # one brief wait, then growth without waiting again
     assert stats.overflows == 6
     items = queue.take_all()
-    assert [item.payload for item in items] == list(range(10))
+    assert [item.descriptor for item in items] == [str(i) for i in range(10)]
     stats = queue.stats()
     assert stats.frames_out == 10 and stats.max_frames_queued == 10
 
 
 def test_queue_wait_ends_when_the_worker_drains():
     queue = IngestQueue(max_frames=2, full_wait_s=5.0)
-    queue.put(Item("values", "run", 0, n_frames=2))
+    queue.put(Values("run", "d", [0], {}, frames=2))
     taken: list[Item] = []
     drainer = threading.Timer(0.05, lambda: taken.extend(queue.take_all()))
     drainer.start()
     started = time.perf_counter()
-    queue.put(Item("values", "run", 1, n_frames=1))
+    queue.put(Values("run", "d", [1], {}, frames=1))
     waited = time.perf_counter() - started
     drainer.join(5)
     assert 0.02 < waited < 4.0
@@ -101,9 +101,9 @@ def test_queue_wait_ends_when_the_worker_drains():
 def test_queue_take_all_times_out_empty():
     queue = IngestQueue()
     assert queue.take_all(timeout=0.01) == []
-    queue.put(Item("start", "run"))
+    queue.put(Start("run", {"uid": "run"}))
     assert queue.pending_starts == 1
-    assert [i.kind for i in queue.take_all(timeout=1.0)] == ["start"]
+    assert [type(i) for i in queue.take_all(timeout=1.0)] == [Start]
     assert queue.pending_starts == 0
 
 
@@ -278,10 +278,9 @@ def test_publisher_survives_a_failing_emit():
 
 def test_profile_snippet_uses_only_accepted_keywords():
     import ast
-    import inspect
     from pathlib import Path
 
-    from bluesky_ptycho.callback import PtychoCallback
+    from bluesky_ptycho.callback import CallbackOptions
 
     path = Path(__file__).resolve().parents[1] / "profile_snippets" / "50-ptycho.py"
     tree = ast.parse(path.read_text())
@@ -291,6 +290,6 @@ def test_profile_snippet_uses_only_accepted_keywords():
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "PtychoCallback"
     ]
     named = {k.arg for k in call.keywords}
-    options = set(inspect.signature(PtychoCallback).parameters) - {"emit", "settings"}
+    options = set(CallbackOptions.field_names())
     assert named and named <= options | set(allowed_keys())
     assert {"energy_kev", "distance_m", "detector_pixel_m", "image_key", "x_key", "y_key"} <= named

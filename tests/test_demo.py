@@ -6,7 +6,7 @@ import re
 import time
 
 from bluesky_ptycho import cli
-from bluesky_ptycho.demo import DemoOptions, run_demo
+from bluesky_ptycho.tools.demo import DemoOptions, run_demo
 
 #: the issue's bound for the default demo on 2 CPU cores
 DEFAULT_DEMO_S = 120.0

@@ -13,10 +13,15 @@ and compare their Poisson NLL:
   call that returns the configuration to use and a JSON-ready summary (for a
   live pipeline calibrating on the first frames of a scan).
 
+Advice (what to change when the data cannot decide) is structured
+(:mod:`.advice`): the command line renders it as flags, the callback as
+setting names.
+
 Everything here runs on NumPy (or CuPy through ``backend``) and imports no
 Bluesky package.
 """
 
+from .advice import Advice, CalibrationError, Remedy
 from .auto import Calibration, calibrate
 from .defocus import (
     DefocusTrial,
@@ -29,6 +34,9 @@ from .orientation import Candidate, OrientationResult, detect_orientation, relat
 from .trials import BeamEstimate, TrialSet, estimate_beam, prepare_trials, run_trial
 
 __all__ = [
+    "Advice",
+    "CalibrationError",
+    "Remedy",
     "BeamEstimate",
     "Calibration",
     "Candidate",

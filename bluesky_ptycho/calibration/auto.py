@@ -9,7 +9,7 @@ configuration keeps its orientation and the summary says why.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,8 @@ class Calibration:
     config : the input configuration with ``changes`` applied.
     changes : the ReconConfig fields set from the data (may be empty).
     summary : JSON-ready record: ``verdict``, ``orientation`` (ranked rows),
-        ``probe_propagation_m``, ``defocus_table``, ``applied`` and ``note``.
+        ``probe_propagation_m``, ``defocus_table``, ``applied``, ``note`` (text)
+        and ``advice`` (structured: problem, remedies and the options they name).
     """
 
     config: ReconConfig
@@ -61,6 +62,7 @@ def calibrate(
     iterations: int = DEFAULT_SEARCH_ITERATIONS,
     backend: str = "auto",
     report: Callable[[str], Any] | None = None,
+    names: Mapping[str, str | None] | None = None,
 ) -> Calibration:
     """Find orientation and/or defocus from ``frames`` and return the configuration to use.
 
@@ -69,10 +71,18 @@ def calibrate(
         are searched together (:func:`.search_orientation_and_defocus`); with a
         warm-start probe, orientation first (probe held), then the defocus.
     defocus_sign : +1 (sample downstream of the focus), -1 (upstream) or None.
+    names : how the caller spells the options the advice names (:mod:`.advice`):
+        ``summary["note"]`` is rendered with them; ``summary["advice"]`` keeps
+        the structured advice.
     """
     common = {"n_frames": n_frames, "iterations": iterations, "backend": backend, "report": report}
     changes: dict[str, Any] = {}
-    summary: dict[str, Any] = {"verdict": "not searched", "applied": False, "note": ""}
+    summary: dict[str, Any] = {
+        "verdict": "not searched",
+        "applied": False,
+        "note": "",
+        "advice": [],
+    }
     cold = config.probe is None and config.probe_path is None
     result = None
     if orientation and defocus and cold:
@@ -93,7 +103,8 @@ def calibrate(
             changes.update(result.recommended.config_changes())
     if result is not None:
         summary.update(verdict=result.verdict, orientation=_rows(result))
-        summary["note"] = result.explanation()
+        summary["note"] = result.explanation(names)
+        summary["advice"] = [a.as_dict() for a in result.advice()]
         summary["applied"] = bool(changes)
     if defocus and not (orientation and cold):
         best_m, table = search_probe_propagation(frames, x, y, config.replace(**changes), **common)

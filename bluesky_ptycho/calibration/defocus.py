@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..config import ReconConfig
+from .advice import Advice, CalibrationError, Remedy
 from .trials import DEFAULT_TRIAL_FRAMES, BeamEstimate, TrialSet, prepare_trials, run_trial
 
 #: ML_grad iterations per trial distance
@@ -117,9 +118,12 @@ def search_probe_propagation(
 def trial_distances(trials: TrialSet, steps: int | None = None) -> np.ndarray:
     """:func:`default_defocus_range` of the beam seen in ``trials`` (ValueError if none)."""
     if trials.beam is None:
-        raise ValueError(
-            "probe search: no bright-field disc found in the mean pattern; "
-            "give the distances (--probe-search-range MIN MAX)"
+        raise CalibrationError(
+            "probe search",
+            Advice(
+                "no bright-field disc found in the mean pattern",
+                (Remedy("give the distances to try", ("distances_m",)),),
+            ),
         )
     return default_defocus_range(trials.beam, steps)
 

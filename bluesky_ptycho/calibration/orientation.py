@@ -51,6 +51,7 @@ import numpy as np
 
 from ..config import D4_ORIENTATIONS, ReconConfig
 from ..engine.orientation import orient_frames
+from .advice import Advice, Names, Remedy, render_all
 from .trials import DEFAULT_TRIAL_FRAMES, TrialSet, prepare_trials, run_trial
 
 #: ML_grad iterations per candidate
@@ -185,37 +186,63 @@ class OrientationResult:
             return "equivalent"
         return "ambiguous"
 
-    def explanation(self) -> str:
-        """One paragraph on the verdict and what to do."""
+    def advice(self) -> tuple[Advice, ...]:
+        """What to change when the verdict is not ``unique`` (structured, see :mod:`.advice`)."""
+        if self.verdict == "unique":
+            return ()
+        if self.verdict == "equivalent":
+            pick = Remedy("a warm-start probe that is not mirror-symmetric", ("probe",))
+            return (Advice("any of them is right; to pick one, give", (pick,)),)
+        relations = {c.relation for c in self.tied}
+        found = []
+        if TWIN in relations:
+            found.append(
+                Advice(
+                    "a twin is tied (conjugate object: right amplitude, phase sign flipped)",
+                    (
+                        Remedy(
+                            "give a probe of known defocus, with the sign the beamline "
+                            "geometry dictates",
+                            ("probe_propagation_m",),
+                        ),
+                        Remedy("a warm-start probe", ("probe",)),
+                    ),
+                )
+            )
+        if OTHER in relations:
+            found.append(
+                Advice(
+                    "a different orientation is tied",
+                    (
+                        Remedy(
+                            "the probe model may be far off (a defocused probe: search the "
+                            "defocus too)",
+                            ("defocus_search",),
+                        ),
+                        Remedy("the trials too small", ("trial_frames", "trial_iterations")),
+                    ),
+                )
+            )
+        return tuple(found)
+
+    def explanation(self, names: Names | None = None) -> str:
+        """One paragraph on the verdict and what to do.
+
+        names : how the caller spells the options of :meth:`advice` (e.g. as
+            command-line flags); default: calibration's own option names.
+        """
         tied = len(self.tied)
         if self.verdict == "unique":
             second = self.candidates[1].relative if len(self.candidates) > 1 else float("nan")
             return f"unique: the next candidate's NLL is {second:.2f}x the best."
+        advice = render_all(self.advice(), names)
         if self.verdict == "equivalent":
             return (
                 f"equivalent: {tied} candidates fit within {self.tolerance:.0%} and are mirrors "
                 "of each other (patterns mirrored with the matching motor sign): they give the "
-                "same object in motor coordinates. Any of them is right; a warm-start probe "
-                "that is not mirror-symmetric (--probe) picks one."
+                f"same object in motor coordinates. {advice[0].upper()}{advice[1:]}."
             )
-        relations = {c.relation for c in self.tied}
-        advice = []
-        if TWIN in relations:
-            advice.append(
-                "a twin is tied (conjugate object: right amplitude, phase sign flipped): give "
-                "a probe of known defocus (--probe-propagation-m with the sign the beamline "
-                "geometry dictates) or a warm-start probe (--probe)"
-            )
-        if OTHER in relations:
-            advice.append(
-                "a different orientation is tied: the probe model may be far off (a defocused "
-                "probe: --probe-search) or the trials too small (--frames, --iterations)"
-            )
-        return (
-            f"ambiguous: {tied} candidates fit within {self.tolerance:.0%}; "
-            + "; ".join(advice)
-            + "."
-        )
+        return f"ambiguous: {tied} candidates fit within {self.tolerance:.0%}; {advice}."
 
     def format_table(self) -> str:
         """The ranked table: rank, dp_orient, signs, NLL per pixel, ratio to best, note."""

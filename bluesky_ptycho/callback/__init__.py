@@ -5,12 +5,14 @@
 """
 
 from .handlers import DEFAULT_HANDLERS, AreaDetectorHDF5Handler, NumpySeqHandler
+from .options import CallbackOptions
 from .router import PtychoCallback, ptycho_factory
 from .run import RunResult
 
 __all__ = [
     "DEFAULT_HANDLERS",
     "AreaDetectorHDF5Handler",
+    "CallbackOptions",
     "NumpySeqHandler",
     "PtychoCallback",
     "RunResult",

@@ -23,27 +23,111 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Item:
-    """One unit of work for the worker.
+    """One unit of work for the worker; payloads are already copied off the documents.
 
-    kind : "start", "descriptor", "values", "resource", "datum", "stream_resource",
-        "stream_datum" or "stop".
     run_uid : uid of the raw run it belongs to.
-    payload : kind-specific data, already copied off the document.
-    n_frames : detector frames this item announces (for counting and the bound).
     """
 
-    kind: str
     run_uid: str
-    payload: Any = None
-    n_frames: int = 0
+
+    @property
+    def n_frames(self) -> int:
+        """Detector frames this item announces (for counting and the queue bound)."""
+        return 0
+
+
+@dataclass(frozen=True)
+class _WithFrames(Item):
+    """An item that announces ``frames`` detector frames."""
+
+    frames: int = field(default=0, kw_only=True)
+
+    @property
+    def n_frames(self) -> int:
+        return self.frames
+
+
+@dataclass(frozen=True)
+class Start(Item):
+    """A raw run to reconstruct begins; ``doc`` is its start document."""
+
+    doc: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Descriptor(Item):
+    """A stream that carries some of the run's data keys (only those are kept)."""
+
+    uid: str
+    name: str
+    data_keys: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Values(_WithFrames):
+    """Event columns (inline values or datum ids) of one descriptor."""
+
+    descriptor: str
+    seq_nums: list[int]
+    columns: dict[str, list[Any]]
+
+
+@dataclass(frozen=True)
+class Resource(Item):
+    """A Resource document."""
+
+    doc: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Datums(Item):
+    """Datum (or datum-page) entries: (datum_id, resource uid, datum_kwargs)."""
+
+    datums: list[tuple[str, str, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class StreamResource(Item):
+    """A StreamResource document for one of the run's data keys."""
+
+    doc: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StreamDatum(_WithFrames):
+    """A StreamDatum document; ``frames`` counts the images it announces."""
+
+    doc: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stop(Item):
+    """The raw run's stop document arrived."""
+
+    frames_received: int
+    exit_status: str = "success"
+
+
+@dataclass(frozen=True)
+class Fail(Item):
+    """The RunEngine thread could not handle a document of this run."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Close(Item):
+    """The callback is closing: finish the current run and stop the worker."""
+
+    run_uid: str = ""
 
 
 @dataclass
@@ -104,7 +188,7 @@ class IngestQueue:
             self._frames_queued += item.n_frames
             self._stats.items_in += 1
             self._stats.frames_in += item.n_frames
-            if item.kind == "start":
+            if isinstance(item, Start):
                 self._stats.pending_starts += 1
             self._stats.max_frames_queued = max(self._stats.max_frames_queued, self._frames_queued)
             self._cond.notify_all()
@@ -132,7 +216,7 @@ class IngestQueue:
             self._overflowing = False
             self._stats.items_out += len(items)
             self._stats.frames_out += taken
-            self._stats.pending_starts -= sum(1 for item in items if item.kind == "start")
+            self._stats.pending_starts -= sum(1 for item in items if isinstance(item, Start))
             self._cond.notify_all()
             return items
 

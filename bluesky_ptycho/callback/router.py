@@ -5,7 +5,8 @@ enqueues (see :mod:`~bluesky_ptycho.callback.ingest`); reading files and all
 computation happen on the worker thread (:mod:`~bluesky_ptycho.callback.worker`),
 derived documents are emitted from the publisher thread
 (:mod:`~bluesky_ptycho.outputs.publisher`). No exception escapes into the
-RunEngine: it is logged and the run's derived run ends with ``exit_status="fail"``.
+RunEngine: it is logged and the run's derived run ends with ``exit_status="fail"``
+(with ``BLUESKY_PTYCHO_DEBUG_CALLBACKS=1`` it is re-raised, for development).
 
 Which runs are reconstructed:
 
@@ -31,12 +32,13 @@ from typing import Any
 import numpy as np
 from event_model import DocumentRouter
 
-from .handlers import Handler
+from . import ingest as items
 from .handlers import handler_registry as handler_registry_with
 from .ingest import IngestQueue, Item, QueueStats
+from .options import CallbackOptions
 from .run import RunReconstruction, RunResult
-from .settings import check_keys
-from .worker import Worker, check_policy
+from .settings import check_keys, check_setting
+from .worker import Worker, debug_callbacks
 
 logger = logging.getLogger(__name__)
 
@@ -85,71 +87,47 @@ class PtychoCallback(DocumentRouter):
     ----------
     emit : ``emit(name, doc)`` receiving the derived runs' documents (from the
         publisher thread). A strong reference is kept, unlike ``DocumentRouter``.
-    backend : engine array module: "numpy", "cupy" or "auto" (GPU when present).
-    new_run_policy : "finish" (default) or "preempt": whether a new run waits for the
-        previous one's refinement (see :mod:`~bluesky_ptycho.callback.worker`).
-    snapshot_interval_s : seconds between live snapshots (progress events).
-    max_queued_frames, full_wait_s : ingest queue bound and the longest the
-        RunEngine thread waits when it is reached (then the queue grows).
-    handler_registry : extra Resource spec -> handler class (NPY_SEQ, AD_HDF5 built in).
-    root_map : file path prefix replacements for Resource and StreamResource paths.
-    file_timeout_s : after the stop document, how long unreadable files are retried.
-    require_metadata : reconstruct only runs whose start document has ``ptycho``.
-    worker_nice : niceness added to the worker thread (Linux) so that the RunEngine
-        thread wins when CPU cores are scarce; 0 leaves it alone.
-    scan_duty_cycle : fraction of wall time the worker may spend iterating while a
-        scan is running (1.0: as fast as it can). On a RunEngine host with few CPU
-        cores and a CPU engine, 0.2-0.5 keeps the reconstruction from slowing a
-        CPU-bound scan; refinement after the scan always runs flat out.
-    **settings : any ReconConfig field and ``image_key``, ``x_key``, ``y_key``,
-        ``refine_iterations``, ``min_frames`` (see
-        :mod:`~bluesky_ptycho.callback.settings`).
+    options : the callback's own options, a
+        :class:`~bluesky_ptycho.callback.options.CallbackOptions`; its fields
+        (``backend``, ``new_run_policy``, ``snapshot_interval_s``,
+        ``max_queued_frames``, ``full_wait_s``, ``handler_registry``, ``root_map``,
+        ``file_timeout_s``, ``require_metadata``, ``worker_nice``,
+        ``scan_duty_cycle``, ...) may also be given as keywords, which win.
+    **settings : reconstruction settings: any ReconConfig field and the run keys
+        ``image_key``, ``x_key``, ``y_key``, ``refine_iterations``, ``min_frames``,
+        ... (see :mod:`~bluesky_ptycho.callback.settings`); the start document's
+        ``ptycho`` dict overrides them per scan.
+
+    Raises ValueError for an unknown keyword or a value of the wrong type or
+    out of range (each checked on its own here; combinations when a run starts).
     """
 
     def __init__(
         self,
         emit: Emit | None = None,
         *,
-        backend: str = "auto",
-        new_run_policy: str = "finish",
-        snapshot_interval_s: float = 1.0,
-        max_queued_frames: int = 4096,
-        full_wait_s: float = 0.05,
-        handler_registry: Mapping[str, Handler] | None = None,
-        root_map: Mapping[str, str] | None = None,
-        file_timeout_s: float = 30.0,
-        require_metadata: bool = False,
-        worker_nice: int = 10,
-        scan_duty_cycle: float = 1.0,
-        **settings: Any,
+        options: CallbackOptions | None = None,
+        **keywords: Any,
     ) -> None:
         super().__init__()
         if emit is not None and not callable(emit):
             raise ValueError("emit: expected a callable emit(name, doc)")
+        names = set(CallbackOptions.field_names())
+        given = {k: v for k, v in keywords.items() if k in names}
+        settings = {k: v for k, v in keywords.items() if k not in names}
+        self.options = (options or CallbackOptions()).replace(**given)
         check_keys(settings, "PtychoCallback")
-        if snapshot_interval_s < 0:
-            raise ValueError(f"snapshot_interval_s: expected >= 0, got {snapshot_interval_s!r}")
-        if file_timeout_s < 0:
-            raise ValueError(f"file_timeout_s: expected >= 0, got {file_timeout_s!r}")
+        for name, value in settings.items():
+            try:
+                check_setting(name, value)
+            except ValueError as error:
+                raise ValueError(f"PtychoCallback({name}=...): {error}") from None
         self._emit_target = emit
         self.settings = dict(settings)
-        self.backend = backend
-        self.new_run_policy = new_run_policy
-        self.snapshot_interval_s = snapshot_interval_s
-        self.file_timeout_s = file_timeout_s
-        self.require_metadata = require_metadata
-        self.worker_nice = worker_nice
-        if not 0.0 < scan_duty_cycle <= 1.0:
-            raise ValueError(
-                f"scan_duty_cycle: expected a number in (0, 1], got {scan_duty_cycle!r}"
-            )
-        self.scan_duty_cycle = scan_duty_cycle
-        self._handlers = handler_registry_with(handler_registry)
-        self._root_map = dict(root_map or {})
-        self._queue = IngestQueue(max_queued_frames, full_wait_s)
+        self._handlers = handler_registry_with(self.options.handler_registry)
+        self._queue = IngestQueue(self.options.max_queued_frames, self.options.full_wait_s)
         self._worker: Worker | None = None
         self._publisher: Any = None
-        check_policy(new_run_policy)
         self._taps: dict[str, _RunTap] = {}
         self._current: _RunTap | None = None
         self._streams: dict[str, _StreamTap] = {}
@@ -160,6 +138,10 @@ class PtychoCallback(DocumentRouter):
         self.last_result: RunResult | None = None
         self.errors = 0
 
+    @property
+    def backend(self) -> str:
+        return self.options.backend
+
     # ------------------------------------------------------------ threads
     def _ensure_threads(self) -> None:
         if self._worker is None or not self._worker.alive:
@@ -168,26 +150,21 @@ class PtychoCallback(DocumentRouter):
             if self._publisher is None:
                 self._publisher = SnapshotPublisher(self._emit_target)
                 atexit.register(self._close_at_exit)
+            options = self.options
             self._worker = Worker(
                 self._queue,
                 make_run=self._make_run,
                 on_result=self._on_result,
-                new_run_policy=self.new_run_policy,
-                nice=self.worker_nice,
+                new_run_policy=options.new_run_policy,
+                idle_poll_s=options.idle_poll_s,
+                linger_s=options.linger_s,
+                nice=options.worker_nice,
             )
 
     def _make_run(self, start: dict[str, Any]) -> RunReconstruction:
         """Worker thread: a fresh reconstruction for a raw run."""
         return RunReconstruction(
-            start,
-            self.settings,
-            self._handlers,
-            self._root_map,
-            self.backend,
-            self._publisher,
-            self.snapshot_interval_s,
-            self.file_timeout_s,
-            self.scan_duty_cycle,
+            start, self.settings, self.options, self._handlers, self._publisher
         )
 
     def _on_result(self, result: RunResult) -> None:
@@ -240,6 +217,8 @@ class PtychoCallback(DocumentRouter):
             self.errors += 1
             logger.exception("ptycho: handling %r document failed", name)
             self._fail_current(name, doc, f"{name} document: {type(error).__name__}: {error}")
+            if debug_callbacks():
+                raise
         elapsed = time.perf_counter() - started
         timings = self.timings
         timings.count[name] = timings.count.get(name, 0) + 1
@@ -255,7 +234,7 @@ class PtychoCallback(DocumentRouter):
         try:
             tap = self._tap_of(name, doc) or self._current
             if tap is not None and tap.confirmed:
-                self._put(Item("fail", tap.uid, reason))
+                self._put(items.Fail(tap.uid, reason))
         except Exception:
             logger.exception("ptycho: could not report the failure")
 
@@ -281,7 +260,7 @@ class PtychoCallback(DocumentRouter):
     def _confirm(self, tap: _RunTap) -> None:
         self._ensure_threads()
         tap.confirmed = True
-        self._put(Item("start", tap.uid, tap.start))
+        self._put(items.Start(tap.uid, tap.start))
         for item in tap.buffered:
             self._put(item)
         tap.buffered.clear()
@@ -293,7 +272,7 @@ class PtychoCallback(DocumentRouter):
         metadata = start.get("ptycho")
         if isinstance(metadata, Mapping) or metadata is True:
             return True
-        if metadata is not None or self.require_metadata:
+        if metadata is not None or self.options.require_metadata:
             return False  # ptycho=False / None-like opt-out
         return all(isinstance(self.settings.get(k), str) for k in ("image_key", "x_key", "y_key"))
 
@@ -332,8 +311,7 @@ class PtychoCallback(DocumentRouter):
             k for k, v in relevant.items() if not str(v.get("external", "")).startswith("STREAM")
         )
         self._streams[doc["uid"]] = _StreamTap(tap, event_keys)
-        payload = {"uid": doc["uid"], "name": doc.get("name", "primary"), "data_keys": relevant}
-        self._put(Item("descriptor", tap.uid, payload))
+        self._put(items.Descriptor(tap.uid, doc["uid"], doc.get("name", "primary"), relevant))
 
     def event(self, doc: dict) -> None:
         stream = self._streams.get(doc["descriptor"])
@@ -346,7 +324,7 @@ class PtychoCallback(DocumentRouter):
         tap = stream.run
         n = 1 if tap.keys is not None and tap.keys[0] in columns else 0
         tap.frames += n
-        self._put(Item("values", tap.uid, (doc["descriptor"], [doc["seq_num"]], columns), n))
+        self._put(items.Values(tap.uid, doc["descriptor"], [doc["seq_num"]], columns, frames=n))
 
     def event_page(self, doc: dict) -> None:
         stream = self._streams.get(doc["descriptor"])
@@ -359,20 +337,20 @@ class PtychoCallback(DocumentRouter):
         tap = stream.run
         n = len(doc["seq_num"]) if tap.keys is not None and tap.keys[0] in columns else 0
         tap.frames += n
-        self._put(Item("values", tap.uid, (doc["descriptor"], list(doc["seq_num"]), columns), n))
+        self._put(items.Values(tap.uid, doc["descriptor"], list(doc["seq_num"]), columns, frames=n))
 
     def resource(self, doc: dict) -> None:
         tap = self._taps.get(doc.get("run_start", "")) or self._current
         if tap is None:
             return
         self._resources[doc["uid"]] = tap
-        self._send(tap, Item("resource", tap.uid, dict(doc)))
+        self._send(tap, items.Resource(tap.uid, dict(doc)))
 
     def datum(self, doc: dict) -> None:
         tap = self._resources.get(doc["resource"])
         if tap is not None:
-            payload = [(doc["datum_id"], doc["resource"], dict(doc["datum_kwargs"]))]
-            self._send(tap, Item("datum", tap.uid, payload))
+            datums = [(doc["datum_id"], doc["resource"], dict(doc["datum_kwargs"]))]
+            self._send(tap, items.Datums(tap.uid, datums))
 
     def datum_page(self, doc: dict) -> None:
         tap = self._resources.get(doc["resource"])
@@ -380,11 +358,11 @@ class PtychoCallback(DocumentRouter):
             return
         kwargs = doc["datum_kwargs"]
         names = list(kwargs)
-        payload = [
+        datums = [
             (datum_id, doc["resource"], {k: kwargs[k][i] for k in names})
             for i, datum_id in enumerate(doc["datum_id"])
         ]
-        self._send(tap, Item("datum", tap.uid, payload))
+        self._send(tap, items.Datums(tap.uid, datums))
 
     def stream_resource(self, doc: dict) -> None:
         tap = self._taps.get(doc.get("run_start", "")) or self._current
@@ -392,7 +370,7 @@ class PtychoCallback(DocumentRouter):
             return
         self._stream_resources[doc["uid"]] = tap
         tap.stream_resource_keys[doc["uid"]] = doc["data_key"]
-        self._send(tap, Item("stream_resource", tap.uid, dict(doc)))
+        self._send(tap, items.StreamResource(tap.uid, dict(doc)))
 
     def stream_datum(self, doc: dict) -> None:
         tap = self._stream_resources.get(doc["stream_resource"])
@@ -405,7 +383,7 @@ class PtychoCallback(DocumentRouter):
         ):
             n = int(doc["indices"]["stop"]) - int(doc["indices"]["start"])
             tap.frames += n
-        self._send(tap, Item("stream_datum", tap.uid, dict(doc), n))
+        self._send(tap, items.StreamDatum(tap.uid, dict(doc), frames=n))
 
     def stop(self, doc: dict) -> None:
         tap = self._taps.pop(doc.get("run_start", ""), None)
@@ -420,11 +398,7 @@ class PtychoCallback(DocumentRouter):
             for key in [k for k, v in table2.items() if v is tap]:
                 del table2[key]
         if tap.confirmed:
-            payload = {
-                "frames_received": tap.frames,
-                "exit_status": doc.get("exit_status", "success"),
-            }
-            self._put(Item("stop", tap.uid, payload))
+            self._put(items.Stop(tap.uid, tap.frames, str(doc.get("exit_status", "success"))))
 
 
 def _copy(value: Any) -> Any:

@@ -3,19 +3,24 @@
 A fresh :class:`RunReconstruction` (settings, frame assembler, engine) is made for
 every ptychography run; nothing carries over from the previous run.
 
-Phases: ``collecting`` (between the start and stop documents: frames join
-between iterations, iterating once ``min_frames`` are in; with ``calibrate``
-the first ``calibrate_frames`` frames are held back, the orientation and/or
-probe defocus are found from them, and the engine starts with the result) ->
-``refining``
-(after the stop document, once every readable frame is in: up to
-``refine_iterations`` more iterations) -> ``done`` (final snapshot published,
-derived run ended). Any error ends the run with ``exit_status="fail"``.
+Phases (:class:`Phase`, changed only by the run's own methods):
+``COLLECTING`` (between the start and stop documents: frames join between
+iterations, iterating once ``min_frames`` are in; with ``calibrate`` the first
+``calibrate_frames`` frames are held back, the orientation and/or probe defocus
+are found from them, and the engine starts with the result) -> ``REFINING``
+(:meth:`RunReconstruction.ingest` moves there once the stop document is in and
+every readable frame has joined: up to ``refine_iterations`` more iterations)
+-> ``DONE`` (:meth:`RunReconstruction.finish`: final snapshot published, derived
+run ended). :meth:`RunReconstruction.fail` records a reason and moves to
+``FINISHING`` (the worker then calls ``finish``). Invalid settings fail the run
+at once; its derived run still begins and ends, with the reason.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,14 +28,27 @@ from typing import Any
 
 import numpy as np
 
-from ..calibration import calibrate
+from ..calibration import CalibrationError, calibrate
 from ..engine.reconstructor import Reconstructor, Snapshot
 from ..outputs import Progress, SnapshotPublisher
+from . import ingest as items
 from .handlers import Handler
-from .settings import RunSettings, merge
+from .options import CallbackOptions
+from .settings import RunSettings, json_safe, merge
 from .sources import FrameAssembler
 
 logger = logging.getLogger(__name__)
+
+#: calibration's option names (bluesky_ptycho.calibration.advice) as callback settings
+ADVICE_NAMES: dict[str, str | None] = {
+    "probe_propagation_m": "probe_propagation_m",
+    "probe": "probe_path",
+    "defocus_search": 'calibrate="both"',
+    "distances_m": 'a known probe_propagation_m with calibrate="orientation"',
+    "trial_frames": "calibrate_frames",
+    "trial_iterations": None,
+    "defocus_sign": "defocus_sign",
+}
 
 
 @dataclass
@@ -49,6 +67,21 @@ class RunResult:
     refine_iterations_done: int
     elapsed_s: float
     snapshot: Snapshot | None = field(default=None, repr=False)
+    scan_duty_cycle: float = math.nan  # throttle used while the scan ran (nan: no engine)
+
+    @classmethod
+    def failed(cls, raw_uid: str, reason: str, derived_uid: str | None = None) -> RunResult:
+        """A run that ended before anything could be counted."""
+        return cls(raw_uid, derived_uid, "fail", reason, 0, 0, 0, 0, 0, 0, 0.0)
+
+
+class Phase(enum.Enum):
+    """Where a run is in its lifecycle (see module docstring)."""
+
+    COLLECTING = "collecting"
+    REFINING = "refining"
+    FINISHING = "finishing"
+    DONE = "done"
 
 
 class RunReconstruction:
@@ -62,90 +95,105 @@ class RunReconstruction:
         self,
         raw_start: Mapping[str, Any],
         defaults: Mapping[str, Any],
+        options: CallbackOptions,
         handlers: Mapping[str, Handler],
-        root_map: Mapping[str, str] | None,
-        backend: str,
         publisher: SnapshotPublisher,
-        snapshot_interval_s: float,
-        file_timeout_s: float,
-        scan_duty_cycle: float = 1.0,
     ) -> None:
         self.raw_uid: str = raw_start["uid"]
         self.started = time.monotonic()
-        self.phase = "collecting"
+        self._phase = Phase.COLLECTING
         self.exit_status = "success"
         self.reason = ""
         self.frames_received = 0
         self.refine_done = 0
         self.stop_seen_at: float | None = None
-        self._backend = backend
+        self._options = options
         self._publisher = publisher
-        self._snapshot_interval_s = snapshot_interval_s
-        self._file_timeout_s = file_timeout_s
-        self._duty = scan_duty_cycle
+        self._duty = 1.0  # set when the engine starts (options.duty_cycle of its backend)
         self.rest_until = 0.0  # while collecting: no iteration before this (monotonic s)
         self._last_publish = 0.0
         self.engine: Reconstructor | None = None
         self.final_snapshot: Snapshot | None = None
         self.calibration: dict[str, Any] | None = None  # summary when calibrate is on
         self._held: list[tuple[Any, Any, Any]] = []  # frames held back for calibration
+        self.settings: RunSettings | None = None
+        self.assembler: FrameAssembler | None = None
         metadata = raw_start.get("ptycho")
         if not isinstance(metadata, Mapping):
             metadata = {}
-        described: dict[str, Any] = {**defaults, **metadata}
+        described = {k: json_safe(v) for k, v in {**defaults, **metadata}.items()}
         try:
-            self.settings: RunSettings | None = merge(defaults, metadata)
+            self.settings = merge(defaults, metadata)
             described = self.settings.describe()
-        except ValueError as error:
-            self.settings = None
-            self.fail(f"invalid settings: {error}")
-            described = {k: str(v) for k, v in described.items()}
-        self.derived_uid = publisher.begin(self.raw_uid, raw_start, described)
-        self.assembler: FrameAssembler | None = None
-        if self.settings is not None:
             s = self.settings
-            self.assembler = FrameAssembler(s.image_key, s.x_key, s.y_key, handlers, root_map)
+            self.assembler = FrameAssembler(
+                s.image_key, s.x_key, s.y_key, handlers, options.root_map
+            )
+        except Exception as error:  # any bad value: this run fails, the next is unaffected
+            self.settings = None
+            if not isinstance(error, ValueError):
+                logger.exception("ptycho: settings of run %s", self.raw_uid)
+            detail = str(error) if isinstance(error, ValueError) else _describe(error)
+            self.fail(f"invalid settings: {detail}")
+        self.derived_uid = publisher.begin(self.raw_uid, raw_start, described)
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
 
     # ---------------------------------------------------------------- input
-    def handle(self, kind: str, payload: Any) -> None:
-        """Feed one item's payload (see :mod:`~bluesky_ptycho.callback.router`)."""
-        if kind == "fail":
-            self.fail(str(payload))
+    def handle(self, item: items.Item) -> None:
+        """Feed one work item (see :mod:`~bluesky_ptycho.callback.ingest`)."""
+        if isinstance(item, items.Fail):
+            self.fail(item.reason)
             return
-        if kind == "stop":
-            self.frames_received = int(payload["frames_received"])
-            if payload.get("exit_status", "success") != "success":
+        if isinstance(item, items.Stop):
+            self.frames_received = item.frames_received
+            if item.exit_status != "success":
                 logger.info(
                     "ptycho: raw run %s ended with %s; reconstructing the frames it has",
                     self.raw_uid,
-                    payload.get("exit_status"),
+                    item.exit_status,
                 )
             self.stop_seen_at = time.monotonic()
             return
         assembler = self.assembler
-        if assembler is None or self.phase == "done":
+        if assembler is None or self._phase is Phase.DONE:
             return
-        if kind == "descriptor":
-            assembler.add_descriptor(payload["uid"], payload["name"], payload["data_keys"])
-        elif kind == "values":
-            assembler.add_values(*payload)
-        elif kind == "resource":
-            assembler.add_resource(payload)
-        elif kind == "datum":
-            for datum_id, resource, kwargs in payload:
+        if isinstance(item, items.Descriptor):
+            assembler.add_descriptor(item.uid, item.name, item.data_keys)
+        elif isinstance(item, items.Values):
+            assembler.add_values(item.descriptor, item.seq_nums, item.columns)
+        elif isinstance(item, items.Resource):
+            assembler.add_resource(item.doc)
+        elif isinstance(item, items.Datums):
+            for datum_id, resource, kwargs in item.datums:
                 assembler.add_datum(datum_id, resource, kwargs)
-        elif kind == "stream_resource":
-            assembler.add_stream_resource(payload)
-        elif kind == "stream_datum":
-            assembler.add_stream_datum(payload)
+        elif isinstance(item, items.StreamResource):
+            assembler.add_stream_resource(item.doc)
+        elif isinstance(item, items.StreamDatum):
+            assembler.add_stream_datum(item.doc)
+        else:
+            raise TypeError(f"not a work item for a run: {item!r}")
 
     def ingest(self) -> int:
-        """Move complete frames into the engine; returns how many joined."""
+        """Move complete frames into the engine; returns how many joined.
+
+        Once the stop document is in and no file read is pending, the run moves
+        from ``COLLECTING`` to ``REFINING`` (after taking the last frames).
+        """
+        joined = self._ingest()
+        if self._phase is Phase.COLLECTING and self.inputs_complete:
+            joined += self._ingest()
+            self._phase = Phase.REFINING
+        return joined
+
+    def _ingest(self) -> int:
         assembler = self.assembler
-        if assembler is None or self.phase == "done":
+        if assembler is None or self._phase in (Phase.DONE, Phase.FINISHING):
             return 0
         if self.stop_seen_at is not None and assembler.pending_reads:
-            if time.monotonic() - self.stop_seen_at > self._file_timeout_s:
+            if time.monotonic() - self.stop_seen_at > self._options.file_timeout_s:
                 assembler.give_up()
         batch = assembler.collect()
         if batch is not None and self.engine is None:
@@ -169,7 +217,8 @@ class RunReconstruction:
         return self.assembler.frame_shape or (int(frames.shape[1]), int(frames.shape[2]))
 
     def _start_engine(self, config: Any) -> None:
-        self.engine = Reconstructor(config, backend=self._backend)
+        self.engine = Reconstructor(config, backend=self._options.backend)
+        self._duty = self._options.duty_cycle(self.engine.backend)
 
     def _calibrated_start(self) -> tuple[Any, Any, Any] | None:
         """Once enough frames are held: calibrate, start the engine, release them."""
@@ -190,13 +239,15 @@ class RunReconstruction:
                 orientation=mode in ("orientation", "both"),
                 defocus=mode in ("defocus", "both"),
                 defocus_sign=self.settings.defocus_sign,
-                backend=self._backend,
+                backend=self._options.backend,
+                names=ADVICE_NAMES,
             )
             config, self.calibration = found.config, dict(found.summary)
             logger.info("ptycho: run %s calibrated: %s", self.raw_uid, found.changes or "no change")
         except Exception as error:  # never lose the run: reconstruct as configured
             logger.exception("ptycho: calibration of run %s failed", self.raw_uid)
-            self.calibration = {"verdict": "failed", "applied": False, "note": str(error)}
+            note = error.render(ADVICE_NAMES) if isinstance(error, CalibrationError) else str(error)
+            self.calibration = {"verdict": "failed", "applied": False, "note": note}
         self._start_engine(config)
         return frames, x, y
 
@@ -211,9 +262,12 @@ class RunReconstruction:
         )
 
     def can_iterate(self) -> bool:
-        if self.phase == "done" or self.engine is None or self.settings is None:
+        """Whether an iteration is due now."""
+        if self._phase in (Phase.DONE, Phase.FINISHING):
             return False
-        if self.phase == "refining":
+        if self.engine is None or self.settings is None:
+            return False
+        if self._phase is Phase.REFINING:
             return self.refine_done < self.settings.refine_iterations or self.engine.iteration == 0
         if self.inputs_complete:
             return True
@@ -228,12 +282,12 @@ class RunReconstruction:
         assert self.engine is not None
         started = time.monotonic()
         self.engine.iterate(1)
-        if self.phase == "refining":
+        if self._phase is Phase.REFINING:
             self.refine_done += 1
         now = time.monotonic()
-        if self.phase == "collecting" and self._duty < 1.0:
+        if self._phase is Phase.COLLECTING and self._duty < 1.0:
             self.rest_until = now + (now - started) * (1.0 - self._duty) / self._duty
-        if now - self._last_publish >= self._snapshot_interval_s:
+        if now - self._last_publish >= self._options.snapshot_interval_s:
             self._last_publish = now
             self._publisher.offer(self.raw_uid, self.engine.snapshot(live=True), self.progress())
 
@@ -253,28 +307,30 @@ class RunReconstruction:
         if self.exit_status != "fail":
             logger.error("ptycho: reconstruction of run %s failed: %s", self.raw_uid, reason)
             self.exit_status, self.reason = "fail", reason
-        self.phase = "finishing"
+        if self._phase is not Phase.DONE:
+            self._phase = Phase.FINISHING
 
     def finish(self, note: str = "") -> RunResult:
-        """Publish the final snapshot, end the derived run; returns the summary."""
-        if self.assembler is not None:
-            self.assembler.give_up()
-            try:
-                self.assembler.collect()  # count what is left as failed
-            except Exception:
-                logger.exception("ptycho: collecting the last frames of run %s", self.raw_uid)
-            self.assembler.finish()
-            for reason in self.assembler.reasons:
-                logger.debug("ptycho: run %s: %s", self.raw_uid, reason)
-        progress = self.progress()
+        """Publish the final snapshot, end the derived run; returns the summary.
+
+        The stop document is handed to the publisher whatever happens before it.
+        """
         snapshot = None
-        if self.engine is not None and self.engine.iteration > 0:
-            snapshot = self.engine.snapshot(live=False)
-            if self.calibration is not None:
-                snapshot.metrics["calibration"] = self.calibration
-        elif self.exit_status == "success":
-            self.exit_status = "fail"
-            self.reason = self._no_result_reason()
+        reasons: list[str] = []
+        try:
+            self._close_inputs()
+            if self.engine is not None and self.engine.iteration > 0:
+                snapshot = self.engine.snapshot(live=False)
+                if self.calibration is not None:
+                    snapshot.metrics["calibration"] = self.calibration
+            elif self.exit_status == "success":
+                self.exit_status = "fail"
+                self.reason = self._no_result_reason()
+        except Exception as error:
+            logger.exception("ptycho: finishing run %s", self.raw_uid)
+            snapshot = None
+            self.fail(f"finishing: {_describe(error)}")
+        progress = self.progress()
         reasons = [self.reason] if self.reason else []
         if note:
             reasons.append(note)
@@ -286,7 +342,7 @@ class RunReconstruction:
             )
         reason = "; ".join(reasons)
         self._publisher.end(self.raw_uid, snapshot, progress, self.exit_status, reason)
-        self.phase = "done"
+        self._phase = Phase.DONE
         self.final_snapshot = snapshot
         return RunResult(
             raw_uid=self.raw_uid,
@@ -301,7 +357,21 @@ class RunReconstruction:
             refine_iterations_done=self.refine_done,
             elapsed_s=progress.elapsed_s,
             snapshot=snapshot,
+            scan_duty_cycle=self._duty if self.engine is not None else math.nan,
         )
+
+    def _close_inputs(self) -> None:
+        """Count what is left as failed or unmatched; close files."""
+        if self.assembler is None:
+            return
+        self.assembler.give_up()
+        try:
+            self.assembler.collect()
+        except Exception:
+            logger.exception("ptycho: collecting the last frames of run %s", self.raw_uid)
+        self.assembler.finish()
+        for reason in self.assembler.reasons:
+            logger.debug("ptycho: run %s: %s", self.raw_uid, reason)
 
     def _no_result_reason(self) -> str:
         a = self.assembler
@@ -313,3 +383,8 @@ class RunReconstruction:
             f"no frame could be reconstructed ({a.failed} failed, "
             f"{a.unmatched} unmatched): {details}"
         )
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: message`` of an exception, for a derived run's reason."""
+    return f"{type(error).__name__}: {error}"

@@ -4,13 +4,15 @@ Two kinds of keys configure a reconstruction:
 
 * every :class:`~bluesky_ptycho.config.ReconConfig` field (``energy_kev``,
   ``distance_m``, ``detector_pixel_m``, ``dp_orient``, ...);
-* the run keys in :data:`RUN_DEFAULTS` (which data keys hold the frames and the
+* the run keys of :class:`RunKeys` (which data keys hold the frames and the
   positions, how many iterations follow the last frame, ...).
 
 Both may be given to :class:`~bluesky_ptycho.callback.PtychoCallback` and per scan
 in the start document (``RE(plan, ptycho={...})``); the start document wins.
-Unknown keys are an error (a typo must not be silently ignored). ``frame_shape``
-may be left out: it is taken from the detector's data key (or the first frame).
+Unknown keys are an error (a typo must not be silently ignored), and so are
+values of the wrong type or out of range (the rule: :mod:`bluesky_ptycho.validation`;
+nothing is converted or clamped). ``frame_shape`` may be left out: it is taken
+from the detector's data key (or the first frame).
 """
 
 from __future__ import annotations
@@ -22,25 +24,60 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ReconConfig
-
-#: keys that are not ReconConfig fields, with their defaults
-RUN_DEFAULTS: dict[str, Any] = {
-    "image_key": None,  # data key of the detector image, e.g. "det_image"
-    "x_key": None,  # data key of the horizontal position (motor units)
-    "y_key": None,  # data key of the vertical position (motor units)
-    "refine_iterations": 100,  # iterations after the stop document (0: none)
-    "min_frames": 8,  # frames needed before the first iteration while the scan runs
-    # data-driven calibration on the first frames (bluesky_ptycho.calibration.calibrate):
-    "calibrate": "off",  # "off", "orientation", "defocus" or "both"
-    "calibrate_frames": 48,  # frames collected before calibrating (then the engine starts)
-    "defocus_sign": None,  # +1: sample downstream of the focus, -1: upstream, None: unknown
-}
+from .. import validation
+from ..config import ReconConfig, check_field
 
 CALIBRATE_CHOICES = ("off", "orientation", "defocus", "both")
 
-_KEY_NAMES = ("image_key", "x_key", "y_key")
-_COUNT_NAMES = ("refine_iterations", "min_frames", "calibrate_frames")
+
+@dataclass(frozen=True)
+class RunKeys:
+    """The run keys (settings that are not ReconConfig fields) and their defaults.
+
+    image_key, x_key, y_key : data keys of the detector image and the positions
+        (motor units); no default.
+    refine_iterations : iterations after the stop document (>= 0).
+    min_frames : frames needed before the first iteration while the scan runs (>= 1).
+    calibrate : data-driven calibration on the first frames
+        (:func:`bluesky_ptycho.calibration.calibrate`): "off", "orientation",
+        "defocus" or "both".
+    calibrate_frames : frames collected before calibrating, then the engine starts (>= 8).
+    defocus_sign : +1 sample downstream of the focus, -1 upstream, None unknown.
+    """
+
+    image_key: str | None = None
+    x_key: str | None = None
+    y_key: str | None = None
+    refine_iterations: int = 100
+    min_frames: int = 8
+    calibrate: str = "off"
+    calibrate_frames: int = 48
+    defocus_sign: int | None = None
+
+
+#: every run key with its default (from :class:`RunKeys`: each default is defined once)
+RUN_DEFAULTS: dict[str, Any] = dataclasses.asdict(RunKeys())
+
+_DATA_KEY = validation.text("the data key name (a non-empty string)")
+
+#: the check of every run key (rule: :mod:`bluesky_ptycho.validation`)
+RUN_KEY_CHECKS: dict[str, validation.Check] = {
+    "image_key": _DATA_KEY,
+    "x_key": _DATA_KEY,
+    "y_key": _DATA_KEY,
+    "refine_iterations": validation.integer("an integer >= 0", lambda v: v >= 0),
+    "min_frames": validation.integer("an integer >= 1", lambda v: v >= 1),
+    "calibrate": validation.choice(CALIBRATE_CHOICES),
+    "calibrate_frames": validation.integer("an integer >= 8", lambda v: v >= 8),
+    "defocus_sign": validation.choice((None, 1, -1)),
+}
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """One setting (run key or ReconConfig field) on its own, normalised; ValueError if bad."""
+    if name in RUN_KEY_CHECKS:
+        return RUN_KEY_CHECKS[name](name, value)
+    return check_field(name, value)
 
 
 def allowed_keys() -> tuple[str, ...]:
@@ -70,21 +107,13 @@ def check_keys(settings: Mapping[str, Any], where: str) -> None:
 
 
 @dataclass(frozen=True)
-class RunSettings:
+class RunSettings(RunKeys):
     """Settings of one run after merging (see module docstring).
 
     recon : ReconConfig keywords (``frame_shape`` possibly missing).
     """
 
-    recon: dict[str, Any] = field(repr=False)
-    image_key: str
-    x_key: str
-    y_key: str
-    refine_iterations: int
-    min_frames: int
-    calibrate: str = "off"
-    calibrate_frames: int = 48
-    defocus_sign: int | None = None
+    recon: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def config(self, frame_shape: tuple[int, int]) -> ReconConfig:
         """The engine configuration; ``frame_shape`` fills in when not given explicitly."""
@@ -114,6 +143,7 @@ class RunSettings:
         return out
 
     def run_keys(self) -> dict[str, Any]:
+        """The run keys and their values."""
         return {name: getattr(self, name) for name in RUN_DEFAULTS}
 
 
@@ -133,41 +163,32 @@ def json_safe(value: Any) -> Any:
 def merge(defaults: Mapping[str, Any], metadata: Mapping[str, Any] | None) -> RunSettings:
     """Constructor ``defaults`` overridden by start-document ``metadata``.
 
-    Raises ValueError naming the key for unknown keys, missing data keys, bad
-    counts, or ReconConfig values that fail validation.
+    Raises ValueError naming the key, where it came from, what was expected and
+    what was given: unknown keys, missing keys, wrong types, out-of-range values,
+    ReconConfig values that fail validation together.
     """
     metadata = dict(metadata or {})
     check_keys(metadata, "start document 'ptycho' metadata")
     merged: dict[str, Any] = {**RUN_DEFAULTS, **defaults, **metadata}
-    if isinstance(merged.get("frame_shape"), list):
-        merged["frame_shape"] = tuple(merged["frame_shape"])
-    for name in _KEY_NAMES:
-        value = merged[name]
-        if not isinstance(value, str) or not value:
-            raise ValueError(
-                f"{name}: expected the data key name (a non-empty string), got {value!r}; give "
-                f"it to PtychoCallback({name}=...) or in the start document's 'ptycho' metadata"
-            )
-    for name in _COUNT_NAMES:
-        value = merged[name]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
-    if merged["calibrate"] not in CALIBRATE_CHOICES:
-        choices = ", ".join(CALIBRATE_CHOICES)
-        raise ValueError(f"calibrate: expected one of {choices}, got {merged['calibrate']!r}")
-    if merged["defocus_sign"] not in (None, 1, -1):
-        raise ValueError(f"defocus_sign: expected +1, -1 or None, got {merged['defocus_sign']!r}")
-    recon = {k: v for k, v in merged.items() if k not in RUN_DEFAULTS}
-    settings = RunSettings(
-        recon=recon,
-        image_key=merged["image_key"],
-        x_key=merged["x_key"],
-        y_key=merged["y_key"],
-        refine_iterations=int(merged["refine_iterations"]),
-        min_frames=max(1, int(merged["min_frames"])),
-        calibrate=merged["calibrate"],
-        calibrate_frames=max(8, int(merged["calibrate_frames"])),
-        defocus_sign=merged["defocus_sign"],
-    )
+    checked: dict[str, Any] = {}
+    for name, value in merged.items():
+        try:
+            checked[name] = check_setting(name, value)
+        except ValueError as error:
+            raise ValueError(f"{error} [{_source(name, defaults, metadata)}]") from None
+    recon = {k: v for k, v in checked.items() if k not in RUN_DEFAULTS}
+    run_keys = {k: checked[k] for k in RUN_DEFAULTS}
+    settings = RunSettings(recon=recon, **run_keys)
     settings.check_config()
     return settings
+
+
+def _source(name: str, defaults: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+    if name in metadata:
+        return f"start document 'ptycho' metadata key {name!r}"
+    if name in defaults:
+        return f"PtychoCallback({name}=...)"
+    return (
+        f"no {name!r} given: pass PtychoCallback({name}=...) or put it in the start "
+        "document's 'ptycho' metadata"
+    )

@@ -20,6 +20,15 @@ its stop document, ``new_run_policy`` decides:
 
 A start that arrives while the previous run has not even seen its stop document
 ends the previous run as failed ("no stop document").
+
+Error boundary: everything the worker does for an item or a run - creating
+the run and its configuration, feeding it, ingesting, iterating, finishing -
+runs inside ``try``. An exception fails that run (its derived run ends with
+``exit_status="fail"`` and the reason), the item still counts as handled (so
+:meth:`Worker.wait_idle` tells the truth) and the next run is unaffected. With
+the environment variable ``BLUESKY_PTYCHO_DEBUG_CALLBACKS=1`` the exception is
+re-raised instead, after the run is ended, and ends the worker thread (for
+development, like bluesky's ``BLUESKY_DEBUG_CALLBACKS``).
 """
 
 from __future__ import annotations
@@ -30,14 +39,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from .ingest import IngestQueue, Item
-from .run import RunReconstruction, RunResult
+from .ingest import Close, IngestQueue, Item, Start, Stop
+from .options import POLICIES
+from .run import Phase, RunResult
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("finish", "preempt")
+#: environment variable: "1" re-raises exceptions instead of failing the run quietly
+DEBUG_ENV = "BLUESKY_PTYCHO_DEBUG_CALLBACKS"
+
+
+def debug_callbacks() -> bool:
+    """Whether :data:`DEBUG_ENV` asks for exceptions to be re-raised (read at each error)."""
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
 
 
 def check_policy(policy: str) -> None:
@@ -62,10 +78,42 @@ def lower_thread_priority(nice: int) -> None:
         logger.debug("ptycho: could not lower the worker thread's priority", exc_info=True)
 
 
+class Run(Protocol):
+    """What the worker needs of a run (:class:`~.run.RunReconstruction`; fakes in tests)."""
+
+    raw_uid: str
+    stop_seen_at: float | None
+    refine_done: int
+
+    @property
+    def phase(self) -> Phase: ...
+
+    @property
+    def inputs_complete(self) -> bool: ...
+
+    def handle(self, item: Item) -> None: ...
+
+    def ingest(self) -> int: ...
+
+    def can_iterate(self) -> bool: ...
+
+    def rest_s(self) -> float: ...
+
+    def iterate(self) -> None: ...
+
+    def fail(self, reason: str) -> None: ...
+
+    def finish(self, note: str = "") -> RunResult: ...
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 class Worker:
     """Owns the engine thread (see module docstring).
 
-    make_run : builds a :class:`RunReconstruction` from a raw start document.
+    make_run : builds a run from a raw start document.
     on_result : called (worker thread) with each finished run's :class:`RunResult`.
     idle_poll_s : longest wait for items while a run waits for files or frames.
     linger_s : when idle, how long to keep gathering items after the first one
@@ -76,7 +124,7 @@ class Worker:
     def __init__(
         self,
         queue: IngestQueue,
-        make_run: Callable[[dict[str, Any]], RunReconstruction],
+        make_run: Callable[[dict[str, Any]], Run],
         on_result: Callable[[RunResult], None],
         new_run_policy: str = "finish",
         idle_poll_s: float = 0.05,
@@ -91,11 +139,12 @@ class Worker:
         self._idle_poll_s = idle_poll_s
         self._linger_s = linger_s
         self._nice = nice
-        self._run: RunReconstruction | None = None
+        self._run: Run | None = None
         self._closing = threading.Event()
         self._handled = 0
         self._backlog: deque[Item] = deque()
         self.iterations = 0
+        self.errors = 0
         self._thread = threading.Thread(target=self._main, name="ptycho-worker", daemon=True)
         self._thread.start()
 
@@ -103,7 +152,7 @@ class Worker:
     def close(self, timeout: float | None = 30.0) -> bool:
         """Finish the current run (refinement cut short) and stop; False on timeout."""
         self._closing.set()
-        self.queue.put(Item("close", ""))
+        self.queue.put(Close())
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -124,7 +173,7 @@ class Worker:
         return self._thread.is_alive()
 
     @property
-    def current_run(self) -> RunReconstruction | None:
+    def current_run(self) -> Run | None:
         return self._run
 
     # -------------------------------------------------------------- loop
@@ -134,11 +183,21 @@ class Worker:
             try:
                 if not self._step():
                     return
-            except Exception:  # never let the thread die
+            except Exception as error:  # the last line of the boundary: never lose a run
                 logger.exception("ptycho: worker step failed")
-                if self._run is not None:
-                    self._run.fail("internal error in the worker (see log)")
-                    self._finish()
+                self._failed(f"internal error in the worker: {_describe(error)}")
+                if debug_callbacks():
+                    raise
+
+    def _failed(self, reason: str) -> None:
+        """Fail and end the current run (if any), counting the error."""
+        self.errors += 1
+        run = self._run
+        if run is not None:
+            try:
+                run.fail(reason)
+            finally:
+                self._finish()
 
     def _step(self) -> bool:
         run = self._run
@@ -149,83 +208,104 @@ class Worker:
             and self.policy == "finish"
             and not self._closing.is_set()
         )
-        if hold and run is not None and run.phase == "collecting" and not run.can_iterate():
+        if hold and run is not None and run.phase is Phase.COLLECTING and not run.can_iterate():
             time.sleep(self._idle_poll_s)  # waiting for files; the next run stays queued
-        if not hold:
-            if self._backlog:
-                items = list(self._backlog)
-                self._backlog.clear()
-                items += self.queue.take_all(timeout=0.0)
-            elif run is None:
-                items = self.queue.take_all(timeout=None, linger_s=self._linger_s)
-            elif run.can_iterate() or run.phase == "finishing":
-                items = self.queue.take_all(timeout=0.0)
-            else:
-                wait_s = min(self._idle_poll_s, run.rest_s()) or self._idle_poll_s
-                items = self.queue.take_all(timeout=wait_s, linger_s=self._linger_s)
-            for index, item in enumerate(items):
-                if item.kind == "close":
-                    self._finish(note="callback closed")
-                    self._handled += 1
-                    return False
-                self._dispatch(item)
-                self._handled += 1
-                if self._holds_after(item):
-                    self._backlog.extend(items[index + 1 :])
-                    break
+        if not hold and not self._take_and_dispatch():
+            return False
         run = self._run
         if run is None:
             return True
-        if run.phase in ("collecting", "refining"):
+        if run.phase in (Phase.COLLECTING, Phase.REFINING):
             try:
                 run.ingest()
-                if run.phase == "collecting" and run.inputs_complete:
-                    run.ingest()
-                    run.phase = "refining"
                 if run.can_iterate():
                     run.iterate()
                     self.iterations += 1
-                elif run.phase == "refining":
+                elif run.phase is Phase.REFINING:
                     self._finish()
             except Exception as error:
-                logger.exception("ptycho: reconstruction of run %s raised", run.raw_uid)
-                run.fail(f"{type(error).__name__}: {error}")
-        if self._run is not None and self._run.phase == "finishing":
+                self._run_failed(run, f"reconstruction: {_describe(error)}", error)
+        if self._run is not None and self._run.phase is Phase.FINISHING:
             self._finish()
         return True
+
+    def _take_and_dispatch(self) -> bool:
+        """Take queued items and handle them; False when a Close item was taken."""
+        run = self._run
+        if self._backlog:
+            items = list(self._backlog)
+            self._backlog.clear()
+            items += self.queue.take_all(timeout=0.0)
+        elif run is None:
+            items = self.queue.take_all(timeout=None, linger_s=self._linger_s)
+        elif run.can_iterate() or run.phase is Phase.FINISHING:
+            items = self.queue.take_all(timeout=0.0)
+        else:
+            wait_s = min(self._idle_poll_s, run.rest_s()) or self._idle_poll_s
+            items = self.queue.take_all(timeout=wait_s, linger_s=self._linger_s)
+        for index, item in enumerate(items):
+            if isinstance(item, Close):
+                self._handled += 1
+                self._finish(note="callback closed")
+                return False
+            try:
+                self._dispatch(item)
+            finally:
+                self._handled += 1  # counters always advance: wait_idle() tells the truth
+            if self._holds_after(item):
+                self._backlog.extend(items[index + 1 :])
+                break
+        return True
+
+    def _run_failed(self, run: Run, reason: str, error: Exception) -> None:
+        """Inside the boundary: log, fail the run; re-raise ``error`` in debug mode."""
+        self.errors += 1
+        logger.error("ptycho: run %s: %s", run.raw_uid, reason, exc_info=error)
+        run.fail(reason)
+        if debug_callbacks():
+            raise error
 
     def _holds_after(self, item: Item) -> bool:
         """Under "finish", the items after the current run's stop wait until it is done."""
         run = self._run
         return (
             self.policy == "finish"
-            and item.kind == "stop"
+            and isinstance(item, Stop)
             and run is not None
             and run.raw_uid == item.run_uid
             and not self._closing.is_set()
         )
 
     def _dispatch(self, item: Item) -> None:
-        if item.kind == "start":
-            if self._run is not None:
-                if self._run.stop_seen_at is None:
-                    self._run.fail("no stop document before the next run started")
-                    self._finish()
-                else:
-                    done = self._run.refine_done
-                    self._finish(
-                        note=f"refinement stopped after {done} iteration(s): a new run started"
-                    )
-            self._run = self._make_run(item.payload)
+        if isinstance(item, Start):
+            self._start(item)
             return
         run = self._run
         if run is None or run.raw_uid != item.run_uid:
             return  # items of a run that already ended (e.g. failed early)
         try:
-            run.handle(item.kind, item.payload)
+            run.handle(item)
         except Exception as error:
-            logger.exception("ptycho: handling %s of run %s", item.kind, run.raw_uid)
-            run.fail(f"{item.kind}: {type(error).__name__}: {error}")
+            name = type(item).__name__.lower()
+            self._run_failed(run, f"{name}: {_describe(error)}", error)
+
+    def _start(self, item: Start) -> None:
+        if self._run is not None:
+            if self._run.stop_seen_at is None:
+                self._run.fail("no stop document before the next run started")
+                self._finish()
+            else:
+                done = self._run.refine_done
+                note = f"refinement stopped after {done} iteration(s): a new run started"
+                self._finish(note=note)
+        try:
+            self._run = self._make_run(item.doc)
+        except Exception as error:  # a bug: no derived run could begin; record the failure
+            self.errors += 1
+            logger.exception("ptycho: could not set up the reconstruction of %s", item.run_uid)
+            self._record(RunResult.failed(item.run_uid, f"setup: {_describe(error)}"))
+            if debug_callbacks():
+                raise
 
     def _finish(self, note: str = "") -> None:
         run = self._run
@@ -235,11 +315,19 @@ class Worker:
             try:
                 result = run.finish(note=note)
             except Exception as error:
+                self.errors += 1
                 logger.exception("ptycho: finishing run %s", run.raw_uid)
-                result = RunResult(run.raw_uid, None, "fail", str(error), 0, 0, 0, 0, 0, 0, 0.0)
-            try:
-                self._on_result(result)
-            except Exception:
-                logger.exception("ptycho: result hook failed")
+                derived = getattr(run, "derived_uid", None)
+                result = RunResult.failed(run.raw_uid, f"finishing: {_describe(error)}", derived)
+                if debug_callbacks():
+                    self._record(result)
+                    raise
+            self._record(result)
         finally:
             self._run = None  # only now: wait_idle() returns after the result is recorded
+
+    def _record(self, result: RunResult) -> None:
+        try:
+            self._on_result(result)
+        except Exception:
+            logger.exception("ptycho: result hook failed")

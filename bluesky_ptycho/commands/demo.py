@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoOptions, run_demo
+    from ..tools.demo import DemoOptions, run_demo
 
     if args.frame_size < 8:
         raise ValueError(f"--frame-size must be >= 8, got {args.frame_size}")

@@ -15,6 +15,17 @@ from ._options import accept_negative_numbers, direction, positive_float, positi
 
 NAME = "detect-orientation"
 
+#: calibration's option names (bluesky_ptycho.calibration.advice) as this command's flags
+ADVICE_FLAGS: dict[str, str | None] = {
+    "probe_propagation_m": "--probe-propagation-m",
+    "probe": "--probe",
+    "defocus_search": "--probe-search",
+    "distances_m": "--probe-search-range MIN MAX",
+    "trial_frames": "--frames",
+    "trial_iterations": "--iterations",
+    "defocus_sign": "--defocus-sign",
+}
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..calibration.orientation import DEFAULT_ORIENTATION_ITERATIONS, DEFAULT_TOLERANCE
@@ -114,7 +125,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibration import detect_orientation, search_orientation_and_defocus
+    from ..calibration import CalibrationError, detect_orientation, search_orientation_and_defocus
     from ..calibration.defocus import defocus_grid, format_defocus_table
     from ..cxi import read_cxi
     from .reconstruct import DEFAULT_RANGE_STEPS
@@ -169,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
             result = joint.orientation
         else:
             result = detect_orientation(frames, x, y, config, **common)
+    except CalibrationError as error:
+        raise ValueError(error.render(ADVICE_FLAGS)) from None
     finally:
         frames.file.close()
     if joint is not None:
@@ -187,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         f"{settings['crop_px']}, {settings['iterations']} iterations, {settings['probe_model']}"
     )
     print(result.format_table())
-    print(result.explanation())
+    print(result.explanation(ADVICE_FLAGS))
     chosen = result.recommended
     flags = chosen.flags()
     if joint is not None:

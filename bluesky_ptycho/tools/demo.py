@@ -142,10 +142,10 @@ def run_demo(options: DemoOptions) -> DemoResult:
     from tiled.client import from_uri
     from tiled.server import SimpleTiledServer
 
-    from .callback import PtychoCallback
-    from .metrics import snapshot_nrmse
-    from .sim.beamline import make_beamline
-    from .sim.hdf5_detector import fly_scan
+    from ..callback import PtychoCallback
+    from ..metrics import snapshot_nrmse
+    from ..sim.beamline import make_beamline
+    from ..sim.hdf5_detector import fly_scan
 
     if options.detector not in DETECTORS:
         raise ValueError(f"detector: expected one of {DETECTORS}, got {options.detector!r}")

@@ -1,18 +1,21 @@
 """Benchmark: what the callback costs the RunEngine.
 
 Runs the same step scan of the simulated beamline (inline images, no exposure
-time: the RunEngine thread is CPU-bound, the worst case) in four ways, in
-turn: without the callback; with it, the worker reconstructing live as fast as
-it can (``scan_duty_cycle=1``); the same with ``scan_duty_cycle=duty_cycle``;
-and with the worker only ingesting frames (``min_frames`` beyond the scan, so it
-iterates only after the stop document). It reports
+time: the RunEngine thread is CPU-bound, the worst case) in turn: without the
+callback; with the callback at its *default* settings (``scan_duty_cycle="auto"``:
+throttled on a few-core host with the NumPy engine); reconstructing live flat
+out (``scan_duty_cycle=1``); optionally at a given ``scan_duty_cycle``; and with
+the worker only ingesting frames (``min_frames`` beyond the scan, so it iterates
+only after the stop document). It reports
 
 * the median (p99, max) time the callback spends on the RunEngine thread per event;
-* ``ratio``, ``ratio_throttled``, ``ratio_ingest_only``: scan time of each
-  callback mode / scan time without the callback, best of ``repeats`` scans each
-  (the usual way to time code on a shared machine). ``ratio_ingest_only`` is the
-  cost of the callback itself; the others add the reconstruction competing with
-  the scan for CPU cores and the GIL.
+* for each callback mode, scan time / scan time without the callback: the
+  median over the repeats of the *paired* ratio (each scan over the scan
+  without the callback of the same round; the modes run in turn, so a load
+  that drifts on a shared machine affects both alike), and the ratio of the
+  best of ``repeats`` scans each. ``ingest_only`` is the
+  cost of the callback itself; the others add the reconstruction competing
+  with the scan for CPU cores and the GIL.
 
 The reconstruction is waited for after each scan (not timed).
 ``bluesky-ptycho bench-callback`` prints the result.
@@ -20,11 +23,18 @@ The reconstruction is waited for after each scan (not timed).
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MODES = ("without", "live", "throttled", "ingest_only")
+LABELS = {
+    "without": "without the callback",
+    "default": "live, default settings",
+    "flat_out": "live, scan_duty_cycle=1",
+    "throttled": "live, scan_duty_cycle={duty:g}",
+    "ingest_only": "worker only ingesting",
+}
 
 
 @dataclass
@@ -34,64 +44,52 @@ class CallbackBench:
     n_points: int
     frame_size: int
     backend: str
-    duty_cycle: float
-    scan_s: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MODES})
+    duty_cycle: float | None
+    modes: tuple[str, ...]
+    scan_s: dict[str, list[float]] = field(default_factory=dict)
     median_event_s: float = float("nan")
     p99_event_s: float = float("nan")
     max_event_s: float = float("nan")
     iterations_during_scans: dict[str, int] = field(default_factory=dict)
+    default_duty_cycle: float = float("nan")  # what "auto" chose on this host
     frames_received: int = 0
     frames_ingested: int = 0
 
-    def _ratio(self, mode: str) -> float:
-        return min(self.scan_s[mode]) / min(self.scan_s["without"])
-
-    @property
-    def ratio(self) -> float:
-        """Live reconstruction as fast as possible / no callback (best of repeats)."""
-        return self._ratio("live")
-
-    @property
-    def ratio_throttled(self) -> float:
-        """Live reconstruction at ``duty_cycle`` / no callback (best of repeats)."""
-        return self._ratio("throttled")
-
-    @property
-    def ratio_ingest_only(self) -> float:
-        """Callback with the worker not iterating during the scan / no callback."""
-        return self._ratio("ingest_only")
+    def ratio(self, mode: str, stat: str = "median") -> float:
+        """Scan time of ``mode`` / without the callback: ``median`` of the paired
+        ratios of each round, or ``best`` of each mode."""
+        if stat == "best":
+            return min(self.scan_s[mode]) / min(self.scan_s["without"])
+        pairs = zip(self.scan_s[mode], self.scan_s["without"], strict=True)
+        return statistics.median(t / t0 for t, t0 in pairs)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "ratio": self.ratio,
-            "ratio_throttled": self.ratio_throttled,
-            "ratio_ingest_only": self.ratio_ingest_only,
+        ratios = {
+            mode: {"median_paired": self.ratio(mode), "best": self.ratio(mode, "best")}
+            for mode in self.modes
+            if mode != "without"
         }
+        return {**asdict(self), "ratios": ratios}
 
     def summary(self) -> str:
         ms = 1e3
-        labels = {
-            "without": "without the callback",
-            "live": "live, scan_duty_cycle=1",
-            "throttled": f"live, scan_duty_cycle={self.duty_cycle:g}",
-            "ingest_only": "worker only ingesting",
-        }
         lines = [
             f"{self.n_points}-point scan, {self.frame_size}x{self.frame_size} inline frames, "
-            f"engine on {self.backend}",
+            f"engine on {self.backend}; default scan_duty_cycle here: "
+            f"{self.default_duty_cycle:g}",
             f"  RunEngine-thread time per event: median {self.median_event_s * ms:.3f} ms, "
             f"p99 {self.p99_event_s * ms:.3f} ms, max {self.max_event_s * ms:.3f} ms",
         ]
-        for mode in MODES:
+        for mode in self.modes:
+            label = LABELS[mode].format(duty=self.duty_cycle or 0)
             times = ", ".join(f"{v:.2f}" for v in self.scan_s[mode])
-            ratio = "" if mode == "without" else f"  ratio {self._ratio(mode):.3f}"
+            median = statistics.median(self.scan_s[mode])
+            ratio = ""
+            if mode != "without":
+                ratio = f"  ratio {self.ratio(mode):.3f} (best {self.ratio(mode, 'best'):.3f})"
             its = self.iterations_during_scans.get(mode)
             extra = f"  ({its} iterations during the scans)" if its is not None else ""
-            lines.append(
-                f"  {labels[mode]:<28} {times} s (best {min(self.scan_s[mode]):.2f} s)"
-                f"{ratio}{extra}"
-            )
+            lines.append(f"  {label:<28} {times} s (median {median:.2f} s){ratio}{extra}")
         lines.append(f"  frames in/out: {self.frames_received}/{self.frames_ingested}")
         return "\n".join(lines)
 
@@ -101,38 +99,43 @@ def bench_callback(
     frame_size: int = 64,
     repeats: int = 3,
     backend: str = "auto",
-    duty_cycle: float = 0.3,
+    duty_cycle: float | None = None,
     wait_timeout_s: float = 600.0,
 ) -> CallbackBench:
-    """Time ``repeats`` scans in each mode (see module docstring)."""
+    """Time ``repeats`` scans in each mode, modes interleaved (see module docstring)."""
     import bluesky.plans as bp
     import numpy as np
     from bluesky import RunEngine
 
+    from ..callback import PtychoCallback
     from ..sim.beamline import make_beamline
-    from .router import PtychoCallback
 
     beamline = make_beamline(frame_size, max_points=n_points)
     detector = beamline.inline_detector()
     x, y = beamline.positions_um(n_points)
     engine = RunEngine({})
     callbacks = {
-        "live": PtychoCallback(None, backend=backend),
-        "throttled": PtychoCallback(None, backend=backend, scan_duty_cycle=duty_cycle),
+        "default": PtychoCallback(None, backend=backend),
+        "flat_out": PtychoCallback(None, backend=backend, scan_duty_cycle=1.0),
     }
-    callbacks["ingest_only"] = callbacks["live"]
+    callbacks["ingest_only"] = callbacks["default"]
+    if duty_cycle is not None:
+        callbacks["throttled"] = PtychoCallback(None, backend=backend, scan_duty_cycle=duty_cycle)
+    modes = ("without", "default", "flat_out", *(() if duty_cycle is None else ("throttled",)))
+    modes = (*modes, "ingest_only")
     metadata = {
         mode: beamline.metadata(
             "det_image",
             refine_iterations=0,
             **({"min_frames": n_points + 1} if mode == "ingest_only" else {}),
         )
-        for mode in MODES
+        for mode in modes
     }
-    result = CallbackBench(n_points, frame_size, backend, duty_cycle)
+    result = CallbackBench(n_points, frame_size, backend, duty_cycle, modes)
+    result.scan_s = {mode: [] for mode in modes}
     event_s: list[float] = []
     for _ in range(repeats):
-        for mode in MODES:
+        for mode in modes:
             callback = callbacks.get(mode)
             token = engine.subscribe(callback) if callback is not None else None
             before = _worker_iterations(callback)
@@ -153,6 +156,8 @@ def bench_callback(
             if last is not None:
                 result.frames_received += last.frames_received
                 result.frames_ingested += last.frames_ingested
+                if mode == "default":
+                    result.default_duty_cycle = last.scan_duty_cycle
                 if last.snapshot is not None:
                     result.backend = str(last.snapshot.metrics.get("backend", backend))
     for callback in set(callbacks.values()):

@@ -1,0 +1,10 @@
+"""Tools around the plugin, not part of it: the demo and the benchmarks.
+
+* :mod:`.demo` - a live reconstruction of a simulated scan stored in an embedded
+  Tiled server (``bluesky-ptycho demo``; needs the ``demo`` extra);
+* :mod:`.bench_callback` - what the callback costs a CPU-bound RunEngine scan
+  (``bluesky-ptycho bench-callback``; needs the ``demo`` extra).
+
+The plugin's packages (``engine``, ``callback``, ``outputs``, ``calibration``)
+never import from here.
+"""
