@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from bluesky import RunEngine
 from epie_reference import epie
-from ptycho_support import WAIT_S, Recorder
+from ptycho_support import WAIT_S, Recorder, check_derived_run, events_of
 
 from bluesky_ptycho import Reconstructor, cli
 from bluesky_ptycho.callback import PtychoCallback
@@ -173,7 +173,7 @@ def test_live_scan_as_delivered():
     x, y = beamline.positions_um(200)
     metadata = {**beamline.metadata("det_image"), "probe_propagation_m": DEFOCUS_M}
     plan = bp.list_scan([beamline.inline_detector()], beamline.sx, list(x), beamline.sy, list(y))
-    RE(plan, ptycho=metadata)
+    (uid,) = RE(plan, ptycho=metadata)
     try:
         assert callback.wait(timeout=WAIT_S)
     finally:
@@ -182,6 +182,14 @@ def test_live_scan_as_delivered():
     assert result.exit_status == "success"
     sample = beamline.sample
     assert snapshot_nrmse(result.snapshot, sample.object, sample.origin_m) <= TARGET_NRMSE
+    # the derived run says which convention the image carries, and what the data showed
+    docs = recorder.of(uid)
+    check_derived_run(docs)
+    (primary,) = events_of(docs, "primary")
+    assert primary["data"]["beam_center_source"] == "frame_centre"
+    assert primary["data"]["beam_center_offset_px"] == [0.0, 0.0]
+    deflection_px = np.array(BEAMLINE_LIKE["phase_gradient_rad_px"]) * 64 / (2 * np.pi)
+    assert np.allclose(primary["data"]["beam_center_measured_px"], deflection_px, atol=0.2)
 
 
 def half_scan_frc(results) -> float:

@@ -13,8 +13,11 @@ Documents, in order (all through ``event_model.compose_run``, validated):
   ``origin_m`` and ``pixel_m`` ((y, x) metres), ``iteration``, ``n_frames``,
   the frame counts ``frames_received`` / ``frames_ingested`` /
   ``frames_failed`` / ``frames_unmatched``, ``probe_propagation_m`` (the probe
-  defocus used, metres) and ``calibration`` (JSON of the first-frames
-  calibration summary, "{}" when none ran);
+  defocus used, metres), ``calibration`` (JSON of the first-frames
+  calibration summary, "{}" when none ran), and the phase-ramp convention:
+  ``beam_center_source``, ``beam_center_offset_px`` (the held far-field centre)
+  and ``beam_center_measured_px`` (the data's bright-field disc centre), (row,
+  col) pixels from the frame centre;
 * ``stop`` - ``exit_status`` "success" or "fail" with the reason.
 
 Live images reach viewers through Tiled live nodes (a separate output), because
@@ -174,6 +177,17 @@ class DerivedRun:
             "dtype_numpy": "<f8",
         }
         data_keys["calibration"] = {"source": "bluesky_ptycho", "dtype": "string", "shape": []}
+        # the phase-ramp convention (docs/engine.md): where the probe's far field is held
+        for key in ("beam_center_offset_px", "beam_center_measured_px"):
+            value = snapshot.metrics.get(key)
+            extra[key] = [math.nan, math.nan] if value is None else [float(v) for v in value]
+            data_keys[key] = {"source": "bluesky_ptycho", "dtype": "array", "shape": [2]}
+        extra["beam_center_source"] = str(snapshot.metrics.get("beam_center_source", ""))
+        data_keys["beam_center_source"] = {
+            "source": "bluesky_ptycho",
+            "dtype": "string",
+            "shape": [],
+        }
         self._primary = self._bundle.compose_descriptor(name="primary", data_keys=data_keys)
         self._emit("descriptor", self._primary.descriptor_doc)
         data: dict[str, Any] = {**arrays, **scalars, **extra}
