@@ -36,6 +36,10 @@ D4_ORIENTATIONS: tuple[str, ...] = (
 #: orientations that swap rows and columns
 TRANSPOSING: tuple[str, ...] = ("rot90_cw", "rot90_ccw", "transpose", "antitranspose")
 
+#: what a file's position record may hold: the sample's translation (the CXI
+#: specification; probe position = minus it) or the probe's position (bluesky_ptycho.cxi)
+POSITION_CONVENTIONS: tuple[str, ...] = ("sample-translation", "probe-position")
+
 DTYPES: tuple[str, ...] = ("complex64", "complex128")
 POSITION_INTERPOLATIONS: tuple[str, ...] = ("cubic", "linear", "nearest")
 

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ReconConfig
+from .config import POSITION_CONVENTIONS, ReconConfig
 
 CXI_VERSION = 150
 #: joules per keV
@@ -71,8 +71,6 @@ SIMULATION = "/entry_1/sample_1/simulation"
 TRUTH_OBJECT = f"{SIMULATION}/object"
 TRUTH_ORIGIN = f"{SIMULATION}/origin_m"
 
-#: what ``translation`` holds: the sample's translation (CXI) or the probe's position
-POSITION_CONVENTIONS = ("sample-translation", "probe-position")
 #: attribute of the translation dataset naming its convention
 POSITIONS_ATTR = "positions"
 

@@ -30,7 +30,7 @@ from serve_support import (
 from tiled.client import from_uri
 from tiled.server import SimpleTiledServer
 
-from bluesky_ptycho.demo import close_server
+from bluesky_ptycho.tools.demo import close_server
 from bluesky_ptycho.publish import zmq_publisher
 from bluesky_ptycho.server.transport import Codec, pack
 from bluesky_ptycho.server.zmq_bus import ZmqSource

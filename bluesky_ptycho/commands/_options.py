@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import re
 
-from ..config import D4_ORIENTATIONS
+from ..config import D4_ORIENTATIONS, POSITION_CONVENTIONS
 
 __all__ = [
     "D4_ORIENTATIONS",
+    "POSITION_CONVENTIONS",
     "PRECISIONS",
     "accept_negative_numbers",
     "default_step_fraction",

@@ -11,7 +11,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._options import accept_negative_numbers, direction, positive_float, positive_int
+from ._options import (
+    POSITION_CONVENTIONS,
+    accept_negative_numbers,
+    direction,
+    positive_float,
+    positive_int,
+)
 
 NAME = "detect-orientation"
 
@@ -72,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "FILE:/dataset); default: cold start",
     )
     parser.add_argument(
+        "--positions",
+        choices=POSITION_CONVENTIONS,
+        default=None,
+        help="what the file's translation holds (see reconstruct --positions; default: the "
+        "file's 'positions' attribute, else the CXI specification, sample-translation)",
+    )
+    parser.add_argument(
         "--probe-propagation-m",
         type=float,
         default=0.0,
@@ -127,7 +140,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..calibration import CalibrationError, detect_orientation, search_orientation_and_defocus
     from ..calibration.defocus import defocus_grid, format_defocus_table
-    from ..cxi import read_cxi
+    from ..cxi import positions_convention, read_cxi
     from .reconstruct import DEFAULT_RANGE_STEPS
 
     search_options = (args.probe_search_range, args.probe_search_steps, args.defocus_sign)
@@ -143,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"probe_propagation_m": args.probe_propagation_m}
     if args.probe:
         overrides["probe_path"] = args.probe
-    frames, x, y, config = read_cxi(args.input, lazy=True, **overrides)
+    convention = positions_convention(args.input, args.positions)
+    frames, x, y, config = read_cxi(args.input, lazy=True, positions=convention, **overrides)
     report = None if args.quiet else print
     common = {
         "n_frames": args.frames,
@@ -218,7 +232,20 @@ def run(args: argparse.Namespace) -> int:
         f"y_direction={chosen.y_direction:+d}"
         + (f", probe_propagation_m={joint.distance_m:.6g}" if joint is not None else "")
     )
+    if args.positions is not None:
+        flags += f" --positions {convention}"
     print(f"     bluesky-ptycho reconstruct {args.input} {flags}")
+    if args.probe and chosen.x_direction == -1 and chosen.y_direction == -1:
+        other = next(c for c in POSITION_CONVENTIONS if c != convention)
+        unsigned = flags.replace(f" --positions {convention}", "").replace(
+            "--x-direction -1 --y-direction -1", "--x-direction +1 --y-direction +1"
+        )
+        print(
+            "position convention: with the warm probe the best candidate negates both axes, "
+            f"which is what reading the translations as {other} does; the same reconstruction "
+            f"with the file read that way:\n     bluesky-ptycho reconstruct {args.input} "
+            f"{unsigned} --positions {other}"
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from ._options import (
     D4_ORIENTATIONS,
+    POSITION_CONVENTIONS,
     PRECISIONS,
     accept_negative_numbers,
     direction,
@@ -68,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--positions",
-        choices=("sample-translation", "probe-position"),
+        choices=POSITION_CONVENTIONS,
         default=None,
         help="what the file's translation holds: sample-translation (the CXI specification, "
         "CDTools; probe position = -translation) or probe-position (PyNX, ptychodus); default: "
