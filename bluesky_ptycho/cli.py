@@ -26,6 +26,8 @@ COMMANDS: tuple[str, ...] = (
     "bench",
     "demo",
     "bench_callback",
+    "view",
+    "replay",
 )
 
 

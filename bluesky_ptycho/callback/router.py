@@ -101,6 +101,10 @@ class PtychoCallback(DocumentRouter):
         scan is running (1.0: as fast as it can). On a RunEngine host with few CPU
         cores and a CPU engine, 0.2-0.5 keeps the reconstruction from slowing a
         CPU-bound scan; refinement after the scan always runs flat out.
+    tiled, tiled_path : Tiled live nodes (a URI, a Tiled client or a
+        :class:`~bluesky_ptycho.outputs.tiled_nodes.TiledLiveNodes`) and the node
+        path under which each run's container ``<tiled_path>/<raw_uid>`` goes
+        (docs/outputs.md). None (default): no live nodes.
     **settings : any ReconConfig field and ``image_key``, ``x_key``, ``y_key``,
         ``refine_iterations``, ``min_frames`` (see
         :mod:`~bluesky_ptycho.callback.settings`).
@@ -121,6 +125,8 @@ class PtychoCallback(DocumentRouter):
         require_metadata: bool = False,
         worker_nice: int = 10,
         scan_duty_cycle: float = 1.0,
+        tiled: Any = None,
+        tiled_path: str = "ptycho",
         **settings: Any,
     ) -> None:
         super().__init__()
@@ -149,6 +155,7 @@ class PtychoCallback(DocumentRouter):
         self._queue = IngestQueue(max_queued_frames, full_wait_s)
         self._worker: Worker | None = None
         self._publisher: Any = None
+        self._tiled, self._tiled_path = tiled, tiled_path  # live nodes (issue 10)
         check_policy(new_run_policy)
         self._taps: dict[str, _RunTap] = {}
         self._current: _RunTap | None = None
@@ -164,9 +171,11 @@ class PtychoCallback(DocumentRouter):
     def _ensure_threads(self) -> None:
         if self._worker is None or not self._worker.alive:
             from ..outputs import SnapshotPublisher
+            from ..outputs.tiled_nodes import live_nodes
 
             if self._publisher is None:
-                self._publisher = SnapshotPublisher(self._emit_target)
+                nodes = live_nodes(self._tiled, self._tiled_path)
+                self._publisher = SnapshotPublisher(self._emit_target, nodes)
                 atexit.register(self._close_at_exit)
             self._worker = Worker(
                 self._queue,

@@ -35,6 +35,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "calibrate": "off",  # "off", "orientation", "defocus" or "both"
     "calibrate_frames": 48,  # frames collected before calibrating (then the engine starts)
     "defocus_sign": None,  # +1: sample downstream of the focus, -1: upstream, None: unknown
+    "tiled_path": None,  # Tiled live nodes go to <tiled_path>/<raw uid> (None: the callback's)
 }
 
 CALIBRATE_CHOICES = ("off", "orientation", "defocus", "both")
@@ -85,6 +86,7 @@ class RunSettings:
     calibrate: str = "off"
     calibrate_frames: int = 48
     defocus_sign: int | None = None
+    tiled_path: str | None = None
 
     def config(self, frame_shape: tuple[int, int]) -> ReconConfig:
         """The engine configuration; ``frame_shape`` fills in when not given explicitly."""
@@ -168,6 +170,7 @@ def merge(defaults: Mapping[str, Any], metadata: Mapping[str, Any] | None) -> Ru
         calibrate=merged["calibrate"],
         calibrate_frames=max(8, int(merged["calibrate_frames"])),
         defocus_sign=merged["defocus_sign"],
+        tiled_path=merged["tiled_path"],
     )
     settings.check_config()
     return settings
