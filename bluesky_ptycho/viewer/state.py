@@ -106,6 +106,8 @@ def state_from_node(node: Any) -> ViewState:
     if "error_history" in live:
         rows = live["error_history"].read()
         history = [(int(r[0]), float(r[1]) / max(float(r[2]), 1.0)) for r in rows]
+        # read after the metadata: the writer may be ahead; show what the metadata says
+        history = [h for h in history if h[0] <= int(md.get("iteration", 0))]
     return ViewState(
         raw_uid=str(md.get("raw_uid", "")),
         object_amplitude=masked(live["object_amplitude"].read(), coverage),
