@@ -53,7 +53,10 @@ class DocumentState:
     """Accumulates the derived run's ``progress`` and ``snapshots`` events into a ViewState."""
 
     def __init__(self) -> None:
-        self.raw_uid = ""
+        self._reset("")
+
+    def _reset(self, raw_uid: str) -> None:
+        self.raw_uid = raw_uid
         self._streams: dict[str, str] = {}
         self._progress: dict[str, Any] = {}
         self.history: list[tuple[int, float]] = []
@@ -62,8 +65,7 @@ class DocumentState:
     def __call__(self, name: str, doc: dict) -> ViewState | None:
         """Feed one document; returns the new state when it brought a new picture."""
         if name == "start" and "derived_from" in doc:
-            self.__init__()  # type: ignore[misc]
-            self.raw_uid = doc["derived_from"]
+            self._reset(doc["derived_from"])
         elif name == "descriptor":
             self._streams[doc["uid"]] = doc["name"]
         elif name == "event":
