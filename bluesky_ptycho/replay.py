@@ -53,7 +53,9 @@ class ReplayResult:
         return self.frames / self.total_s if self.total_s > 0 else float("nan")
 
     def summary(self) -> str:
-        status = self.result.exit_status if self.result is not None else "not waited for"
+        status = "not waited for"
+        if self.result is not None:
+            status = f"{self.result.exit_status}, {self.result.iterations} iterations"
         return (
             f"replayed {self.frames} frames of run {self.raw_uid}: read at "
             f"{self.read_frames_per_s:.0f} frames/s ({self.read_s:.1f} s), read and "

@@ -7,7 +7,7 @@ import pytest
 from bluesky.callbacks.buffer import BufferingWrapper
 from bluesky_tiled_plugins import TiledWriter
 from ptycho_support import WAIT_S, Recorder
-from tiled_support import TiledServer, simulated_scan
+from tiled_support import simulated_scan
 
 from bluesky_ptycho import cli
 from bluesky_ptycho.callback import PtychoCallback
@@ -28,14 +28,8 @@ def pair_nrmse(a, b) -> float:
     return object_nrmse(a.object, np.nan_to_num(other), region)
 
 
-@pytest.fixture
-def server(tmp_path):
-    served = TiledServer(tmp_path / "tiled")
-    yield served
-    served.close()
-
-
-def test_replay_of_a_stored_run_matches_the_live_result(server, capsys):
+def test_replay_of_a_stored_run_matches_the_live_result(tiled_server, capsys):
+    server = tiled_server
     client = server.client()
     beamline, RE, plan, md = simulated_scan(POINTS)
     raw_writer = BufferingWrapper(TiledWriter(client, batch_size=20))

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 @pytest.fixture
-def server(tmp_path):
+def own_server(tmp_path):
+    """A server of this test's own (it is stopped and restarted)."""
     served = TiledServer(tmp_path / "tiled")
     yield served
     served.close()
@@ -42,9 +43,11 @@ def no_client_retries():
     stamina.set_testing(False)
 
 
-def test_live_nodes_change_during_the_scan_and_final_appears(server):
+def test_live_nodes_change_during_the_scan_and_final_appears(tiled_server):
+    server = tiled_server
     client = server.client()
-    client.create_container("ptycho")
+    if "ptycho" not in client:
+        client.create_container("ptycho")
     updates: list[dict] = []
     covered_seen: list[int] = []  # covered live pixels, read from the subscription thread
 
@@ -121,7 +124,8 @@ def test_live_nodes_change_during_the_scan_and_final_appears(server):
     assert snapshot_nrmse(snapshot, beamline.sample.object, beamline.sample.origin_m) <= 0.10
 
 
-def test_server_stopped_mid_scan_then_restarted(server, no_client_retries):
+def test_server_stopped_mid_scan_then_restarted(own_server, no_client_retries):
+    server = own_server
     beamline, RE, plan, md = simulated_scan(POINTS, exposure_s=0.02)
     recorder = Recorder()
     nodes = TiledLiveNodes(server.uri, interval_s=0.1, retry_s=(0.2, 1.0))

@@ -10,7 +10,7 @@ import bluesky.plans as bp
 from bluesky import RunEngine
 
 from bluesky_ptycho.demo import close_server
-from bluesky_ptycho.sim.beamline import make_beamline
+from bluesky_ptycho.sim.beamline import DEFAULT_STEP_FRACTION, make_beamline
 
 API_KEY = "ptychotest"
 
@@ -55,10 +55,14 @@ class TiledServer:
 
 
 def simulated_scan(
-    points: int = 100, frame_size: int = 64, exposure_s: float = 0.01, seed: int = 0
+    points: int = 100,
+    frame_size: int = 64,
+    exposure_s: float = 0.01,
+    seed: int = 0,
+    step_fraction: float = DEFAULT_STEP_FRACTION,
 ):
     """(beamline, RunEngine, plan, ptycho metadata) of a Fermat-spiral step scan, inline images."""
-    beamline = make_beamline(frame_size, max_points=points, seed=seed)
+    beamline = make_beamline(frame_size, step_fraction, max_points=points, seed=seed)
     beamline.exposure_s = exposure_s
     x, y = beamline.positions_um(points)
     detector = beamline.inline_detector()
