@@ -14,7 +14,9 @@ from ptycho_support import WAIT_S, Recorder, stop_of
 from tiled_support import TiledServer, simulated_scan
 
 from bluesky_ptycho.callback import PtychoCallback
+from bluesky_ptycho.engine.reconstructor import Snapshot
 from bluesky_ptycho.metrics import snapshot_nrmse
+from bluesky_ptycho.outputs import Progress
 from bluesky_ptycho.outputs.previews import PREVIEW_PX
 from bluesky_ptycho.outputs.tiled_nodes import HISTORY_COLUMNS, TiledLiveNodes
 
@@ -170,3 +172,56 @@ def test_server_stopped_mid_scan_then_restarted(own_server, no_client_retries):
     assert outage["ended"] is not None and outage["ended"] > outage["started"]
     assert node["final"]["object"].shape == result.snapshot.object.shape
     assert node["live"]["error_history"].shape[0] == result.iterations
+
+
+def synthetic_snapshot(shape, origin_m, iteration, seed=0) -> Snapshot:
+    rng = np.random.default_rng(seed)
+    obj = (rng.random(shape) + 0.5) * np.exp(1j * rng.random(shape))
+    obj[:3, :] = np.nan  # unreached rows
+    coverage = np.where(np.isfinite(obj), 1.0, 0.0).astype(np.float32)
+    history = [
+        {"iteration": i + 1, "poisson_nll": 10.0 / (i + 1), "n_frames": 5} for i in range(iteration)
+    ]
+    return Snapshot(
+        object=obj.astype(np.complex64),
+        probe=np.ones((8, 8), np.complex64),
+        coverage=coverage,
+        iteration=iteration,
+        n_frames=5,
+        origin_m=origin_m,
+        pixel_m=(1e-8, 1e-8),
+        metrics={"history": history, "poisson_nll": 1.0},
+    )
+
+
+def test_growing_canvas_replaces_the_live_arrays_and_large_images_are_binned(tiled_server):
+    client = tiled_server.client()
+    nodes = TiledLiveNodes(tiled_server.uri, "growing", interval_s=0.0, max_array_bytes=4000)
+    try:
+        nodes.begin("run-a", {"uid": "run-a", "scan_id": 3}, {"energy_kev": 9.0}, "derived-a")
+        small = synthetic_snapshot((20, 30), (-1e-7, -2e-7), iteration=2)
+        nodes.offer("run-a", small, Progress(frames_received=5))
+        assert nodes.flush(timeout=WAIT_S)
+        live = client["growing"]["run-a"]["live"]
+        assert live["object_amplitude"].shape == (20, 30)  # 2,400 bytes: not binned
+        grown = synthetic_snapshot((50, 60), (-3e-7, -4e-7), iteration=5, seed=1)
+        nodes.offer("run-a", grown, Progress(frames_received=9))
+        assert nodes.flush(timeout=WAIT_S)
+        node = client["growing"]["run-a"]
+        live = node["live"]
+        # 50 x 60 float32 = 12,000 bytes > 4,000: binned 2 x 2 (3 x 3 would be the next)
+        assert live["object_amplitude"].shape == (25, 30) and node.metadata["live_binning"] == 2
+        assert list(node.metadata["origin_m"]) == [-3e-7, -4e-7]
+        assert list(node.metadata["live_pixel_size_m"]) == [2e-8, 2e-8]
+        # the complex field is averaged over each block (a block below the NaN rows)
+        expected = np.abs(grown.object[4:6, 0:2].mean())
+        assert live["object_amplitude"].read()[2, 0] == pytest.approx(expected, rel=1e-5)
+        assert np.isnan(live["object_amplitude"].read()[0, 0])  # all-NaN block stays NaN
+        assert live["error_history"].read()[:, 0].tolist() == [1, 2, 3, 4, 5]  # extended
+        nodes.end("run-a", grown, Progress(frames_received=9), "success", "")
+        assert nodes.flush(timeout=WAIT_S)
+        node = client["growing"]["run-a"]  # a client node keeps the metadata it was read with
+        assert node.metadata["status"] == "success" and node.metadata["scan_id"] == 3
+        assert node["final"]["object"].shape == (50, 60)  # full size
+    finally:
+        assert nodes.close(timeout=WAIT_S)
