@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +21,9 @@ from bluesky_ptycho.outputs.tiled_nodes import TiledLiveNodes
 from bluesky_ptycho.viewer import LiveViewer
 
 POINTS = 80
-#: least covered area of the last frame over the first's
+#: event -> viewer frames that must exist before the scan goes on (waits up to 30 s)
+PAUSE_AT = {12: 1, 40: 2}
+#: least ratio of the covered region's bounding box, last frame over first
 MIN_GROWTH = 1.5
 
 pytestmark = pytest.mark.filterwarnings(
@@ -28,9 +31,9 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-def covered_area_um2(png) -> tuple[float, dict]:
-    """Covered object area shown in a viewer PNG: the amplitude panel's non-black image
-    pixels as a fraction of its image pixels, times the panel's extent (from the PNG text)."""
+def covered_span_um2(png) -> tuple[float, dict]:
+    """Bounding box (um^2) of the covered object in a viewer PNG: the amplitude panel's
+    non-black image pixels, scaled by the panel's extent (from the PNG's text)."""
     image = Image.open(png)
     info = json.loads(image.text["Description"])
     rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
@@ -40,12 +43,17 @@ def covered_area_um2(png) -> tuple[float, dict]:
         int((1 - bottom - h) * height) + 3 : int((1 - bottom) * height) - 3,
         int(left * width) + 3 : int((left + w) * width) - 3,
     ]
-    white = (box > 0.97).all(axis=2)  # the panel's background around the image
-    black = (box < 0.03).all(axis=2)  # uncovered object pixels (and the axes' frame)
-    covered = ~white & ~black
+    shown = ~(box > 0.97).all(axis=2)  # the image (the panel's background is white)
+    # covered pixels are viridis colours; uncovered ones black, the frame black or grey
+    covered = box.max(axis=2) - box.min(axis=2) > 0.1
     x0, x1, y1, y0 = info["extent_um"]
-    fraction = covered.sum() / max(1, covered.sum() + black.sum())
-    return float(fraction * abs((x1 - x0) * (y1 - y0))), info
+    size_um = []
+    for axis, extent_um in ((0, abs(y1 - y0)), (1, abs(x1 - x0))):
+        image_px = np.flatnonzero(shown.any(axis=1 - axis))
+        covered_px = np.flatnonzero(covered.any(axis=1 - axis))
+        span = (covered_px[-1] - covered_px[0] + 1) / (image_px[-1] - image_px[0] + 1)
+        size_um.append(span * extent_um)
+    return float(size_um[0] * size_um[1]), info
 
 
 def test_view_png_follows_a_live_scan(tiled_server, tmp_path):
@@ -71,9 +79,7 @@ def test_view_png_follows_a_live_scan(tiled_server, tmp_path):
     )
     try:
         assert "watching" in viewer.stdout.readline()  # subscribed: start the scan
-        # a coarse spiral (the covered area grows well beyond the probe's footprint), slow
-        # enough for the viewer to see several pictures while it runs
-        beamline, RE, plan, md = simulated_scan(POINTS, exposure_s=0.06, step_fraction=0.3)
+        beamline, RE, plan, md = simulated_scan(POINTS, exposure_s=0.03)
         recorder = Recorder()
         callback = PtychoCallback(
             recorder,
@@ -83,6 +89,18 @@ def test_view_png_follows_a_live_scan(tiled_server, tmp_path):
             tiled=TiledLiveNodes(server.uri, "viewtest", interval_s=0.3),
         )
         RE.subscribe(callback)
+
+        def slow_scan(name: str, doc: dict) -> None:
+            """A scan slow enough for a viewer on a loaded machine: at a few points the
+            RunEngine waits until the viewer has written enough frames."""
+            if name == "event" and doc["seq_num"] in PAUSE_AT:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    if len(list(frames_dir.glob("*.png"))) >= PAUSE_AT[doc["seq_num"]]:
+                        break
+                    time.sleep(0.1)
+
+        RE.subscribe(slow_scan)
         (raw_uid,) = RE(plan, ptycho=md)
         assert callback.wait(timeout=WAIT_S)
         assert callback.close(timeout=WAIT_S)
@@ -92,11 +110,12 @@ def test_view_png_follows_a_live_scan(tiled_server, tmp_path):
     assert viewer.returncode == 0, err
     pngs = sorted(frames_dir.glob("*.png"))
     assert len(pngs) >= 3, out
-    areas, infos = zip(*(covered_area_um2(p) for p in pngs), strict=True)
+    areas, infos = zip(*(covered_span_um2(p) for p in pngs), strict=True)
     assert all(i["raw_uid"] == raw_uid for i in infos)
     assert infos[-1]["status"] == "success" and infos[-1]["n_frames"] == POINTS
     assert infos[0]["n_frames"] < POINTS
     # the covered object grows frame by frame; never shrinks beyond pixel noise
+    print("covered bounding box (um^2) by frame:", [round(a, 3) for a in areas])
     assert areas[-1] >= MIN_GROWTH * areas[0], areas
     assert all(b >= 0.97 * a for a, b in zip(areas, areas[1:], strict=False)), areas
 
@@ -106,5 +125,5 @@ def test_view_png_follows_a_live_scan(tiled_server, tmp_path):
         viewer_cb(name, doc)
     doc_pngs = sorted((tmp_path / "docs").glob("*.png"))
     assert len(doc_pngs) >= 3 and viewer_cb.latest.status == "success"
-    doc_areas = [covered_area_um2(p)[0] for p in doc_pngs]
+    doc_areas = [covered_span_um2(p)[0] for p in doc_pngs]
     assert doc_areas[-1] >= MIN_GROWTH * doc_areas[0], doc_areas
