@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -94,15 +95,30 @@ class TiledFollower:
         if update.key == self.current:
             self._show(update.key)
 
-    def _show(self, key: str) -> None:
-        with self._lock:
+    def _read(self, key: str, attempts: int = 3, pause_s: float = 0.3) -> tuple[ViewState, str]:
+        """The run's state; retried, since a read can meet arrays being replaced (new shape)."""
+        for attempt in range(attempts):
             try:
                 node = self.root[key]
                 status = str(node.metadata.get("status", "running"))
                 live = node["live"] if "live" in node else None
                 if live is None or "object_amplitude" not in live:
-                    return  # no image yet
-                state = state_from_node(node)
+                    raise LookupError("no image yet")
+                return state_from_node(node), status
+            except LookupError:
+                raise
+            except Exception:
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(pause_s)
+        raise AssertionError("unreachable")
+
+    def _show(self, key: str) -> None:
+        with self._lock:
+            try:
+                state, status = self._read(key)
+            except LookupError:
+                return  # no image yet
             except Exception:
                 logger.exception("could not read the live nodes of run %s", key)
                 return
