@@ -86,6 +86,7 @@ def test_view_png_follows_a_live_scan(tiled_server, tmp_path):
             backend="numpy",
             refine_iterations=20,
             snapshot_interval_s=0.3,
+            scan_duty_cycle=0.3,  # leave the 2 cores to the scan and the in-process server
             tiled=TiledLiveNodes(server.uri, "viewtest", interval_s=0.3),
         )
         RE.subscribe(callback)
