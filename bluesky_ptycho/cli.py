@@ -28,6 +28,8 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "bench_callback",
     "serve",
+    "view",
+    "replay",
 )
 
 

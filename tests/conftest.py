@@ -28,3 +28,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 def xp(backend: str):
     """The array module of ``backend``."""
     return get_array_module(backend)
+
+
+@pytest.fixture(scope="session")
+def tiled_server(tmp_path_factory: pytest.TempPathFactory):
+    """One embedded Tiled server (127.0.0.1) shared by the tests that only read and write
+    it; a test that stops its server makes its own ``tiled_support.TiledServer``."""
+    from tiled_support import TiledServer
+
+    served = TiledServer(tmp_path_factory.mktemp("tiled"))
+    yield served
+    served.close()

@@ -75,6 +75,10 @@ class CallbackOptions:
         scan runs, in (0, 1], or "auto" (see module docstring).
     idle_poll_s : longest wait for items while a run waits for files or frames.
     linger_s : once idle, how long to keep gathering items after the first arrives.
+    tiled, tiled_path : Tiled live nodes (a URI, a Tiled client or a
+        :class:`~bluesky_ptycho.outputs.tiled_nodes.TiledLiveNodes`) and the node
+        path under which each run's container ``<tiled_path>/<raw_uid>`` goes
+        (docs/outputs.md); ``tiled=None`` (default): no live nodes.
     """
 
     backend: str = "auto"
@@ -90,6 +94,8 @@ class CallbackOptions:
     scan_duty_cycle: float | str = "auto"
     idle_poll_s: float = 0.05
     linger_s: float = 0.02
+    tiled: Any = field(default=None, repr=False)
+    tiled_path: str = "ptycho"
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -125,4 +131,6 @@ _CHECKS: dict[str, validation.Check] = {
     "scan_duty_cycle": _duty_cycle,
     "idle_poll_s": validation.real("seconds > 0", lambda v: v > 0),
     "linger_s": _SECONDS,
+    "tiled": validation.anything(),
+    "tiled_path": validation.text("a Tiled container path"),
 }

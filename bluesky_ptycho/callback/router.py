@@ -92,7 +92,8 @@ class PtychoCallback(DocumentRouter):
         (``backend``, ``new_run_policy``, ``snapshot_interval_s``,
         ``max_queued_frames``, ``full_wait_s``, ``handler_registry``, ``root_map``,
         ``file_timeout_s``, ``require_metadata``, ``worker_nice``,
-        ``scan_duty_cycle``, ...) may also be given as keywords, which win.
+        ``scan_duty_cycle``, ``tiled``, ``tiled_path``, ...) may also be given as
+        keywords, which win.
     **settings : reconstruction settings: any ReconConfig field and the run keys
         ``image_key``, ``x_key``, ``y_key``, ``refine_iterations``, ``min_frames``,
         ... (see :mod:`~bluesky_ptycho.callback.settings`); the start document's
@@ -146,11 +147,13 @@ class PtychoCallback(DocumentRouter):
     def _ensure_threads(self) -> None:
         if self._worker is None or not self._worker.alive:
             from ..outputs import SnapshotPublisher
+            from ..outputs.tiled_nodes import live_nodes
 
-            if self._publisher is None:
-                self._publisher = SnapshotPublisher(self._emit_target)
-                atexit.register(self._close_at_exit)
             options = self.options
+            if self._publisher is None:
+                nodes = live_nodes(options.tiled, options.tiled_path)
+                self._publisher = SnapshotPublisher(self._emit_target, nodes)
+                atexit.register(self._close_at_exit)
             self._worker = Worker(
                 self._queue,
                 make_run=self._make_run,

@@ -43,6 +43,8 @@ class RunKeys:
         "defocus" or "both".
     calibrate_frames : frames collected before calibrating, then the engine starts (>= 8).
     defocus_sign : +1 sample downstream of the focus, -1 upstream, None unknown.
+    tiled_path : Tiled live nodes go to ``<tiled_path>/<raw uid>`` (None: the
+        callback's ``tiled_path``; docs/outputs.md).
     """
 
     image_key: str | None = None
@@ -53,6 +55,7 @@ class RunKeys:
     calibrate: str = "off"
     calibrate_frames: int = 48
     defocus_sign: int | None = None
+    tiled_path: str | None = None
 
 
 #: every run key with its default (from :class:`RunKeys`: each default is defined once)
@@ -70,6 +73,7 @@ RUN_KEY_CHECKS: dict[str, validation.Check] = {
     "calibrate": validation.choice(CALIBRATE_CHOICES),
     "calibrate_frames": validation.integer("an integer >= 8", lambda v: v >= 8),
     "defocus_sign": validation.choice((None, 1, -1)),
+    "tiled_path": validation.optional(validation.text("a Tiled container path")),
 }
 
 

@@ -7,6 +7,11 @@ Documents, in order (all through ``event_model.compose_run``, validated):
 * ``progress`` stream - one event per published snapshot (live and final):
   ``iteration``, ``n_frames`` (in the engine), ``frames_received``,
   ``poisson_nll``, ``elapsed_s``, ``final``;
+* ``snapshots`` stream - one event per published snapshot, images on a fixed
+  128 x 128 grid whatever the canvas size (see
+  :func:`~bluesky_ptycho.outputs.previews.fixed_preview`): ``snapshot_amplitude``,
+  ``snapshot_phase``, ``snapshot_coverage``, ``probe_amplitude``, ``probe_phase``,
+  ``snapshot_origin_m``, ``snapshot_pixel_m``;
 * ``primary`` stream - one event with the final result: ``object_amplitude``,
   ``object_phase``, ``coverage`` (H x W float32, finite everywhere),
   ``probe_amplitude``, ``probe_phase`` (M x N float32), ``nll_history``,
@@ -20,8 +25,9 @@ Documents, in order (all through ``event_model.compose_run``, validated):
   col) pixels from the frame centre;
 * ``stop`` - ``exit_status`` "success" or "fail" with the reason.
 
-Live images reach viewers through Tiled live nodes (a separate output), because
-the object canvas grows during a scan and a stream's data shapes are fixed.
+Full-size live images reach viewers through Tiled live nodes
+(:mod:`~bluesky_ptycho.outputs.tiled_nodes`), because the object canvas grows
+during a scan and a stream's data shapes are fixed.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from event_model import compose_run
+
+from .previews import data_keys_of, fixed_preview
 
 if TYPE_CHECKING:
     from ..engine.reconstructor import Snapshot
@@ -80,6 +88,7 @@ class DerivedRun:
         self.uid: str = self._bundle.start_doc["uid"]
         self._progress: Any = None
         self._primary: Any = None
+        self._snapshots: Any = None
         self.stopped = False
         self._emit("start", self._bundle.start_doc)
 
@@ -118,6 +127,16 @@ class DerivedRun:
         self._emit(
             "event",
             bundle.compose_event(data=data, timestamps=dict.fromkeys(data, now)),
+        )
+        images = fixed_preview(snapshot)  # the ``snapshots`` stream (issue 10)
+        if self._snapshots is None:
+            self._snapshots = self._bundle.compose_descriptor(
+                name="snapshots", data_keys=data_keys_of(images)
+            )
+            self._emit("descriptor", self._snapshots.descriptor_doc)
+        self._emit(
+            "event",
+            self._snapshots.compose_event(data=images, timestamps=dict.fromkeys(images, now)),
         )
 
     def result(self, snapshot: Snapshot, progress: Progress) -> None:

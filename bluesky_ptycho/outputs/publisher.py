@@ -37,10 +37,13 @@ class SnapshotPublisher:
 
     emit : ``emit(name, doc)``, called only from the publisher thread. A strong
         reference is kept.
+    nodes : optional :class:`~bluesky_ptycho.outputs.tiled_nodes.TiledLiveNodes`
+        that receives the same begin / offer / end (it writes from its own thread).
     """
 
-    def __init__(self, emit: Emit | None) -> None:
+    def __init__(self, emit: Emit | None, nodes: Any = None) -> None:
         self._emit_target = emit
+        self.nodes = nodes  # Tiled live nodes (issue 10)
         self._cond = threading.Condition()
         self._control: deque[tuple[str, str, tuple[Any, ...]]] = deque()
         self._live: dict[str, tuple[Snapshot, Progress]] = {}
@@ -57,11 +60,15 @@ class SnapshotPublisher:
     def begin(self, run_uid: str, raw_start: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
         """Start the derived run of raw run ``run_uid``; returns the derived run's uid."""
         derived_uid = str(uuid.uuid4())
+        if self.nodes is not None:
+            self.nodes.begin(run_uid, raw_start, settings, derived_uid)
         self._put("begin", run_uid, (dict(raw_start), dict(settings), derived_uid))
         return derived_uid
 
     def offer(self, run_uid: str, snapshot: Snapshot, progress: Progress) -> None:
         """A live snapshot; replaces one of the same run not yet published."""
+        if self.nodes is not None:
+            self.nodes.offer(run_uid, snapshot, progress)
         with self._cond:
             if run_uid in self._live:
                 self.superseded += 1
@@ -77,6 +84,8 @@ class SnapshotPublisher:
         reason: str,
     ) -> None:
         """Final snapshot (or None), then the stop document."""
+        if self.nodes is not None:
+            self.nodes.end(run_uid, snapshot, progress, exit_status, reason)
         with self._cond:
             self._live.pop(run_uid, None)
         self._put("end", run_uid, (snapshot, progress, exit_status, reason))
@@ -99,7 +108,8 @@ class SnapshotPublisher:
             self._closing = True
             self._cond.notify_all()
         self._thread.join(timeout)
-        return not self._thread.is_alive()
+        nodes_ok = self.nodes.close(timeout) if self.nodes is not None else True
+        return not self._thread.is_alive() and nodes_ok
 
     # --------------------------------------------------------------- thread
     def _emit(self, name: str, doc: dict) -> None:
@@ -153,4 +163,5 @@ class SnapshotPublisher:
             except Exception as error:
                 logger.exception("ptycho: final result of run %s not published", run_uid)
                 exit_status, reason = "fail", f"publishing the result failed: {error}"
-            run.stop(exit_status, reason)
+            note = self.nodes.outage_note(run_uid) if self.nodes is not None else ""
+            run.stop(exit_status, "; ".join(filter(None, [reason, note])))
