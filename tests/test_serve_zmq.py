@@ -30,11 +30,11 @@ from serve_support import (
 from tiled.client import from_uri
 from tiled.server import SimpleTiledServer
 
-from bluesky_ptycho.tools.demo import close_server
 from bluesky_ptycho.publish import zmq_publisher
 from bluesky_ptycho.server.transport import Codec, pack
 from bluesky_ptycho.server.zmq_bus import ZmqSource
 from bluesky_ptycho.sim.beamline import make_beamline
+from bluesky_ptycho.tools.demo import close_server
 
 TARGET_NRMSE = 0.10
 POINTS = 80
