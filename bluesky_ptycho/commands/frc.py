@@ -27,27 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def read_result(path: str) -> dict:
-    """object, coverage, origin_m and pixel_m of a ``reconstruct`` output file."""
-    import h5py
-    import numpy as np
-
-    try:
-        with h5py.File(path, "r") as handle:
-            missing = [n for n in ("object", "coverage", "origin_m", "pixel_m") if n not in handle]
-            if missing:
-                raise ValueError(
-                    f"{path}: not a `bluesky-ptycho reconstruct` result (no {', '.join(missing)})"
-                )
-            return {name: np.asarray(handle[name][()]) for name in handle if name != "history"}
-    except OSError as error:
-        raise ValueError(f"{path}: not a readable HDF5 file ({error})") from error
-
-
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..metrics import FRC_BAND, common_region, frc
+    from ..results import read_result
 
     a, b = read_result(args.first), read_result(args.second)
     if not np.allclose(a["pixel_m"], b["pixel_m"], rtol=1e-6):

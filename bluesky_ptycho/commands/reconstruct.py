@@ -22,6 +22,16 @@ DEFAULT_RANGE_STEPS = 21
 NAME = "reconstruct"
 #: frames read from the file and handed to the engine at a time
 DEFAULT_CHUNK_FRAMES = 256
+#: calibration's option names (bluesky_ptycho.calibration.advice) as this command's flags
+ADVICE_FLAGS: dict[str, str | None] = {
+    "probe_propagation_m": "--probe-propagation-m",
+    "probe": "--probe",
+    "defocus_search": "--probe-search",
+    "distances_m": "--probe-search-range MIN MAX",
+    "trial_frames": "--probe-search-frames",
+    "trial_iterations": "--probe-search-iterations",
+    "defocus_sign": None,
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -183,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import Reconstructor
     from ..cxi import positions_convention, read_cxi, read_cxi_truth
     from ..metrics import snapshot_nrmse
+    from ..results import write_result
 
     overrides: dict[str, Any] = {
         "dp_orient": args.dp_orient,
@@ -322,7 +333,7 @@ def probe_search(
     """
     import numpy as np
 
-    from ..calibration import format_defocus_table, search_probe_propagation
+    from ..calibration import CalibrationError, format_defocus_table, search_probe_propagation
     from ..calibration.defocus import DEFAULT_SEARCH_ITERATIONS, defocus_grid
     from ..calibration.trials import DEFAULT_TRIAL_FRAMES
 
@@ -334,18 +345,21 @@ def probe_search(
     n_frames = args.probe_search_frames or DEFAULT_TRIAL_FRAMES
     iterations = args.probe_search_iterations or DEFAULT_SEARCH_ITERATIONS
     print(f"probe search: {n_frames} frames nearest the centre, {iterations} iterations each")
-    best_m, table = search_probe_propagation(
-        frames,
-        x,
-        y,
-        config,
-        distances_m=distances,
-        steps=args.probe_search_steps,
-        n_frames=n_frames,
-        iterations=iterations,
-        backend=args.backend,
-        report=None if args.quiet else print,
-    )
+    try:
+        best_m, table = search_probe_propagation(
+            frames,
+            x,
+            y,
+            config,
+            distances_m=distances,
+            steps=args.probe_search_steps,
+            n_frames=n_frames,
+            iterations=iterations,
+            backend=args.backend,
+            report=None if args.quiet else print,
+        )
+    except CalibrationError as error:
+        raise ValueError(error.render(ADVICE_FLAGS)) from None
     print(format_defocus_table(table, best_m))
     print(f"probe search: best distance {best_m * 1e6:+.3f} um")
     return best_m, {
@@ -353,58 +367,3 @@ def probe_search(
         "probe_search_distances_m": np.array([row.distance_m for row in table]),
         "probe_search_nll_per_pixel": np.array([row.nll_per_pixel for row in table]),
     }
-
-
-def write_result(path: str | Path, snapshot: Any, config: Any, attrs: dict[str, Any]) -> Path:
-    """Write a snapshot as HDF5 (layout in docs/cli.md), atomically via a temporary file.
-
-    Datasets: ``object`` (H, W) complex, ``probe`` (M, N) complex, ``coverage``
-    (H, W) float32, ``origin_m`` and ``pixel_m`` (y, x) metres, ``history/*``
-    (per iteration: iteration, poisson_nll, step, n_frames, seconds). Root
-    attributes: every scalar ReconConfig field, ``n_frames``, ``bluesky_ptycho_version``
-    and ``attrs``.
-    """
-    import os
-
-    import h5py
-    import numpy as np
-
-    from .. import __version__
-
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.partial")
-    history = snapshot.metrics.get("history", [])
-    try:
-        with h5py.File(temporary, "w") as f:
-            f.create_dataset("object", data=snapshot.object)
-            f.create_dataset("probe", data=snapshot.probe)
-            f.create_dataset("coverage", data=snapshot.coverage)
-            for name in ("origin_m", "pixel_m"):
-                f.create_dataset(name, data=np.asarray(getattr(snapshot, name), np.float64))
-                f[name].attrs["units"] = "m"
-                f[name].attrs["axes"] = "(y, x)"
-            group = f.create_group("history")
-            for key, dtype in (
-                ("iteration", np.int64),
-                ("poisson_nll", np.float64),
-                ("step", np.float64),
-                ("n_frames", np.int64),
-                ("seconds", np.float64),
-            ):
-                group.create_dataset(key, data=np.asarray([h.get(key) for h in history], dtype))
-            group["seconds"].attrs["units"] = "s"
-            for name in type(config).field_names():
-                value = getattr(config, name)
-                if value is None or name in ("probe", "mask"):
-                    continue
-                f.attrs[name] = np.asarray(value) if isinstance(value, tuple) else value
-            f.attrs["has_mask"] = config.mask is not None
-            f.attrs["n_frames"] = snapshot.n_frames
-            f.attrs["bluesky_ptycho_version"] = __version__
-            for key, value in attrs.items():
-                f.attrs[key] = value
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    os.replace(temporary, path)
-    return path
