@@ -16,8 +16,8 @@ from tiled.client import from_uri
 from tiled.server import SimpleTiledServer
 
 from bluesky_ptycho import cli
-from bluesky_ptycho.demo import close_server
 from bluesky_ptycho.sim.beamline import make_beamline
+from bluesky_ptycho.tools.demo import close_server
 
 frames, size, refine = (int(a) for a in sys.argv[1:4])
 server = SimpleTiledServer(directory=tempfile.mkdtemp())

@@ -9,8 +9,8 @@ from urllib.parse import urlparse
 import bluesky.plans as bp
 from bluesky import RunEngine
 
-from bluesky_ptycho.demo import close_server
 from bluesky_ptycho.sim.beamline import DEFAULT_STEP_FRACTION, make_beamline
+from bluesky_ptycho.tools.demo import close_server
 
 API_KEY = "ptychotest"
 
