@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else default_output(args.input)
     convention = positions_convention(args.input, args.positions)
     frames, x, y, config = read_cxi(args.input, lazy=True, positions=convention, **overrides)
-    search_attrs: dict[str, Any] = {"positions": convention, "subset": args.subset}
+    reading_attrs: dict[str, Any] = {"positions": convention, "subset": args.subset}
+    search_attrs: dict[str, Any] = {}
     try:
         if frames.shape[0] == 0:
             raise ValueError(f"{args.input}: the CXI file holds no frames")
@@ -231,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         n_frames = len(selected)
         x, y = x[selected], y[selected]
         if args.probe and not args.no_position_check:
-            search_attrs.update(position_check(args, frames, x, y, config, convention, selected))
+            reading_attrs.update(position_check(args, frames, x, y, config, convention, selected))
         if args.probe_search:
             best_m, search_attrs = probe_search(args, frames, x, y, config)
             config = config.replace(probe_propagation_m=best_m)
@@ -259,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
         "input": str(Path(args.input).resolve()),
         "iterations": rec.iteration,
         "backend": rec.backend,
+        **reading_attrs,
         **search_attrs,
     }
     truth = read_cxi_truth(args.input)
