@@ -29,6 +29,7 @@ from serve_support import (
 )
 from tiled.client import from_uri
 from tiled.server import SimpleTiledServer
+from tiled_support import API_KEY
 
 from bluesky_ptycho.publish import zmq_publisher
 from bluesky_ptycho.server.transport import Codec, pack
@@ -43,8 +44,13 @@ MAX_MESSAGE_BYTES = 1_000_000  # a 64 x 64 float64 frame event is ~33 kB
 
 @pytest.fixture
 def tiled(tmp_path):
-    """An embedded Tiled server (derived runs go there through serve --tiled)."""
-    server = SimpleTiledServer(directory=tmp_path / "tiled")
+    """An embedded Tiled server (derived runs go there through serve --tiled).
+
+    Embedded servers in one process share tiled's settings, the API key included:
+    use the key of the session's shared server (tiled_support), or that one's
+    clients get 401 while this one runs.
+    """
+    server = SimpleTiledServer(directory=tmp_path / "tiled", api_key=API_KEY)
     client = from_uri(server.uri)
     yield server, client
     client.context.close()

@@ -21,7 +21,7 @@ from bluesky_ptycho.outputs.tiled_nodes import TiledLiveNodes
 from bluesky_ptycho.viewer import LiveViewer
 
 POINTS = 80
-#: event -> viewer frames that must exist before the scan goes on (waits up to 30 s)
+#: event -> viewer frames that must exist before the scan goes on (waits up to WAIT_S)
 PAUSE_AT = {12: 1, 40: 2}
 #: least ratio of the covered region's bounding box, last frame over first
 MIN_GROWTH = 1.5
@@ -95,7 +95,7 @@ def test_view_png_follows_a_live_scan(tiled_server, tmp_path):
             """A scan slow enough for a viewer on a loaded machine: at a few points the
             RunEngine waits until the viewer has written enough frames."""
             if name == "event" and doc["seq_num"] in PAUSE_AT:
-                deadline = time.monotonic() + 30
+                deadline = time.monotonic() + WAIT_S
                 while time.monotonic() < deadline:
                     if len(list(frames_dir.glob("*.png"))) >= PAUSE_AT[doc["seq_num"]]:
                         break
