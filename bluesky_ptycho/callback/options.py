@@ -53,6 +53,18 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _directories(name: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        validation.fail(name, "a list of absolute directory paths (or None)", value)
+    roots = tuple(value)
+    for root in roots:
+        if not isinstance(root, str) or not os.path.isabs(root):
+            validation.fail(name, "a list of absolute directory paths (or None)", value)
+    return roots
+
+
 _SECONDS = validation.real("seconds >= 0", lambda v: v >= 0)
 
 
@@ -75,6 +87,12 @@ class CallbackOptions:
         scan runs, in (0, 1], or "auto" (see module docstring).
     idle_poll_s : longest wait for items while a run waits for files or frames.
     linger_s : once idle, how long to keep gathering items after the first arrives.
+    data_roots : directories that Resource / StreamResource files must lie under
+        (resolved, symlinks followed), or None: anywhere outside system
+        directories, with a warning (see :mod:`~bluesky_ptycho.callback.paths`).
+    memory_budget_bytes : largest engine memory a run may need, estimated from the
+        declared frame shape and count before anything is allocated, or None: half
+        the host's memory (see :mod:`~bluesky_ptycho.callback.memory`).
     """
 
     backend: str = "auto"
@@ -90,6 +108,8 @@ class CallbackOptions:
     scan_duty_cycle: float | str = "auto"
     idle_poll_s: float = 0.05
     linger_s: float = 0.02
+    data_roots: tuple[str, ...] | None = None
+    memory_budget_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -125,4 +145,8 @@ _CHECKS: dict[str, validation.Check] = {
     "scan_duty_cycle": _duty_cycle,
     "idle_poll_s": validation.real("seconds > 0", lambda v: v > 0),
     "linger_s": _SECONDS,
+    "data_roots": _directories,
+    "memory_budget_bytes": validation.optional(
+        validation.integer("an integer number of bytes >= 1", lambda v: v >= 1)
+    ),
 }

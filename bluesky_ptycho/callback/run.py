@@ -33,11 +33,16 @@ from ..engine.reconstructor import Reconstructor, Snapshot
 from ..outputs import Progress, SnapshotPublisher
 from . import ingest as items
 from .handlers import Handler
+from .memory import check_budget, default_budget_bytes, frames_within
 from .options import CallbackOptions
+from .paths import PathPolicy
 from .settings import RunSettings, json_safe, merge
 from .sources import FrameAssembler
 
 logger = logging.getLogger(__name__)
+
+#: the first reasons of lost frames quoted in a derived run's stop reason
+MAX_REASONS_SHOWN = 3
 
 #: calibration's option names (bluesky_ptycho.calibration.advice) as callback settings
 ADVICE_NAMES: dict[str, str | None] = {
@@ -126,15 +131,17 @@ class RunReconstruction:
             self.settings = merge(defaults, metadata)
             described = self.settings.describe()
             s = self.settings
-            self.assembler = FrameAssembler(
-                s.image_key, s.x_key, s.y_key, handlers, options.root_map
-            )
+            paths = PathPolicy(options.data_roots, options.root_map)
+            self.assembler = FrameAssembler(s.image_key, s.x_key, s.y_key, handlers, paths)
         except Exception as error:  # any bad value: this run fails, the next is unaffected
             self.settings = None
             if not isinstance(error, ValueError):
                 logger.exception("ptycho: settings of run %s", self.raw_uid)
             detail = str(error) if isinstance(error, ValueError) else _describe(error)
             self.fail(f"invalid settings: {detail}")
+        self._budget_bytes = options.memory_budget_bytes or default_budget_bytes()
+        points = raw_start.get("num_points")
+        self._declared_points = points if isinstance(points, int) and points > 0 else 0
         self.derived_uid = publisher.begin(self.raw_uid, raw_start, described)
 
     @property
@@ -162,6 +169,9 @@ class RunReconstruction:
             return
         if isinstance(item, items.Descriptor):
             assembler.add_descriptor(item.uid, item.name, item.data_keys)
+            if assembler.frame_shape is not None:  # refuse before anything is allocated
+                where = f"descriptor {item.name!r} (num_points={self._declared_points or '?'})"
+                self._check_memory(self._declared_points, where)
         elif isinstance(item, items.Values):
             assembler.add_values(item.descriptor, item.seq_nums, item.columns)
         elif isinstance(item, items.Resource):
@@ -188,6 +198,14 @@ class RunReconstruction:
             self._phase = Phase.REFINING
         return joined
 
+    def _check_memory(
+        self, n_frames: int, where: str, shape: tuple[int, int] | None = None
+    ) -> None:
+        assert self.settings is not None and self.assembler is not None
+        frame_shape = shape or self.settings.recon.get("frame_shape") or self.assembler.frame_shape
+        dtype = str(self.settings.recon.get("dtype", "complex64"))
+        check_budget(n_frames, tuple(frame_shape), self._budget_bytes, where, dtype)
+
     def _ingest(self) -> int:
         assembler = self.assembler
         if assembler is None or self._phase in (Phase.DONE, Phase.FINISHING):
@@ -196,6 +214,11 @@ class RunReconstruction:
             if time.monotonic() - self.stop_seen_at > self._options.file_timeout_s:
                 assembler.give_up()
         batch = assembler.collect()
+        if assembler.refusal is not None:
+            self.fail(f"refused: {assembler.refusal}")
+            return 0
+        if batch is not None:
+            batch = self._within_budget(batch)
         if batch is not None and self.engine is None:
             assert self.settings is not None
             if self.settings.calibrate != "off":
@@ -211,6 +234,29 @@ class RunReconstruction:
         assert self.engine is not None
         self.engine.add_frames(frames, x, y)
         return len(frames)
+
+    def _within_budget(self, batch: tuple[Any, Any, Any]) -> tuple[Any, Any, Any] | None:
+        """The batch cut to the frames the memory budget still allows; the rest skipped."""
+        assert self.assembler is not None
+        shape = self._frame_shape(batch[0])
+        if self.engine is None and not self._held:
+            self._check_memory(max(self._declared_points, 1), "first frames", shape)
+        held = sum(len(frames) for frames, _, _ in self._held)
+        have = (self.engine.n_frames if self.engine is not None else 0) + held
+        dtype = str(self.settings.recon.get("dtype", "complex64")) if self.settings else "complex64"
+        room = frames_within(self._budget_bytes, shape, dtype) - have
+        if room >= len(batch[0]):
+            return batch
+        skipped = len(batch[0]) - max(room, 0)
+        self.assembler.skip(
+            skipped,
+            f"{skipped} frame(s) skipped: the run reached memory_budget_bytes="
+            f"{self._budget_bytes} at {have} frames of {shape[0]} x {shape[1]}; raise "
+            f"memory_budget_bytes or bin the frames",
+        )
+        if room <= 0:
+            return None
+        return tuple(part[:room] for part in batch)  # type: ignore[return-value]
 
     def _frame_shape(self, frames: Any) -> tuple[int, int]:
         assert self.assembler is not None
@@ -336,9 +382,11 @@ class RunReconstruction:
             reasons.append(note)
         lost = progress.frames_failed + progress.frames_unmatched
         if lost and self.exit_status == "success":
+            details = self.assembler.reasons[:MAX_REASONS_SHOWN] if self.assembler else []
             reasons.append(
-                f"{progress.frames_failed} frame(s) unreadable, "
-                f"{progress.frames_unmatched} without positions"
+                f"{progress.frames_failed} frame(s) not reconstructed (unreadable, invalid "
+                f"or skipped), {progress.frames_unmatched} without positions"
+                + (f" ({'; '.join(details)})" if details else "")
             )
         reason = "; ".join(reasons)
         self._publisher.end(self.raw_uid, snapshot, progress, self.exit_status, reason)
