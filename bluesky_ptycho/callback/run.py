@@ -112,6 +112,7 @@ class RunReconstruction:
         self.frames_received = 0
         self.refine_done = 0
         self.stop_seen_at: float | None = None
+        self.raw_exit_status = ""  # the raw stop document's, once it arrived
         self._options = options
         self._publisher = publisher
         self._duty = 1.0  # set when the engine starts (options.duty_cycle of its backend)
@@ -156,6 +157,7 @@ class RunReconstruction:
             return
         if isinstance(item, items.Stop):
             self.frames_received = item.frames_received
+            self.raw_exit_status = item.exit_status
             if item.exit_status != "success":
                 logger.info(
                     "ptycho: raw run %s ended with %s; reconstructing the frames it has",
@@ -183,6 +185,9 @@ class RunReconstruction:
             assembler.add_stream_resource(item.doc)
         elif isinstance(item, items.StreamDatum):
             assembler.add_stream_datum(item.doc)
+        elif isinstance(item, items.Lost):
+            assembler.announced += item.frames
+            assembler.lose(item.frames, item.reason)
         else:
             raise TypeError(f"not a work item for a run: {item!r}")
 
@@ -380,6 +385,11 @@ class RunReconstruction:
         reasons = [self.reason] if self.reason else []
         if note:
             reasons.append(note)
+        if self.raw_exit_status not in ("", "success"):
+            reasons.append(
+                f"the raw run ended with exit_status {self.raw_exit_status!r} after "
+                f"{progress.frames_received} frame(s)"
+            )
         lost = progress.frames_failed + progress.frames_unmatched
         if lost and self.exit_status == "success":
             details = self.assembler.reasons[:MAX_REASONS_SHOWN] if self.assembler else []

@@ -96,6 +96,7 @@ class FrameAssembler:
         self._shapes: dict[str, dict[str, list[int]]] = {}  # descriptor uid -> key -> shape
         self._values: dict[tuple[str, str], dict[int, Any]] = defaultdict(dict)
         self._failed_seqs: dict[str, set[int]] = defaultdict(set)
+        self._seen: dict[tuple[str, str], set[int]] = defaultdict(set)  # seq_nums announced
         self._resources: dict[str, dict[str, Any]] = {}
         self._datums: dict[str, dict[str, Any]] = {}
         self._handler_cache: dict[str, Any] = {}
@@ -127,9 +128,17 @@ class FrameAssembler:
             return
         for key, column in columns.items():
             values = self._values[(stream, key)]
+            seen = self._seen[(stream, key)]
             for seq, value in zip(seq_nums, column, strict=True):
                 if key == self.image_key:
                     self.announced += 1
+                if seq in seen:  # keep the first; a repeated image counts as failed
+                    if key == self.image_key:
+                        self.lose(
+                            1, f"{key}: seq_num {seq} of stream {stream!r} repeated; kept the first"
+                        )
+                    continue
+                seen.add(seq)
                 if isinstance(value, str):
                     self._refs.append(_DatumRef(stream, key, seq, value))
                     values[seq] = None
@@ -185,8 +194,12 @@ class FrameAssembler:
 
     def skip(self, count: int, reason: str) -> None:
         """``count`` joined points are not reconstructed (counted as failed, with the reason)."""
-        self.failed += count
         self.ingested -= count
+        self.lose(count, reason)
+
+    def lose(self, count: int, reason: str) -> None:
+        """``count`` announced images will never join (counted as failed, with the reason)."""
+        self.failed += count
         if len(self.reasons) < MAX_REASONS:
             self.reasons.append(reason)
         logger.warning("ptycho: %s", reason)
