@@ -23,6 +23,7 @@ from fault_support import IMAGE, assert_same, feed, step_run
 from ptycho_support import WAIT_S, Recorder, check_derived_run, stop_of
 
 from bluesky_ptycho.callback import PtychoCallback
+from bluesky_ptycho.callback.memory import estimate_bytes, frames_within
 from bluesky_ptycho.sim.beamline import make_beamline
 
 N = 40
@@ -403,7 +404,7 @@ def test_a_declared_scan_over_the_budget_is_refused(beamline, make_callback, rec
 
 
 def test_frames_over_the_budget_are_skipped_and_reported(beamline, make_callback, recorder):
-    budget = (2 * 20 + 16) * 32 * 32 * 12  # room for 20 frames (callback/memory.py)
+    budget = estimate_bytes(20, (32, 32))  # room for 20 frames
     callback = make_callback(memory_budget_bytes=budget)
     docs = step_run(beamline, N)
     docs[0] = ("start", _without(docs[0][1], "num_points"))
@@ -420,3 +421,74 @@ def test_raw_documents_compare_equal_after_a_copy():
     b = [("event", {"data": {"x": np.ones(3)}})]
     with pytest.raises(AssertionError):
         assert_same(a, b)
+
+
+# --------------------------------------------------------------- divergence
+@pytest.fixture
+def diverging(monkeypatch):
+    """Make chosen engine iterations (1-based, or all) leave a non-finite object."""
+    from bluesky_ptycho.engine.reconstructor import Reconstructor
+
+    real_step = Reconstructor._step
+    bad: set[int] = set()
+    everything = []
+
+    def step(self):
+        nll = real_step(self)
+        if everything or self.iteration in bad:
+            self.object[0, 0] = np.nan
+        return nll
+
+    monkeypatch.setattr(Reconstructor, "_step", step)
+
+    def choose(iterations=None):
+        if iterations is None:
+            everything.append(True)
+        else:
+            bad.update(iterations)
+
+    return choose
+
+
+def test_a_diverging_iteration_is_rolled_back(beamline, make_callback, recorder, diverging):
+    diverging({3})
+    callback = make_callback(min_frames=N)
+    docs = step_run(beamline, N)
+    feed(callback, docs)
+    result = outcome(callback, recorder, docs[0][1]["uid"])
+    assert result.exit_status == "success", result.reason
+    assert "1 diverging iteration(s) rolled back (step damped x0.1 each)" in result.reason
+    assert np.isfinite(result.snapshot.object).all()
+    assert result.snapshot.metrics["rollbacks"] == 1
+
+
+def test_a_reconstruction_that_keeps_diverging_fails(beamline, make_callback, recorder, diverging):
+    diverging()
+    callback = make_callback()
+    docs = step_run(beamline, N)
+    feed(callback, docs)
+    result = outcome(callback, recorder, docs[0][1]["uid"])
+    assert result.exit_status == "fail"
+    assert "the reconstruction diverged: 3 iterations in a row" in result.reason
+
+
+def test_the_memory_estimate_covers_the_engine(beamline):
+    """Peak traced memory of add_frames + 3 iterations stays under the estimate."""
+    import tracemalloc
+
+    from bluesky_ptycho.engine.reconstructor import Reconstructor
+
+    n = 300
+    xs, ys = beamline.positions_um(n)
+    frames = np.stack([beamline.frame_at(float(x), float(y)) for x, y in zip(xs, ys, strict=True)])
+    tracemalloc.start()
+    try:
+        engine = Reconstructor(beamline.config, backend="numpy")
+        engine.add_frames(frames, xs, ys)
+        engine.iterate(3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = estimate_bytes(n, (32, 32))
+    assert 0.5 * estimate < peak <= estimate, (peak, estimate)
+    assert frames_within(estimate, (32, 32)) == n

@@ -43,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 #: the first reasons of lost frames quoted in a derived run's stop reason
 MAX_REASONS_SHOWN = 3
+#: divergence: the step after a rollback is this times the last one
+ROLLBACK_STEP_SCALE = 0.1
+#: divergence: this many rollbacks in a row fail the run
+MAX_ROLLBACKS_IN_A_ROW = 3
 
 #: calibration's option names (bluesky_ptycho.calibration.advice) as callback settings
 ADVICE_NAMES: dict[str, str | None] = {
@@ -113,6 +117,8 @@ class RunReconstruction:
         self.refine_done = 0
         self.stop_seen_at: float | None = None
         self.raw_exit_status = ""  # the raw stop document's, once it arrived
+        self.rollbacks = 0  # iterations undone because they diverged (see iterate)
+        self._rollbacks_in_a_row = 0
         self._options = options
         self._publisher = publisher
         self._duty = 1.0  # set when the engine starts (options.duty_cycle of its backend)
@@ -329,10 +335,40 @@ class RunReconstruction:
         return max(0.0, self.rest_until - time.monotonic())
 
     def iterate(self) -> None:
-        """One engine iteration (then a live snapshot when one is due)."""
+        """One engine iteration (then a live snapshot when one is due).
+
+        Divergence: when the iteration leaves a non-finite object or probe, the
+        engine goes back to the state kept just before it with a damped step
+        (counted in :attr:`rollbacks`, named in the stop reason and the final
+        snapshot's metrics); :data:`MAX_ROLLBACKS_IN_A_ROW` in a row fail the run.
+        """
         assert self.engine is not None
         started = time.monotonic()
-        self.engine.iterate(1)
+        engine = self.engine
+        kept = (engine.object.copy(), None if engine.probe is None else engine.probe.copy())
+        engine.iterate(1)
+        xp = engine.xp
+        if not (bool(xp.isfinite(engine.object).all()) and bool(xp.isfinite(engine.probe).all())):
+            self.rollbacks += 1
+            self._rollbacks_in_a_row += 1
+            engine.restore(*kept, step_scale=ROLLBACK_STEP_SCALE)
+            logger.warning(
+                "ptycho: run %s: iteration %d gave a non-finite object or probe; rolled back, "
+                "step damped x%g",
+                self.raw_uid,
+                engine.iteration,
+                ROLLBACK_STEP_SCALE,
+            )
+            if self._rollbacks_in_a_row >= MAX_ROLLBACKS_IN_A_ROW:
+                self.fail(
+                    f"the reconstruction diverged: {self._rollbacks_in_a_row} iterations in a "
+                    f"row gave a non-finite object or probe, each rolled back with a damped "
+                    f"step; check the geometry settings (energy_kev, distance_m, "
+                    f"detector_pixel_m) and the data"
+                )
+                return
+        else:
+            self._rollbacks_in_a_row = 0
         if self._phase is Phase.REFINING:
             self.refine_done += 1
         now = time.monotonic()
@@ -374,6 +410,7 @@ class RunReconstruction:
                 snapshot = self.engine.snapshot(live=False)
                 if self.calibration is not None:
                     snapshot.metrics["calibration"] = self.calibration
+                snapshot.metrics["rollbacks"] = self.rollbacks
             elif self.exit_status == "success":
                 self.exit_status = "fail"
                 self.reason = self._no_result_reason()
@@ -385,6 +422,11 @@ class RunReconstruction:
         reasons = [self.reason] if self.reason else []
         if note:
             reasons.append(note)
+        if self.rollbacks and self.exit_status == "success":
+            reasons.append(
+                f"{self.rollbacks} diverging iteration(s) rolled back "
+                f"(step damped x{ROLLBACK_STEP_SCALE:g} each)"
+            )
         if self.raw_exit_status not in ("", "success"):
             reasons.append(
                 f"the raw run ended with exit_status {self.raw_exit_status!r} after "
