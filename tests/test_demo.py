@@ -19,7 +19,8 @@ def test_default_demo_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert status == 0, out
     assert elapsed < DEFAULT_DEMO_S, out
-    assert re.search(r"Tiled server .*: http://127\.0\.0\.1:\d+/api/v1\?api_key=", out)
+    assert re.search(r"Tiled server .*: http://127\.0\.0\.1:\d+/api/v1\s", out)
+    assert "api_key" not in out  # the address is shown without its key (docs/security.md)
     nrmse = float(re.search(r"NRMSE against the known object: ([0-9.]+)", out).group(1))
     assert nrmse <= 0.10
     assert (tmp_path / "out" / "demo.png").stat().st_size > 10_000

@@ -117,6 +117,13 @@ class Stop(Item):
 
 
 @dataclass(frozen=True)
+class Lost(_WithFrames):
+    """Images that arrived in a form the run cannot use (e.g. before their descriptor)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Fail(Item):
     """The RunEngine thread could not handle a document of this run."""
 

@@ -53,6 +53,18 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+def _directories(name: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        validation.fail(name, "a list of absolute directory paths (or None)", value)
+    roots = tuple(value)
+    for root in roots:
+        if not isinstance(root, str) or not os.path.isabs(root):
+            validation.fail(name, "a list of absolute directory paths (or None)", value)
+    return roots
+
+
 _SECONDS = validation.real("seconds >= 0", lambda v: v >= 0)
 
 
@@ -79,6 +91,12 @@ class CallbackOptions:
         :class:`~bluesky_ptycho.outputs.tiled_nodes.TiledLiveNodes`) and the node
         path under which each run's container ``<tiled_path>/<raw_uid>`` goes
         (docs/outputs.md); ``tiled=None`` (default): no live nodes.
+    data_roots : directories that Resource / StreamResource files must lie under
+        (resolved, symlinks followed), or None: anywhere outside system
+        directories, with a warning (see :mod:`~bluesky_ptycho.callback.paths`).
+    memory_budget_bytes : largest engine memory a run may need, estimated from the
+        declared frame shape and count before anything is allocated, or None: half
+        the host's memory (see :mod:`~bluesky_ptycho.callback.memory`).
     """
 
     backend: str = "auto"
@@ -96,6 +114,8 @@ class CallbackOptions:
     linger_s: float = 0.02
     tiled: Any = field(default=None, repr=False)
     tiled_path: str = "ptycho"
+    data_roots: tuple[str, ...] | None = None
+    memory_budget_bytes: int | None = None
 
     def __post_init__(self) -> None:
         for name, check in _CHECKS.items():
@@ -133,4 +153,8 @@ _CHECKS: dict[str, validation.Check] = {
     "linger_s": _SECONDS,
     "tiled": validation.anything(),
     "tiled_path": validation.text("a Tiled container path"),
+    "data_roots": _directories,
+    "memory_budget_bytes": validation.optional(
+        validation.integer("an integer number of bytes >= 1", lambda v: v >= 1)
+    ),
 }

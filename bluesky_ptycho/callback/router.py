@@ -132,6 +132,7 @@ class PtychoCallback(DocumentRouter):
         self._taps: dict[str, _RunTap] = {}
         self._current: _RunTap | None = None
         self._streams: dict[str, _StreamTap] = {}
+        self._other_streams: dict[str, _RunTap] = {}  # descriptors of tracked runs, not used
         self._resources: dict[str, _RunTap] = {}
         self._stream_resources: dict[str, _RunTap] = {}
         self.timings = RunEngineTimings()
@@ -303,11 +304,12 @@ class PtychoCallback(DocumentRouter):
             return
         data_keys = doc.get("data_keys", {})
         image_key = tap.keys[0]
-        if image_key not in data_keys:
+        if image_key not in data_keys or not (
+            tap.confirmed or all(k in data_keys for k in tap.keys)
+        ):
+            self._other_streams[doc["uid"]] = tap
             return
         if not tap.confirmed:
-            if not all(k in data_keys for k in tap.keys):
-                return
             self._confirm(tap)
         relevant = {k: dict(data_keys[k]) for k in tap.keys if k in data_keys}
         event_keys = tuple(
@@ -316,9 +318,29 @@ class PtychoCallback(DocumentRouter):
         self._streams[doc["uid"]] = _StreamTap(tap, event_keys)
         self._put(items.Descriptor(tap.uid, doc["uid"], doc.get("name", "primary"), relevant))
 
+    def _orphan(self, doc: Mapping[str, Any], n: int) -> None:
+        """Events of an unknown descriptor that carry the current run's image: never silent."""
+        tap = self._current
+        descriptor = doc.get("descriptor")
+        if (
+            tap is None
+            or not tap.confirmed
+            or tap.keys is None
+            or descriptor in self._other_streams
+            or tap.keys[0] not in doc.get("data", {})
+        ):
+            return
+        tap.frames += n
+        reason = (
+            f"{n} image(s) {tap.keys[0]!r} arrived in events of descriptor {descriptor!r} "
+            f"before (or without) that descriptor; a descriptor must precede its events"
+        )
+        self._put(items.Lost(tap.uid, reason, frames=n))
+
     def event(self, doc: dict) -> None:
         stream = self._streams.get(doc["descriptor"])
         if stream is None:
+            self._orphan(doc, 1)
             return
         data = doc["data"]
         columns = {k: [_copy(data[k])] for k in stream.event_keys if k in data}
@@ -332,6 +354,7 @@ class PtychoCallback(DocumentRouter):
     def event_page(self, doc: dict) -> None:
         stream = self._streams.get(doc["descriptor"])
         if stream is None:
+            self._orphan(doc, len(doc.get("seq_num", ())))
             return
         data = doc["data"]
         columns = {k: [_copy(v) for v in data[k]] for k in stream.event_keys if k in data}
@@ -397,7 +420,7 @@ class PtychoCallback(DocumentRouter):
         for table in (self._streams,):
             for key in [k for k, v in table.items() if v.run is tap]:
                 del table[key]
-        for table2 in (self._resources, self._stream_resources):
+        for table2 in (self._resources, self._stream_resources, self._other_streams):
             for key in [k for k, v in table2.items() if v is tap]:
                 del table2[key]
         if tap.confirmed:

@@ -33,11 +33,20 @@ from ..engine.reconstructor import Reconstructor, Snapshot
 from ..outputs import Progress, SnapshotPublisher
 from . import ingest as items
 from .handlers import Handler
+from .memory import check_budget, default_budget_bytes, frames_within
 from .options import CallbackOptions
+from .paths import PathPolicy
 from .settings import RunSettings, json_safe, merge
 from .sources import FrameAssembler
 
 logger = logging.getLogger(__name__)
+
+#: the first reasons of lost frames quoted in a derived run's stop reason
+MAX_REASONS_SHOWN = 3
+#: divergence: the step after a rollback is this times the last one
+ROLLBACK_STEP_SCALE = 0.1
+#: divergence: this many rollbacks in a row fail the run
+MAX_ROLLBACKS_IN_A_ROW = 3
 
 #: calibration's option names (bluesky_ptycho.calibration.advice) as callback settings
 ADVICE_NAMES: dict[str, str | None] = {
@@ -107,6 +116,9 @@ class RunReconstruction:
         self.frames_received = 0
         self.refine_done = 0
         self.stop_seen_at: float | None = None
+        self.raw_exit_status = ""  # the raw stop document's, once it arrived
+        self.rollbacks = 0  # iterations undone because they diverged (see iterate)
+        self._rollbacks_in_a_row = 0
         self._options = options
         self._publisher = publisher
         self._duty = 1.0  # set when the engine starts (options.duty_cycle of its backend)
@@ -126,15 +138,17 @@ class RunReconstruction:
             self.settings = merge(defaults, metadata)
             described = self.settings.describe()
             s = self.settings
-            self.assembler = FrameAssembler(
-                s.image_key, s.x_key, s.y_key, handlers, options.root_map
-            )
+            paths = PathPolicy(options.data_roots, options.root_map)
+            self.assembler = FrameAssembler(s.image_key, s.x_key, s.y_key, handlers, paths)
         except Exception as error:  # any bad value: this run fails, the next is unaffected
             self.settings = None
             if not isinstance(error, ValueError):
                 logger.exception("ptycho: settings of run %s", self.raw_uid)
             detail = str(error) if isinstance(error, ValueError) else _describe(error)
             self.fail(f"invalid settings: {detail}")
+        self._budget_bytes = options.memory_budget_bytes or default_budget_bytes()
+        points = raw_start.get("num_points")
+        self._declared_points = points if isinstance(points, int) and points > 0 else 0
         self.derived_uid = publisher.begin(self.raw_uid, raw_start, described)
 
     @property
@@ -149,6 +163,7 @@ class RunReconstruction:
             return
         if isinstance(item, items.Stop):
             self.frames_received = item.frames_received
+            self.raw_exit_status = item.exit_status
             if item.exit_status != "success":
                 logger.info(
                     "ptycho: raw run %s ended with %s; reconstructing the frames it has",
@@ -162,6 +177,9 @@ class RunReconstruction:
             return
         if isinstance(item, items.Descriptor):
             assembler.add_descriptor(item.uid, item.name, item.data_keys)
+            if assembler.frame_shape is not None:  # refuse before anything is allocated
+                where = f"descriptor {item.name!r} (num_points={self._declared_points or '?'})"
+                self._check_memory(self._declared_points, where)
         elif isinstance(item, items.Values):
             assembler.add_values(item.descriptor, item.seq_nums, item.columns)
         elif isinstance(item, items.Resource):
@@ -173,6 +191,9 @@ class RunReconstruction:
             assembler.add_stream_resource(item.doc)
         elif isinstance(item, items.StreamDatum):
             assembler.add_stream_datum(item.doc)
+        elif isinstance(item, items.Lost):
+            assembler.announced += item.frames
+            assembler.lose(item.frames, item.reason)
         else:
             raise TypeError(f"not a work item for a run: {item!r}")
 
@@ -188,6 +209,14 @@ class RunReconstruction:
             self._phase = Phase.REFINING
         return joined
 
+    def _check_memory(
+        self, n_frames: int, where: str, shape: tuple[int, int] | None = None
+    ) -> None:
+        assert self.settings is not None and self.assembler is not None
+        frame_shape = shape or self.settings.recon.get("frame_shape") or self.assembler.frame_shape
+        dtype = str(self.settings.recon.get("dtype", "complex64"))
+        check_budget(n_frames, tuple(frame_shape), self._budget_bytes, where, dtype)
+
     def _ingest(self) -> int:
         assembler = self.assembler
         if assembler is None or self._phase in (Phase.DONE, Phase.FINISHING):
@@ -196,6 +225,11 @@ class RunReconstruction:
             if time.monotonic() - self.stop_seen_at > self._options.file_timeout_s:
                 assembler.give_up()
         batch = assembler.collect()
+        if assembler.refusal is not None:
+            self.fail(f"refused: {assembler.refusal}")
+            return 0
+        if batch is not None:
+            batch = self._within_budget(batch)
         if batch is not None and self.engine is None:
             assert self.settings is not None
             if self.settings.calibrate != "off":
@@ -211,6 +245,29 @@ class RunReconstruction:
         assert self.engine is not None
         self.engine.add_frames(frames, x, y)
         return len(frames)
+
+    def _within_budget(self, batch: tuple[Any, Any, Any]) -> tuple[Any, Any, Any] | None:
+        """The batch cut to the frames the memory budget still allows; the rest skipped."""
+        assert self.assembler is not None
+        shape = self._frame_shape(batch[0])
+        if self.engine is None and not self._held:
+            self._check_memory(max(self._declared_points, 1), "first frames", shape)
+        held = sum(len(frames) for frames, _, _ in self._held)
+        have = (self.engine.n_frames if self.engine is not None else 0) + held
+        dtype = str(self.settings.recon.get("dtype", "complex64")) if self.settings else "complex64"
+        room = frames_within(self._budget_bytes, shape, dtype) - have
+        if room >= len(batch[0]):
+            return batch
+        skipped = len(batch[0]) - max(room, 0)
+        self.assembler.skip(
+            skipped,
+            f"{skipped} frame(s) skipped: the run reached memory_budget_bytes="
+            f"{self._budget_bytes} at {have} frames of {shape[0]} x {shape[1]}; raise "
+            f"memory_budget_bytes or bin the frames",
+        )
+        if room <= 0:
+            return None
+        return tuple(part[:room] for part in batch)  # type: ignore[return-value]
 
     def _frame_shape(self, frames: Any) -> tuple[int, int]:
         assert self.assembler is not None
@@ -278,10 +335,40 @@ class RunReconstruction:
         return max(0.0, self.rest_until - time.monotonic())
 
     def iterate(self) -> None:
-        """One engine iteration (then a live snapshot when one is due)."""
+        """One engine iteration (then a live snapshot when one is due).
+
+        Divergence: when the iteration leaves a non-finite object or probe, the
+        engine goes back to the state kept just before it with a damped step
+        (counted in :attr:`rollbacks`, named in the stop reason and the final
+        snapshot's metrics); :data:`MAX_ROLLBACKS_IN_A_ROW` in a row fail the run.
+        """
         assert self.engine is not None
         started = time.monotonic()
-        self.engine.iterate(1)
+        engine = self.engine
+        kept = (engine.object.copy(), None if engine.probe is None else engine.probe.copy())
+        engine.iterate(1)
+        xp = engine.xp
+        if not (bool(xp.isfinite(engine.object).all()) and bool(xp.isfinite(engine.probe).all())):
+            self.rollbacks += 1
+            self._rollbacks_in_a_row += 1
+            engine.restore(*kept, step_scale=ROLLBACK_STEP_SCALE)
+            logger.warning(
+                "ptycho: run %s: iteration %d gave a non-finite object or probe; rolled back, "
+                "step damped x%g",
+                self.raw_uid,
+                engine.iteration,
+                ROLLBACK_STEP_SCALE,
+            )
+            if self._rollbacks_in_a_row >= MAX_ROLLBACKS_IN_A_ROW:
+                self.fail(
+                    f"the reconstruction diverged: {self._rollbacks_in_a_row} iterations in a "
+                    f"row gave a non-finite object or probe, each rolled back with a damped "
+                    f"step; check the geometry settings (energy_kev, distance_m, "
+                    f"detector_pixel_m) and the data"
+                )
+                return
+        else:
+            self._rollbacks_in_a_row = 0
         if self._phase is Phase.REFINING:
             self.refine_done += 1
         now = time.monotonic()
@@ -323,6 +410,7 @@ class RunReconstruction:
                 snapshot = self.engine.snapshot(live=False)
                 if self.calibration is not None:
                     snapshot.metrics["calibration"] = self.calibration
+                snapshot.metrics["rollbacks"] = self.rollbacks
             elif self.exit_status == "success":
                 self.exit_status = "fail"
                 self.reason = self._no_result_reason()
@@ -334,11 +422,23 @@ class RunReconstruction:
         reasons = [self.reason] if self.reason else []
         if note:
             reasons.append(note)
+        if self.rollbacks and self.exit_status == "success":
+            reasons.append(
+                f"{self.rollbacks} diverging iteration(s) rolled back "
+                f"(step damped x{ROLLBACK_STEP_SCALE:g} each)"
+            )
+        if self.raw_exit_status not in ("", "success"):
+            reasons.append(
+                f"the raw run ended with exit_status {self.raw_exit_status!r} after "
+                f"{progress.frames_received} frame(s)"
+            )
         lost = progress.frames_failed + progress.frames_unmatched
         if lost and self.exit_status == "success":
+            details = self.assembler.reasons[:MAX_REASONS_SHOWN] if self.assembler else []
             reasons.append(
-                f"{progress.frames_failed} frame(s) unreadable, "
-                f"{progress.frames_unmatched} without positions"
+                f"{progress.frames_failed} frame(s) not reconstructed (unreadable, invalid "
+                f"or skipped), {progress.frames_unmatched} without positions"
+                + (f" ({'; '.join(details)})" if details else "")
             )
         reason = "; ".join(reasons)
         self._publisher.end(self.raw_uid, snapshot, progress, self.exit_status, reason)

@@ -13,8 +13,14 @@ into ``(frames, x, y)`` batches for the engine:
 
 Images and positions are joined by (stream name, ``seq_num``), so they may arrive
 in any order and from different mechanisms. A reference that cannot be read yet
-(file not flushed) is retried at every :meth:`FrameAssembler.collect`; after
-:meth:`FrameAssembler.give_up` the remaining ones count as failed. Every point
+(file not flushed, HDF5 file not yet created) is retried at every
+:meth:`FrameAssembler.collect`; after :meth:`FrameAssembler.give_up` the
+remaining ones count as failed, with a reason that says whether the file never
+appeared or appeared and stayed unreadable. A file that exists but is not HDF5
+(no signature) fails at once: it never will be readable. Every file is checked
+by a :class:`~bluesky_ptycho.callback.paths.PathPolicy` before it is opened; a
+refusal fails the points that need it and is kept in
+:attr:`FrameAssembler.refusal` (the run then fails with it). Every point
 with an image ends in exactly one of ``ingested``, ``failed`` or ``unmatched``.
 """
 
@@ -26,16 +32,21 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
 from .handlers import Handler
+from .paths import PathPolicy, RefusedPath
 
 logger = logging.getLogger(__name__)
 
 #: failure reasons kept per run (the count is always exact)
 MAX_REASONS = 20
+#: the HDF5 format signature and where it may start (after a user block)
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+HDF5_SIGNATURE_OFFSETS = (0, 512, 1024, 2048, 4096)
+#: how a reason starts when a file stayed unreadable until the end (file_timeout_s)
+GAVE_UP = "still unreadable after the stop document and file_timeout_s"
 
 
 @dataclass
@@ -66,7 +77,7 @@ class FrameAssembler:
 
     image_key, x_key, y_key : data keys of the detector image and the positions.
     handlers : Resource spec -> handler class (event-model convention).
-    root_map : replaces the start of file paths (data moved since acquisition).
+    paths : resolves and confines the files documents name (root_map included).
     """
 
     def __init__(
@@ -75,16 +86,17 @@ class FrameAssembler:
         x_key: str,
         y_key: str,
         handlers: Mapping[str, Handler],
-        root_map: Mapping[str, str] | None = None,
+        paths: PathPolicy | None = None,
     ) -> None:
         self.keys = (image_key, x_key, y_key)
         self.image_key = image_key
         self._handlers = dict(handlers)
-        self._root_map = dict(root_map or {})
+        self._paths = paths or PathPolicy()
         self._stream_of: dict[str, str] = {}  # descriptor uid -> stream name
         self._shapes: dict[str, dict[str, list[int]]] = {}  # descriptor uid -> key -> shape
         self._values: dict[tuple[str, str], dict[int, Any]] = defaultdict(dict)
         self._failed_seqs: dict[str, set[int]] = defaultdict(set)
+        self._seen: dict[tuple[str, str], set[int]] = defaultdict(set)  # seq_nums announced
         self._resources: dict[str, dict[str, Any]] = {}
         self._datums: dict[str, dict[str, Any]] = {}
         self._handler_cache: dict[str, Any] = {}
@@ -99,6 +111,7 @@ class FrameAssembler:
         self.failed = 0
         self.unmatched = 0
         self.reasons: list[str] = []
+        self.refusal: str | None = None  # the first refused file (security), if any
 
     # ------------------------------------------------------------ documents
     def add_descriptor(self, uid: str, stream: str, data_keys: Mapping[str, Any]) -> None:
@@ -115,9 +128,17 @@ class FrameAssembler:
             return
         for key, column in columns.items():
             values = self._values[(stream, key)]
+            seen = self._seen[(stream, key)]
             for seq, value in zip(seq_nums, column, strict=True):
                 if key == self.image_key:
                     self.announced += 1
+                if seq in seen:  # keep the first; a repeated image counts as failed
+                    if key == self.image_key:
+                        self.lose(
+                            1, f"{key}: seq_num {seq} of stream {stream!r} repeated; kept the first"
+                        )
+                    continue
+                seen.add(seq)
                 if isinstance(value, str):
                     self._refs.append(_DatumRef(stream, key, seq, value))
                     values[seq] = None
@@ -167,11 +188,21 @@ class FrameAssembler:
             self.reasons.append(reason)
         logger.warning("ptycho: %s", reason)
 
-    def _path(self, path: str) -> str:
-        for old, new in self._root_map.items():
-            if path.startswith(old):
-                return new + path[len(old) :]
-        return path
+    def _refuse(self, stream: str, seqs: range | list[int], error: RefusedPath) -> None:
+        self._fail(stream, seqs, str(error))
+        self.refusal = self.refusal or str(error)
+
+    def skip(self, count: int, reason: str) -> None:
+        """``count`` joined points are not reconstructed (counted as failed, with the reason)."""
+        self.ingested -= count
+        self.lose(count, reason)
+
+    def lose(self, count: int, reason: str) -> None:
+        """``count`` announced images will never join (counted as failed, with the reason)."""
+        self.failed += count
+        if len(self.reasons) < MAX_REASONS:
+            self.reasons.append(reason)
+        logger.warning("ptycho: %s", reason)
 
     def _read_ref(self, ref: _DatumRef) -> Any:
         datum = self._datums.get(ref.datum_id)
@@ -189,9 +220,10 @@ class FrameAssembler:
                     f"no handler for Resource spec {spec!r}: pass "
                     f"PtychoCallback(handler_registry={{{spec!r}: HandlerClass}})"
                 )
-            root = self._path(resource.get("root", "") or "")
-            path = (
-                os.path.join(root, resource["resource_path"]) if root else resource["resource_path"]
+            path = self._paths.resource_path(
+                resource.get("root", "") or "",
+                str(resource["resource_path"]),
+                f"Resource {resource['uid']} (spec {spec!r})",
             )
             handler = handler_class(path, **resource.get("resource_kwargs", {}))
             self._handler_cache[resource["uid"]] = handler
@@ -206,12 +238,16 @@ class FrameAssembler:
                 continue
             try:
                 value = self._read_ref(ref)
+            except RefusedPath as error:
+                self._refuse(ref.stream, [ref.seq], error)
+                continue
             except LookupError as error:
                 self._fail(ref.stream, [ref.seq], f"{ref.key}: {error}")
                 continue
             except Exception as error:  # file not there yet, truncated, ...
                 if self._giving_up:
-                    self._fail(ref.stream, [ref.seq], f"{ref.key} datum {ref.datum_id}: {error}")
+                    reason = f"{ref.key} datum {ref.datum_id}: {GAVE_UP}: {error}"
+                    self._fail(ref.stream, [ref.seq], reason)
                     continue
                 blocked = True  # files are written in order: retry this and later ones
                 remaining.append(ref)
@@ -223,16 +259,10 @@ class FrameAssembler:
         sres = self._stream_resources[chunk.stream_resource]
         if sres.get("mimetype") != "application/x-hdf5":
             raise LookupError(f"unsupported StreamResource mimetype {sres.get('mimetype')!r}")
-        path = self._path(urlparse(sres["uri"]).path)
+        path = self._paths.uri_path(str(sres["uri"]), f"StreamResource {sres['uid']}")
         handle = self._files.get(path)
         if handle is None:
-            import h5py
-
-            try:
-                handle = h5py.File(path, "r", swmr=True)
-            except OSError as error:
-                raise NotReadyError(f"{path}: {error}") from error
-            self._files[path] = handle
+            handle = self._files[path] = _open_hdf5(path)
         try:
             data = handle[sres["parameters"]["dataset"]]
         except KeyError as error:
@@ -256,12 +286,15 @@ class FrameAssembler:
             seqs = range(chunk.seq_start, chunk.seq_start + chunk.index_stop - chunk.index_start)
             try:
                 block = self._read_chunk(chunk)
+            except RefusedPath as error:
+                self._refuse(chunk.stream, seqs, error)
+                continue
             except LookupError as error:
                 self._fail(chunk.stream, seqs, f"{chunk.key}: {error}")
                 continue
             except Exception as error:
                 if self._giving_up:
-                    self._fail(chunk.stream, seqs, f"{chunk.key}: {error}")
+                    self._fail(chunk.stream, seqs, f"{chunk.key}: {GAVE_UP}: {error}")
                 else:
                     remaining.append(chunk)
                 continue
@@ -317,6 +350,14 @@ class FrameAssembler:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """One point as (k, M, N) frames and (k,) positions, or None (reason recorded)."""
         stack = np.asarray(image)
+        if stack.dtype.kind not in "biuf":
+            self._fail(
+                stream,
+                [],
+                f"{self.image_key}[{seq}]: image of dtype {stack.dtype} is not counts "
+                f"(integers or floats); check the detector's data type",
+            )
+            return None
         if stack.ndim == 2:
             stack = stack[None]
         if stack.ndim != 3:
@@ -383,3 +424,38 @@ class FrameAssembler:
                 except Exception:
                     pass
         self._handler_cache.clear()
+
+
+def _open_hdf5(path: str) -> object:
+    """Open an HDF5 file read-only (SWMR), telling "not yet" from "never" apart.
+
+    NotReadyError (retried) when the file does not exist yet or cannot be
+    opened yet; LookupError (the points fail at once) when it exists and holds
+    data but no HDF5 signature: it never will be readable.
+    """
+    import h5py
+
+    if not os.path.exists(path):
+        raise NotReadyError(f"{path}: file does not exist (yet); check the detector's write path")
+    try:
+        return h5py.File(path, "r", swmr=True)
+    except OSError as error:
+        if not _may_become_hdf5(path):
+            raise LookupError(
+                f"{path}: not an HDF5 file (no HDF5 signature); the StreamResource "
+                f"names the wrong file"
+            ) from error
+        raise NotReadyError(f"{path}: exists but is not readable yet ({error})") from error
+
+
+def _may_become_hdf5(path: str) -> bool:
+    """False when the file is long enough to show a signature and shows none."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(HDF5_SIGNATURE_OFFSETS[-1] + len(HDF5_SIGNATURE))
+    except OSError:
+        return True
+    if not head.strip(b"\0"):
+        return True  # empty, or zeros only: the writer has not flushed the superblock yet
+    size = len(HDF5_SIGNATURE)
+    return any(head[o : o + size] == HDF5_SIGNATURE for o in HDF5_SIGNATURE_OFFSETS)

@@ -539,6 +539,26 @@ class Reconstructor:
             self._ops.workspace_bytes(n_frames),
         )
 
+    # ------------------------------------------- rollback hook (callback/run.py)
+    def restore(self, object_: Any, probe: Any, step_scale: float = 0.1) -> None:
+        """Go back to an earlier ``object_`` and ``probe`` with a damped step.
+
+        For a caller that kept them just before an iteration that went wrong
+        (non-finite values). The canvas must not have changed since (no frames
+        added in between); ``probe`` None re-initialises it. The next line search
+        starts at ``step_scale`` times the last step; conjugate directions restart.
+        """
+        if tuple(object_.shape) != tuple(self.object.shape):
+            raise ValueError(
+                f"restore: object shape {tuple(object_.shape)} differs from the canvas "
+                f"{tuple(self.object.shape)} (frames were added since it was kept)"
+            )
+        self.object = self.xp.asarray(object_, self._complex).copy()
+        self.probe = None if probe is None else self.xp.asarray(probe, self._complex).copy()
+        self._n_fresh = 0
+        self._previous = None
+        self._last_step *= step_scale
+
 
 def make_operators(
     xp: Any, frame_shape: tuple[int, int], real_dtype: str, interpolation: str, kind: str = "auto"

@@ -3,7 +3,9 @@
 * :mod:`.demo` - a live reconstruction of a simulated scan stored in an embedded
   Tiled server (``bluesky-ptycho demo``; needs the ``demo`` extra);
 * :mod:`.bench_callback` - what the callback costs a CPU-bound RunEngine scan
-  (``bluesky-ptycho bench-callback``; needs the ``demo`` extra).
+  (``bluesky-ptycho bench-callback``; needs the ``demo`` extra);
+* :mod:`.bench_load` - a 20,000-frame scan delivered back to back
+  (``python -m bluesky_ptycho.tools.bench_load``; needs the ``demo`` extra).
 
 The plugin's packages (``engine``, ``callback``, ``outputs``, ``calibration``)
 never import from here.

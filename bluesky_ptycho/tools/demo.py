@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 logger = logging.getLogger(__name__)
+
+#: query parameters that carry credentials (never printed)
+SECRET_QUERY_KEYS = ("api_key", "apikey", "token", "access_token", "password")
 
 DETECTORS = ("hdf5", "file", "inline")
 
@@ -47,7 +52,7 @@ class DemoOptions:
 class DemoResult:
     """What the demo produced."""
 
-    tiled_uri: str
+    tiled_uri: str  # the server's address, without its API key (see public_address)
     web_uri: str
     raw_uid: str
     derived_uid: str
@@ -177,6 +182,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
             backend=options.backend,
             refine_iterations=options.refine_iterations,
             snapshot_interval_s=0.5,
+            data_roots=[str(detector_dir)],
         )
         engine = RunEngine({})
         engine.subscribe(raw_writer)
@@ -223,8 +229,8 @@ def run_demo(options: DemoOptions) -> DemoResult:
         scan_end = result.iterations - result.refine_iterations_done
         png = save_figure(result.snapshot, output / "demo.png", nrmse, scan_end)
         demo = DemoResult(
-            tiled_uri=server.uri,
-            web_uri=server.web_ui_link,
+            tiled_uri=public_address(server.uri),
+            web_uri=public_address(server.web_ui_link),
             raw_uid=raw_uid,
             derived_uid=str(result.derived_uid),
             nrmse=nrmse,
@@ -239,7 +245,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
             tiled_arrays=arrays,
         )
         if options.serve:
-            _serve_until_interrupted(demo)
+            _serve_until_interrupted(demo, _write_key(output / "tiled", server.api_key))
         return demo
     finally:
         if client is not None:
@@ -267,8 +273,31 @@ def close_server(server: Any, timeout_s: float = 15.0) -> bool:
     return False
 
 
-def _serve_until_interrupted(demo: DemoResult) -> None:
-    print(f"Tiled server running at {demo.web_uri} - press Ctrl-C to stop")
+def public_address(url: str) -> str:
+    """``url`` without credentials: no ``user:password@``, no ``api_key``/token query values.
+
+    What the demo prints and returns, so that a key never lands in a terminal log.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k.lower() not in SECRET_QUERY_KEYS]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def _write_key(directory: Path, api_key: str) -> Path:
+    """The API key in ``directory/api_key``, readable by the owner only."""
+    path = directory / "api_key"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(api_key + "\n")
+    return path
+
+
+def _serve_until_interrupted(demo: DemoResult, key_file: Path) -> None:
+    print(
+        f"Tiled server running at {demo.web_uri} - press Ctrl-C to stop "
+        f"(API key in {key_file}; add ?api_key=... to the address)"
+    )
     try:
         while True:
             time.sleep(1)

@@ -1,0 +1,77 @@
+"""Memory a run's reconstruction needs, estimated before anything is allocated.
+
+Per frame of ``M x N`` pixels the engine stores the counts (real) and the model
+far field (complex) at its working precision (:data:`STORED_BYTES_PER_PIXEL`),
+in buffers that grow by doubling (so up to twice that), and an iteration holds
+temporaries of about :data:`ITERATION_BYTES_PER_PIXEL` per frame pixel (exit
+waves, their transforms, gradients). Measured: 81 bytes per pixel and frame at
+the peak of ``add_frames`` + 3 iterations, 2000 frames of 32 x 32 and 500 of
+64 x 64, NumPy, complex64 (tracemalloc; docs/reliability.md). The estimate::
+
+    M * N * (n * (2 * stored + iteration) + WORK_FRAMES * stored)
+
+is 96 bytes per pixel and frame for complex64 (twice that for complex128).
+:func:`check_budget` refuses a run whose declared shape and frame count exceed
+``memory_budget_bytes`` (default :func:`default_budget_bytes`: half the host's
+physical memory).
+"""
+
+from __future__ import annotations
+
+import os
+
+#: frames' worth of object, probe and work arrays on top of the frame buffers
+WORK_FRAMES = 16
+#: stored bytes per pixel per frame: real counts + complex far field
+STORED_BYTES_PER_PIXEL = {"complex64": 4 + 8, "complex128": 8 + 16}
+#: iteration temporaries per pixel per frame (measured 69 B for complex64, rounded up)
+ITERATION_BYTES_PER_PIXEL = {"complex64": 72, "complex128": 144}
+
+
+class MemoryRefused(ValueError):
+    """A run would need more memory than ``memory_budget_bytes``."""
+
+
+def default_budget_bytes() -> int:
+    """Half the host's physical memory (4 GiB where it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _per_frame_and_fixed(dtype: str) -> tuple[int, int]:
+    stored = STORED_BYTES_PER_PIXEL[dtype]
+    return 2 * stored + ITERATION_BYTES_PER_PIXEL[dtype], WORK_FRAMES * stored
+
+
+def estimate_bytes(n_frames: int, frame_shape: tuple[int, int], dtype: str = "complex64") -> int:
+    """Bytes the engine needs for ``n_frames`` frames of ``frame_shape`` (module docstring)."""
+    pixels = int(frame_shape[0]) * int(frame_shape[1])
+    per_frame, fixed = _per_frame_and_fixed(dtype)
+    return pixels * (max(int(n_frames), 1) * per_frame + fixed)
+
+
+def frames_within(budget_bytes: int, frame_shape: tuple[int, int], dtype: str = "complex64") -> int:
+    """The most frames of ``frame_shape`` whose estimate fits ``budget_bytes`` (0: none)."""
+    pixels = int(frame_shape[0]) * int(frame_shape[1])
+    per_frame, fixed = _per_frame_and_fixed(dtype)
+    return max(0, (budget_bytes // pixels - fixed) // per_frame)
+
+
+def check_budget(
+    n_frames: int,
+    frame_shape: tuple[int, int],
+    budget_bytes: int,
+    where: str,
+    dtype: str = "complex64",
+) -> None:
+    """MemoryRefused when ``n_frames`` of ``frame_shape`` exceed ``budget_bytes``."""
+    needed = estimate_bytes(n_frames, frame_shape, dtype)
+    if needed > budget_bytes:
+        raise MemoryRefused(
+            f"{where}: {n_frames} frame(s) of {frame_shape[0]} x {frame_shape[1]} pixels "
+            f"need about {needed / 2**30:.3g} GiB, over memory_budget_bytes="
+            f"{budget_bytes} ({budget_bytes / 2**30:.3g} GiB); crop or bin the frames "
+            f"(frame_shape), or raise PtychoCallback(memory_budget_bytes=...)"
+        )
