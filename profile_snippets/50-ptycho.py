@@ -29,6 +29,8 @@ ptycho = PtychoCallback(
     position_scale_m=1e-6,  # metres per motor unit (1e-6: motors in micrometres)
     # saturation_counts=60_000,  # exclude pixels at or above this count (per frame)
     # probe_path="/nsls2/data/hxn/probes/probe_12kev.npy",  # warm-start probe
+    # beam_center_px=(128.0, 127.5),  # direct beam on the frame as recorded (default: centre)
+    # object_smoothness=0.01,  # Gaussian prior on the object: less grain at a low dose
     # ---- which data keys hold the frames and positions ----
     image_key="merlin1_image",  # detector image data key
     x_key="zpssx",  # horizontal position data key (motor units)
