@@ -91,35 +91,46 @@ __global__ void poisson_gradient(const complex<R>* farfield, const C* counts, co
   block_accumulate(local, nll);
 }
 
-// out[0] += L'(tau), out[1] += L''(tau) along a(t) = a + t b + t^2 c (c may be null).
+// At each of the LINE_SEARCH_SAMPLES steps t_s (set by the host to
+// len(poisson.LINE_SEARCH_SAMPLES)): out[2 s] += L'(t_s), out[2 s + 1] += L''(t_s)
+// along a(t) = a + t b + t^2 c (c may be null): one read of the stacks for all steps.
 template <typename R, typename C>
 __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* linear,
-                                  const complex<R>* quadratic, const C* counts, R tau,
+                                  const complex<R>* quadratic, const C* counts, const R* steps,
                                   double* out, index_t size, R eps) {
-  double slope = 0, curvature = 0;
+  R tau[LINE_SEARCH_SAMPLES];
+  double slope[LINE_SEARCH_SAMPLES], curvature[LINE_SEARCH_SAMPLES];
+#pragma unroll
+  for (int s = 0; s < LINE_SEARCH_SAMPLES; ++s) {
+    tau[s] = steps[s];
+    slope[s] = curvature[s] = 0;
+  }
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
     const R n = count_value<R>(counts[i]);
     if (n < 0) continue;
-    complex<R> model = farfield[i] + tau * linear[i];
-    complex<R> velocity = linear[i];
-    R d2 = 0;
-    if (quadratic != nullptr) {
-      const complex<R> c = quadratic[i];
-      model += (tau * tau) * c;
-      velocity += (R(2) * tau) * c;
-      d2 = R(4) * (model.real() * c.real() + model.imag() * c.imag());
+    const complex<R> a = farfield[i], b = linear[i];
+    const complex<R> c = quadratic == nullptr ? complex<R>(0, 0) : quadratic[i];
+#pragma unroll
+    for (int s = 0; s < LINE_SEARCH_SAMPLES; ++s) {
+      const complex<R> model = a + tau[s] * b + (tau[s] * tau[s]) * c;
+      const complex<R> velocity = b + (R(2) * tau[s]) * c;
+      const R intensity = model.real() * model.real() + model.imag() * model.imag() + eps;
+      const R d1 = R(2) * (model.real() * velocity.real() + model.imag() * velocity.imag());
+      const R d2 = R(2) * (velocity.real() * velocity.real() + velocity.imag() * velocity.imag()) +
+                   R(4) * (model.real() * c.real() + model.imag() * c.imag());
+      const R ratio = n / intensity;
+      slope[s] += (double)((R(1) - ratio) * d1);
+      curvature[s] += (double)((R(1) - ratio) * d2 + ratio / intensity * d1 * d1);
     }
-    const R intensity = model.real() * model.real() + model.imag() * model.imag() + eps;
-    const R d1 = R(2) * (model.real() * velocity.real() + model.imag() * velocity.imag());
-    d2 += R(2) * (velocity.real() * velocity.real() + velocity.imag() * velocity.imag());
-    const R ratio = n / intensity;
-    slope += (double)((R(1) - ratio) * d1);
-    curvature += (double)((R(1) - ratio) * d2 + ratio / intensity * d1 * d1);
   }
-  block_accumulate(slope, out);
-  __syncthreads();
-  block_accumulate(curvature, out + 1);
+#pragma unroll
+  for (int s = 0; s < LINE_SEARCH_SAMPLES; ++s) {
+    block_accumulate(slope[s], out + 2 * s);
+    __syncthreads();
+    block_accumulate(curvature[s], out + 2 * s + 1);
+    __syncthreads();
+  }
 }
 
 // Frame-loop kernels: thread (blockIdx.x, threadIdx.x) owns frame pixel p and

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bluesky_ptycho import Reconstructor
+from bluesky_ptycho.engine import poisson
 from bluesky_ptycho.engine.backend import cupy_device_available
 from bluesky_ptycho.engine.operators import ArrayOperators, EngineOperators
 from bluesky_ptycho.metrics import snapshot_nrmse
@@ -109,8 +110,9 @@ def test_poisson_gradient_and_line_search_terms(pair, compact):
     assert abs(nll_f - nll_a) <= 1e-5 * abs(nll_a)
     assert close(chi_f, chi_a, real, scale=float(cupy.abs(chi_a).max()) * 10)
     for quad in (None, c):
-        terms_f = fused.line_search_terms(a, b, quad, counts, 0.3)
-        terms_a = array.line_search_terms(a, b, quad, counts, 0.3)
+        steps = [0.3 * sample for sample in poisson.LINE_SEARCH_SAMPLES]
+        terms_f = fused.line_search_terms(a, b, quad, counts, steps)
+        terms_a = array.line_search_terms(a, b, quad, counts, steps)
         np.testing.assert_allclose(terms_f, terms_a, rtol=1e-4)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bluesky_ptycho.engine import poisson
 
@@ -37,7 +38,7 @@ def test_gradient_matches_finite_differences():
 def test_line_search_terms_match_finite_differences():
     a, b, c, counts = fields(1)
     tau, step = 0.3, 1e-5
-    slope, curvature = poisson.line_search_terms(a, b, c, counts, tau)
+    (slope,), (curvature,) = poisson.line_search_terms(a, b, c, counts, [tau])
     values = [nll_along(a, b, c, counts, tau + k * step) for k in (-1, 0, 1)]
     assert abs((values[2] - values[0]) / (2 * step) - slope) < 1e-5 * abs(slope)
     numeric_curvature = (values[2] - 2 * values[1] + values[0]) / step**2
@@ -47,7 +48,7 @@ def test_line_search_terms_match_finite_differences():
 def test_line_search_finds_the_minimum_along_the_path():
     a, b, c, counts = fields(2)
     direction = -poisson.farfield_gradient(a, counts)
-    slope, _ = poisson.line_search_terms(a, direction, c * 1e-3, counts, 0.0)
+    (slope,), _ = poisson.line_search_terms(a, direction, c * 1e-3, counts, [0.0])
     tau = poisson.line_search(a, direction, c * 1e-3, counts, slope, first_step=0.01)
     grid = np.linspace(0, 3 * tau, 301)
     values = [nll_along(a, direction, c * 1e-3, counts, t) for t in grid]
@@ -55,17 +56,56 @@ def test_line_search_finds_the_minimum_along_the_path():
     assert tau > 0 and abs(tau - best) <= 0.05 * tau
 
 
+def minimiser_by_bisection(a, b, c, counts, high):
+    """The first zero of L'(t) in (0, high), to 1e-10, from single-step evaluations."""
+    low = 0.0
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        (slope,), _ = poisson.line_search_terms(a, b, c, counts, [middle])
+        low, high = (middle, high) if slope < 0 else (low, middle)
+    return 0.5 * (low + high)
+
+
+@pytest.mark.parametrize("start_ratio", [0.3, 1.0, 5.0])
+def test_a_start_near_the_minimum_needs_one_pass(start_ratio):
+    a, b, c, counts = fields(2)
+    direction = -poisson.farfield_gradient(a, counts)
+    (slope,), _ = poisson.line_search_terms(a, direction, c * 1e-3, counts, [0.0])
+    exact = minimiser_by_bisection(a, direction, c * 1e-3, counts, 10.0)
+    passes = []
+
+    def counted(*args):
+        passes.append(args[-1])
+        return poisson.line_search_terms(*args)
+
+    tau = poisson.line_search(
+        a, direction, c * 1e-3, counts, slope, first_step=start_ratio * exact, terms=counted
+    )
+    assert len(passes) == 1 and len(passes[0]) == len(poisson.LINE_SEARCH_SAMPLES)
+    assert abs(tau - exact) <= 0.01 * exact
+
+
+@pytest.mark.parametrize("start_ratio", [1e-4, 1e3])
+def test_a_start_far_from_the_minimum_still_finds_it(start_ratio):
+    a, b, c, counts = fields(7)
+    direction = -poisson.farfield_gradient(a, counts)
+    (slope,), _ = poisson.line_search_terms(a, direction, c, counts, [0.0])
+    exact = minimiser_by_bisection(a, direction, c, counts, 10.0)
+    tau = poisson.line_search(a, direction, c, counts, slope, first_step=start_ratio * exact)
+    assert abs(tau - exact) <= 0.02 * exact
+
+
 def test_line_search_refuses_an_ascent_direction():
     a, _, _, counts = fields(3)
     ascent = poisson.farfield_gradient(a, counts)
-    slope, _ = poisson.line_search_terms(a, ascent, None, counts, 0.0)
+    (slope,), _ = poisson.line_search_terms(a, ascent, None, counts, [0.0])
     assert slope > 0
     assert poisson.line_search(a, ascent, None, counts, slope) == 0.0
 
 
 def test_slope_at_zero_is_twice_the_gradient_inner_product():
     a, b, _, counts = fields(5)
-    slope, _ = poisson.line_search_terms(a, b, None, counts, 0.0)
+    (slope,), _ = poisson.line_search_terms(a, b, None, counts, [0.0])
     assert abs(slope - 2 * np.vdot(poisson.farfield_gradient(a, counts), b).real) < 1e-9 * abs(
         slope
     )
@@ -103,6 +143,7 @@ def test_poisson_terms_read_compact_counts():
     np.testing.assert_array_equal(
         poisson.farfield_gradient(a, stored), poisson.farfield_gradient(a, counts)
     )
-    assert poisson.line_search_terms(a, b, c, stored, 0.4) == poisson.line_search_terms(
-        a, b, c, counts, 0.4
+    np.testing.assert_array_equal(
+        poisson.line_search_terms(a, b, c, stored, [0.2, 0.4]),
+        poisson.line_search_terms(a, b, c, counts, [0.2, 0.4]),
     )

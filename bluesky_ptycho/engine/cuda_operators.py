@@ -89,8 +89,9 @@ def _module(real: str) -> tuple[dict[tuple[str, str], Any], bool]:
     tries = [False]
     if real == "float32" and capability >= VECTOR_ATOMICS_CC:
         tries.insert(0, True)
+    samples = f"-DLINE_SEARCH_SAMPLES={len(poisson.LINE_SEARCH_SAMPLES)}"
     for vector in tries:
-        options = ("-std=c++17",) + (("-DPTYCHO_VECTOR_ATOMICS",) if vector else ())
+        options = ("-std=c++17", samples) + (("-DPTYCHO_VECTOR_ATOMICS",) if vector else ())
         try:
             module = cupy.RawModule(
                 code=kernel_source(), options=options, name_expressions=list(names.values())
@@ -122,7 +123,7 @@ class CudaOperators:
         self.weights: Any = None
         self.object_shape: tuple[int, int] = (0, 0)
         self._corners: Any = None
-        self._sums = xp.zeros(2, "float64")
+        self._sums = xp.zeros(2 * len(poisson.LINE_SEARCH_SAMPLES), "float64")
         device = xp.cuda.Device()
         self._grid_limit = 32 * device.attributes["MultiProcessorCount"]
 
@@ -315,8 +316,13 @@ class CudaOperators:
         return linear, quadratic
 
     def line_search_terms(
-        self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, tau: float
-    ) -> tuple[float, float]:
+        self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if len(steps) != len(poisson.LINE_SEARCH_SAMPLES):
+            raise ValueError(
+                f"line_search_terms: the kernel evaluates {len(poisson.LINE_SEARCH_SAMPLES)} "
+                f"steps at once, got {len(steps)}"
+            )
         self._sums.fill(0)
         self._launch(
             "line_search_terms",
@@ -326,15 +332,15 @@ class CudaOperators:
                 linear,
                 _optional(quadratic),
                 counts,
-                self._real(tau),
+                self.xp.asarray(steps, dtype=self.real_dtype),
                 self._sums,
                 np.int64(farfield.size),
                 self._real(poisson.EPS_PHOTONS),
             ),
             counts,
         )
-        slope, curvature = self._sums.get()
-        return float(slope), float(curvature)
+        sums = self._sums.get()
+        return sums[0::2], sums[1::2]
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         self._launch(

@@ -70,9 +70,9 @@ class EngineOperators(Protocol):
         and ``c = F(dP dO)`` (None when ``dprobe`` is None); ``out`` = (b, c) buffers."""
 
     def line_search_terms(
-        self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, tau: float
-    ) -> tuple[float, float]:
-        """``L'(tau), L''(tau)`` along ``a + t b + t^2 c``."""
+        self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``L'(t), L''(t)`` at each step ``t`` along ``a + t b + t^2 c`` (float64 arrays)."""
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         """``a += tau b + tau^2 c`` in place."""
@@ -246,16 +246,16 @@ class ArrayOperators:
         return linear, quadratic
 
     def line_search_terms(
-        self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, tau: float
-    ) -> tuple[float, float]:
-        slope = curvature = 0.0
+        self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        slope = curvature = np.zeros(len(steps))
         for frames in self._chunks():
             part = poisson.line_search_terms(
                 farfield[frames],
                 linear[frames],
                 None if quadratic is None else quadratic[frames],
                 counts[frames],
-                tau,
+                steps,
             )
             slope, curvature = slope + part[0], curvature + part[1]
         return slope, curvature

@@ -578,15 +578,16 @@ def make_operators(
 def _with_prior(terms: Any, obj: Any, direction: Any, mu: float) -> Any:
     """Line-search terms of the Poisson NLL plus the smoothness prior along ``direction``.
 
-    The prior's ``R'(t) = 2 Re <g, d> + 2 t R_mu(d)`` is exact (R is quadratic).
+    The prior's ``R'(t) = 2 Re <g, d> + 2 t R_mu(d)`` is exact (R is quadratic);
+    ``terms`` and the result take an array of steps as their last argument.
     """
     slope_at_zero = 2 * float(
         (direction.conj() * smoothness.gradient(obj, mu)).real.sum(dtype="float64")
     )
     curvature = 2 * smoothness.energy(direction, mu)
 
-    def with_prior(*args: Any) -> tuple[float, float]:
+    def with_prior(*args: Any) -> tuple[np.ndarray, np.ndarray]:
         slope, second = terms(*args)
-        return slope + slope_at_zero + args[-1] * curvature, second + curvature
+        return slope + slope_at_zero + np.asarray(args[-1]) * curvature, second + curvature
 
     return with_prior
