@@ -91,15 +91,20 @@ __global__ void poisson_gradient(const complex<R>* farfield, const C* counts, co
   block_accumulate(local, nll);
 }
 
+// 1 / x: the fast hardware reciprocal in single precision (2 ulp), exact in double.
+__device__ inline float reciprocal(float x) { return __fdividef(1.f, x); }
+__device__ inline double reciprocal(double x) { return 1.0 / x; }
+
 // At each of the LINE_SEARCH_SAMPLES steps t_s (set by the host to
 // len(poisson.LINE_SEARCH_SAMPLES)): out[2 s] += L'(t_s), out[2 s + 1] += L''(t_s)
 // along a(t) = a + t b + t^2 c (c may be null): one read of the stacks for all steps.
+// A thread sums its grid-stride share (a few hundred pixels) in the real type,
+// then the block sums in double.
 template <typename R, typename C>
 __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* linear,
                                   const complex<R>* quadratic, const C* counts, const R* steps,
                                   double* out, index_t size, R eps) {
-  R tau[LINE_SEARCH_SAMPLES];
-  double slope[LINE_SEARCH_SAMPLES], curvature[LINE_SEARCH_SAMPLES];
+  R tau[LINE_SEARCH_SAMPLES], slope[LINE_SEARCH_SAMPLES], curvature[LINE_SEARCH_SAMPLES];
 #pragma unroll
   for (int s = 0; s < LINE_SEARCH_SAMPLES; ++s) {
     tau[s] = steps[s];
@@ -115,13 +120,13 @@ __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* 
     for (int s = 0; s < LINE_SEARCH_SAMPLES; ++s) {
       const complex<R> model = a + tau[s] * b + (tau[s] * tau[s]) * c;
       const complex<R> velocity = b + (R(2) * tau[s]) * c;
-      const R intensity = model.real() * model.real() + model.imag() * model.imag() + eps;
+      const R inverse = reciprocal(model.real() * model.real() + model.imag() * model.imag() + eps);
       const R d1 = R(2) * (model.real() * velocity.real() + model.imag() * velocity.imag());
       const R d2 = R(2) * (velocity.real() * velocity.real() + velocity.imag() * velocity.imag()) +
                    R(4) * (model.real() * c.real() + model.imag() * c.imag());
-      const R ratio = n / intensity;
-      slope[s] += (double)((R(1) - ratio) * d1);
-      curvature[s] += (double)((R(1) - ratio) * d2 + ratio / intensity * d1 * d1);
+      const R ratio = n * inverse;
+      slope[s] += (R(1) - ratio) * d1;
+      curvature[s] += (R(1) - ratio) * d2 + ratio * inverse * d1 * d1;
     }
   }
 #pragma unroll

@@ -162,14 +162,9 @@ def test_chunked_operators_match_one_chunk(pair, monkeypatch):
     assert close(lin, lin_whole, real) and close(quad, quad_whole, real)
 
 
-def test_cupy_matches_numpy_and_reaches_target(monkeypatch):
-    from bluesky_ptycho.engine import poisson
-
-    # Converge every line search fully, so the step does not depend on the
-    # evaluation path (the default stops within 1 %, which alone moves the
-    # object by ~1e-3 between any two float32 implementations).
-    monkeypatch.setattr(poisson, "LINE_SEARCH_TOLERANCE", 1e-7)
-    monkeypatch.setattr(poisson, "LINE_SEARCH_EVALUATIONS", 40)
+def test_cupy_matches_numpy_and_reaches_target():
+    # The line search's step is a smooth function of the sums of one pass (the
+    # Hermite root on a bracket), so float32 rounding moves it only slightly.
     scan = simulate_scan(n_frames=200, seed=0)
     recs = {}
     for backend in ("numpy", "cupy"):
@@ -185,6 +180,5 @@ def test_cupy_matches_numpy_and_reaches_target(monkeypatch):
         want = getattr(snaps["numpy"], name)
         diff = np.linalg.norm(getattr(snaps["cupy"], name) - want)
         assert diff <= 1e-3 * np.linalg.norm(want), name
-    monkeypatch.undo()
     recs["cupy"].iterate(38)
     assert snapshot_nrmse(recs["cupy"].snapshot(), scan.sample.object, scan.sample.origin_m) <= 0.10
