@@ -77,6 +77,7 @@ class LiveBench:
     date: str = ""
     commit: str = ""
     command: str = ""
+    versions: dict[str, str] = field(default_factory=dict)  # python, numpy, cupy, event_model
     extra_options: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -323,8 +324,21 @@ def bench_live(
         date=time.strftime("%Y-%m-%d %H:%M:%S %z"),
         commit=_commit(),
         command=command,
+        versions=_versions(xp),
         extra_options={k: _json_value(v) for k, v in callback_options.items()},
     )
+
+
+def _versions(xp: Any) -> dict[str, str]:
+    import platform
+
+    import event_model
+
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    if xp is not np:
+        versions[xp.__name__] = str(getattr(xp, "__version__", "unknown"))
+    versions["event_model"] = str(getattr(event_model, "__version__", "unknown"))
+    return versions
 
 
 def _json_value(value: Any) -> Any:
