@@ -15,8 +15,8 @@ document. Times are ``time.perf_counter`` readings on every thread:
 * a frame's **arrival**: just before its event document is handed to the callback;
 * a **snapshot**'s time: when ``emit`` receives its ``snapshots``-stream event
   (the preview images; it follows the ``progress`` event whose ``n_frames``
-  says how many frames the snapshot includes). Frames join the engine in
-  ``seq_num`` order, so a snapshot with ``n_frames = k`` includes frames 1..k;
+  says how many frames the snapshot includes). Inline frames join the engine
+  in ``seq_num`` order, so a snapshot with ``n_frames = k`` includes frames 1..k;
   the final snapshot (``final`` true) counts as one;
 * **latency** of frame i: the first snapshot with ``n_frames >= i`` minus its arrival;
 * **stop -> final**: from handing over the stop document to ``emit`` receiving
