@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "bench",
     "demo",
     "bench_callback",
+    "bench_live",
     "serve",
     "view",
     "replay",

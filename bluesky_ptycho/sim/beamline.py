@@ -34,7 +34,13 @@ from ophyd import Component, Device
 from ophyd.sim import SynAxis, SynSignal, SynSignalWithRegistry
 
 from ..config import ReconConfig
-from .sample import SimulatedSample, default_config, fermat_spiral, simulate_scan
+from .sample import (
+    SimulatedSample,
+    default_config,
+    fermat_spiral,
+    ptycho_metadata,
+    simulate_scan,
+)
 
 FrameFunction = Callable[[float, float], np.ndarray]
 
@@ -107,19 +113,9 @@ class SimBeamline:
         return x_m / (scale * self.config.x_direction), y_m / (scale * self.config.y_direction)
 
     def metadata(self, image_key: str, x_key: str = "sx", y_key: str = "sy", **extra: Any) -> dict:
-        """The ``ptycho`` start-document dict that describes this beamline."""
-        cfg = self.config
-        return {
-            "energy_kev": cfg.energy_kev,
-            "distance_m": cfg.distance_m,
-            "detector_pixel_m": cfg.detector_pixel_m,
-            "position_scale_m": cfg.position_scale_m,
-            "dp_orient": cfg.dp_orient,
-            "image_key": image_key,
-            "x_key": x_key,
-            "y_key": y_key,
-            **extra,
-        }
+        """The ``ptycho`` start-document dict that describes this beamline
+        (:func:`~bluesky_ptycho.sim.sample.ptycho_metadata`)."""
+        return ptycho_metadata(self.config, image_key, x_key, y_key, **extra)
 
     # ------------------------------------------------------------ detectors
     def inline_detector(self, name: str = "det") -> InlineImageDetector:

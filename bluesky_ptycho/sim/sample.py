@@ -282,6 +282,28 @@ def default_config(frame_size: int = 64, **changes: object) -> ReconConfig:
     return ReconConfig(**base)  # type: ignore[arg-type]
 
 
+def ptycho_metadata(
+    config: ReconConfig, image_key: str, x_key: str = "sx", y_key: str = "sy", **extra: Any
+) -> dict[str, Any]:
+    """The start document's ``ptycho`` dict for a scan of ``config``'s geometry.
+
+    Geometry (``energy_kev``, ``distance_m``, ``detector_pixel_m``,
+    ``position_scale_m``, ``dp_orient``), the data keys of the image and the
+    motors, and any ``extra`` callback settings (``refine_iterations``...).
+    """
+    return {
+        "energy_kev": config.energy_kev,
+        "distance_m": config.distance_m,
+        "detector_pixel_m": config.detector_pixel_m,
+        "position_scale_m": config.position_scale_m,
+        "dp_orient": config.dp_orient,
+        "image_key": image_key,
+        "x_key": x_key,
+        "y_key": y_key,
+        **extra,
+    }
+
+
 def scan_positions(
     config: ReconConfig,
     n_frames: int,

@@ -6,6 +6,9 @@
   (``bluesky-ptycho bench-callback``; needs the ``demo`` extra);
 * :mod:`.bench_load` - a 20,000-frame scan delivered back to back
   (``python -m bluesky_ptycho.tools.bench_load``; needs the ``demo`` extra).
+* :mod:`.bench_live` - frame -> snapshot latency of a scan streamed through
+  the callback at a detector's rate (``bluesky-ptycho bench-live``; event-model
+  only, no Bluesky stack: runs on the GPU host).
 
 The plugin's packages (``engine``, ``callback``, ``outputs``, ``calibration``)
 never import from here.
