@@ -475,22 +475,24 @@ class Reconstructor:
         With ``live`` (default) object pixels no probe has reached are NaN (display
         only); ``live=False`` keeps the finite values (for stored results).
         """
-        shape = self.object.shape
+        xp, shape = self.xp, self.object.shape
         self._ensure_probe()
         if self._n and (self._illumination is None or self._illumination.shape != shape):
             self._update_geometry()
             self._illumination = self._ops.illumination(self.probe)
-        if self._illumination is not None:
-            illum = to_host(self._illumination).astype(np.float32)
-        else:
-            illum = np.zeros(shape, np.float32)
+        # coverage, ramp removal and masking on the device: one transfer of each image
+        illum = self._illumination if self._illumination is not None else xp.zeros(shape)
         peak = float(illum.max()) if illum.size else 0.0
-        coverage = illum / peak if peak > 0 else illum
-        obj = to_host(self.object).copy()
+        coverage = (illum / peak if peak > 0 else illum).astype(np.float32)
+        obj = self.object
         if self.config.remove_object_ramp and obj.size:
-            obj = gauge.remove_mean_ramp(np, obj, np.where(coverage >= 0.1, coverage, 0))
+            obj = gauge.remove_mean_ramp(xp, obj, xp.where(coverage >= 0.1, coverage, 0))
         if live:
-            obj[coverage <= UNREACHED_RELATIVE] = np.nan
+            obj = xp.where(coverage <= UNREACHED_RELATIVE, xp.asarray(np.nan, obj.dtype), obj)
+        obj = to_host(obj)
+        if obj is self.object:  # NumPy, nothing masked: a copy, not the engine's array
+            obj = obj.copy()
+        coverage = to_host(coverage)
         probe = (
             to_host(self.probe) if self.probe is not None else np.zeros(self._shape, self._complex)
         )
