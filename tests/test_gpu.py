@@ -111,8 +111,8 @@ def test_poisson_gradient_and_line_search_terms(pair, compact):
     assert close(chi_f, chi_a, real, scale=float(cupy.abs(chi_a).max()) * 10)
     for quad in (None, c):
         steps = [0.3 * sample for sample in poisson.LINE_SEARCH_SAMPLES]
-        terms_f = fused.line_search_terms(a, b, quad, counts, steps)
-        terms_a = array.line_search_terms(a, b, quad, counts, steps)
+        terms_f = fused.line_search_sums(a, b, quad, counts, steps).get()
+        terms_a = array.line_search_sums(a, b, quad, counts, steps).get()
         np.testing.assert_allclose(terms_f, terms_a, rtol=1e-4)
 
 

@@ -14,18 +14,20 @@ def test_counts_stored_compactly_and_widened_when_they_do_not_fit():
     scan = simulate_scan(n_frames=40, seed=1)
     compact = Reconstructor(scan.config, backend="numpy")
     compact.add_frames(scan.frames, scan.x_motor, scan.y_motor)
-    assert compact._counts.dtype == np.uint16
+    assert compact._stores[0].counts.dtype == np.uint16
     wide = Reconstructor(scan.config, backend="numpy")
     wide.add_frames(scan.frames[:20], scan.x_motor[:20], scan.y_motor[:20])
     bright = scan.frames[20:].astype(np.float64)
     bright[:, 0, 0] = 70_000  # above the compact range: the whole store widens
     wide.add_frames(bright, scan.x_motor[20:], scan.y_motor[20:])
-    assert wide._counts.dtype == np.float32
-    np.testing.assert_array_equal(wide._counts[:20], compact._counts[:20].astype(np.float32))
+    assert wide._stores[0].counts.dtype == np.float32
+    stored = compact._stores[0].counts[:20].astype(np.float32)
+    np.testing.assert_array_equal(wide._stores[0].counts[:20], stored)
     compact.iterate(3)
     reference = Reconstructor(scan.config, backend="numpy")
     reference.add_frames(scan.frames.astype(np.float64) + 0.0, scan.x_motor, scan.y_motor)
-    reference._counts = reference._counts.astype(np.float32)  # the same data, stored wide
+    store = reference._stores[0]
+    store.counts = store.counts.astype(np.float32)  # the same data, stored wide
     reference.iterate(3)
     for name in ("object", "probe"):
         np.testing.assert_allclose(getattr(compact, name), getattr(reference, name), rtol=0, atol=0)
@@ -43,8 +45,8 @@ def test_memory_estimate_bounds_the_measured_peak():
         tracemalloc.stop()
     estimate = rec.memory_estimate(120)
     assert 0.5 * estimate <= peak <= estimate, (peak, estimate)
-    per_frame = (rec.memory_estimate(240) - rec._ops.workspace_bytes(240)) - (
-        estimate - rec._ops.workspace_bytes(120)
+    per_frame = (rec.memory_estimate(240) - rec._stores[0].ops.workspace_bytes(240)) - (
+        estimate - rec._stores[0].ops.workspace_bytes(120)
     )
     assert per_frame == 120 * 64 * 64 * (2 + 3 * 8)  # uint16 counts, a, b and c
 
@@ -54,7 +56,7 @@ def test_work_buffers_are_reused_between_iterations():
     rec = Reconstructor(scan.config, backend="numpy")
     rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
     rec.iterate(3)
-    buffers = {name: id(buffer) for name, buffer in rec._work._buffers.items()}
+    buffers = {name: id(buffer) for name, buffer in rec._stores[0].work._buffers.items()}
     rec.iterate(2)
     assert set(buffers) == {"linear", "quadratic"}
-    assert {name: id(buffer) for name, buffer in rec._work._buffers.items()} == buffers
+    assert {name: id(buffer) for name, buffer in rec._stores[0].work._buffers.items()} == buffers

@@ -20,6 +20,11 @@ def fields(seed: int = 0, shape=(3, 8, 8)):
     return a, b, c, counts
 
 
+def terms_of(a, b, c, counts):
+    """The line search's ``terms(steps)`` along ``a + t b + t^2 c``."""
+    return lambda steps: poisson.line_search_terms(a, b, c, counts, steps)
+
+
 def nll_along(a, b, c, counts, t):
     return poisson.negative_log_likelihood(a + t * b + t * t * c, counts)
 
@@ -49,7 +54,7 @@ def test_line_search_finds_the_minimum_along_the_path():
     a, b, c, counts = fields(2)
     direction = -poisson.farfield_gradient(a, counts)
     (slope,), _ = poisson.line_search_terms(a, direction, c * 1e-3, counts, [0.0])
-    tau = poisson.line_search(a, direction, c * 1e-3, counts, slope, first_step=0.01)
+    tau = poisson.line_search(terms_of(a, direction, c * 1e-3, counts), slope, first_step=0.01)
     grid = np.linspace(0, 3 * tau, 301)
     values = [nll_along(a, direction, c * 1e-3, counts, t) for t in grid]
     best = grid[int(np.argmin(values))]
@@ -74,13 +79,11 @@ def test_a_start_near_the_minimum_needs_one_pass(start_ratio):
     exact = minimiser_by_bisection(a, direction, c * 1e-3, counts, 10.0)
     passes = []
 
-    def counted(*args):
-        passes.append(args[-1])
-        return poisson.line_search_terms(*args)
+    def counted(steps):
+        passes.append(steps)
+        return poisson.line_search_terms(a, direction, c * 1e-3, counts, steps)
 
-    tau = poisson.line_search(
-        a, direction, c * 1e-3, counts, slope, first_step=start_ratio * exact, terms=counted
-    )
+    tau = poisson.line_search(counted, slope, first_step=start_ratio * exact)
     assert len(passes) == 1 and len(passes[0]) == len(poisson.LINE_SEARCH_SAMPLES)
     assert abs(tau - exact) <= 0.01 * exact
 
@@ -91,7 +94,7 @@ def test_a_start_far_from_the_minimum_still_finds_it(start_ratio):
     direction = -poisson.farfield_gradient(a, counts)
     (slope,), _ = poisson.line_search_terms(a, direction, c, counts, [0.0])
     exact = minimiser_by_bisection(a, direction, c, counts, 10.0)
-    tau = poisson.line_search(a, direction, c, counts, slope, first_step=start_ratio * exact)
+    tau = poisson.line_search(terms_of(a, direction, c, counts), slope, start_ratio * exact)
     assert abs(tau - exact) <= 0.02 * exact
 
 
@@ -100,7 +103,7 @@ def test_line_search_refuses_an_ascent_direction():
     ascent = poisson.farfield_gradient(a, counts)
     (slope,), _ = poisson.line_search_terms(a, ascent, None, counts, [0.0])
     assert slope > 0
-    assert poisson.line_search(a, ascent, None, counts, slope) == 0.0
+    assert poisson.line_search(terms_of(a, ascent, None, counts), slope) == 0.0
 
 
 def test_slope_at_zero_is_twice_the_gradient_inner_product():

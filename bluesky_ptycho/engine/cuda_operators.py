@@ -151,6 +151,8 @@ class CudaOperators:
 
     def _launch_frames(self, name: str, n_frames: int, frames_per_block: int, args: tuple) -> None:
         """A frame-loop kernel: one thread per frame pixel, a block per group of frames."""
+        if n_frames == 0:
+            return
         rows, cols = self.frame_shape
         grid = ((rows * cols + THREADS - 1) // THREADS, -(-n_frames // frames_per_block))
         self._kernels[(name, self.interpolation)](grid, (THREADS,), args)
@@ -208,7 +210,7 @@ class CudaOperators:
             self._forward(out[frames])
         return out
 
-    def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[float, Any]:
+    def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[Any, Any]:
         out = stack_buffer(self.xp, out, farfield.shape[0], self.frame_shape, self._complex)
         self._sums.fill(0)
         self._launch(
@@ -227,7 +229,7 @@ class CudaOperators:
         )
         for frames in self._chunks():
             self._inverse(out[frames])
-        return float(self._sums[0]), out
+        return self._sums[:1].copy(), out
 
     def object_gradient(
         self, chi: Any, probe: Any, obj: Any, probe_terms: bool
@@ -239,7 +241,7 @@ class CudaOperators:
         tap_grad = tap_power = None
         per_block = FRAMES_PER_BLOCK
         if probe_terms:
-            per_block = -(-n // min(PROBE_GROUPS, n))
+            per_block = -(-n // max(1, min(PROBE_GROUPS, n)))
             groups = -(-n // per_block)
             taps = len(shift.taps(self.interpolation))
             tap_grad = xp.empty((groups, taps, *self.frame_shape), self._complex)
@@ -315,12 +317,12 @@ class CudaOperators:
                 self._forward(quadratic[frames])
         return linear, quadratic
 
-    def line_search_terms(
+    def line_search_sums(
         self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> Any:
         if len(steps) != len(poisson.LINE_SEARCH_SAMPLES):
             raise ValueError(
-                f"line_search_terms: the kernel evaluates {len(poisson.LINE_SEARCH_SAMPLES)} "
+                f"line_search_sums: the kernel evaluates {len(poisson.LINE_SEARCH_SAMPLES)} "
                 f"steps at once, got {len(steps)}"
             )
         self._sums.fill(0)
@@ -339,8 +341,7 @@ class CudaOperators:
             ),
             counts,
         )
-        sums = self._sums.get()
-        return sums[0::2], sums[1::2]
+        return self._sums.reshape(-1, 2)
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         self._launch(

@@ -50,8 +50,11 @@ class EngineOperators(Protocol):
     def farfields(self, probe: Any, obj: Any, start: int = 0, out: Any = None) -> Any:
         """Model far fields ``FFT_ortho(P_j O_j)`` of frames ``start:``."""
 
-    def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[float, Any]:
-        """Poisson NLL and the exit-wave gradient ``chi = IFFT_ortho(dL/da*)``."""
+    def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[Any, Any]:
+        """Poisson NLL and the exit-wave gradient ``chi = IFFT_ortho(dL/da*)``.
+
+        The NLL may be a one-element float64 device array, read only once needed
+        (``float(nll)``), so several devices' work can be queued first."""
 
     def object_gradient(
         self, chi: Any, probe: Any, obj: Any, probe_terms: bool
@@ -69,10 +72,12 @@ class EngineOperators(Protocol):
         """Far fields of the exit-wave change along (dO, dP): ``b = F(P dO + dP O)``
         and ``c = F(dP dO)`` (None when ``dprobe`` is None); ``out`` = (b, c) buffers."""
 
-    def line_search_terms(
+    def line_search_sums(
         self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``L'(t), L''(t)`` at each step ``t`` along ``a + t b + t^2 c`` (float64 arrays)."""
+    ) -> Any:
+        """``[L'(t), L''(t)]`` at each step ``t`` along ``a + t b + t^2 c``: a
+        (len(steps), 2) float64 array, on the device (not synchronised; valid
+        until the next call)."""
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         """``a += tau b + tau^2 c`` in place."""
@@ -204,6 +209,10 @@ class ArrayOperators:
         grad = xp.zeros(self.object_shape, self._complex)
         illumination = xp.zeros(self.object_shape, self.real_dtype)
         grad_taps = power_taps = None
+        if probe_terms:  # zeros stand for a partition without frames
+            tap_shape = (len(shift.taps(self.interpolation)), *self.frame_shape)
+            grad_taps = xp.zeros(tap_shape, self._complex)
+            power_taps = xp.zeros(tap_shape, self.real_dtype)
         taps = shift.tap_stack(probe, self.interpolation)
         for frames in self._chunks():
             probes, indices = self._probes(taps, frames), self._indices[frames]
@@ -213,8 +222,8 @@ class ArrayOperators:
                 views = patches.extract(obj, indices)
                 grad_part = shift.tap_sums(xp.conj(views) * chi[frames], self.weights[frames])
                 power_part = shift.tap_sums(_power(views), self.weights[frames])
-                grad_taps = grad_part if grad_taps is None else grad_taps + grad_part
-                power_taps = power_part if power_taps is None else power_taps + power_part
+                grad_taps += grad_part
+                power_taps += power_part
         return gradients(grad, illumination, grad_taps, power_taps, self.interpolation)
 
     def illumination(self, probe: Any) -> Any:
@@ -245,10 +254,10 @@ class ArrayOperators:
             transform(xp, linear[frames])
         return linear, quadratic
 
-    def line_search_terms(
+    def line_search_sums(
         self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
-        slope = curvature = np.zeros(len(steps))
+    ) -> Any:
+        sums = np.zeros((len(steps), 2))
         for frames in self._chunks():
             part = poisson.line_search_terms(
                 farfield[frames],
@@ -257,8 +266,8 @@ class ArrayOperators:
                 counts[frames],
                 steps,
             )
-            slope, curvature = slope + part[0], curvature + part[1]
-        return slope, curvature
+            sums += np.stack(part, axis=1)
+        return self.xp.asarray(sums)
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         for frames in self._chunks():

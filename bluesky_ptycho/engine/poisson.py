@@ -20,7 +20,7 @@ derivatives at several steps at once (one read of the stacks per pass).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -97,13 +97,9 @@ def line_search_terms(
 
 
 def line_search(
-    farfield: Any,
-    linear: Any,
-    quadratic: Any | None,
-    counts: Any,
+    terms: Callable[[list[float]], tuple[np.ndarray, np.ndarray]],
     slope_at_zero: float,
     first_step: float = 1.0,
-    terms: Any = line_search_terms,
 ) -> float:
     """Step ``t > 0`` at the first minimum of ``L(t)``, or 0 when ``L'(0) >= 0``.
 
@@ -114,8 +110,9 @@ def line_search(
     Hermite interpolant of ``L'`` on that bracket is the step. With no bracket
     the next pass moves :data:`LINE_SEARCH_REACH` times further out (or, when
     the only bracket starts at 0, inside it). ``slope_at_zero`` is ``L'(0) =
-    2 Re <dL/dz*, dz>``; ``terms`` evaluates (L', L'') at an array of steps (the
-    fused GPU kernel may be passed). A non-finite value counts as an upper bound.
+    2 Re <dL/dz*, dz>``; ``terms(steps)`` returns (L', L'') at those steps (e.g.
+    :func:`line_search_terms` of given stacks, or the fused kernel's sums over
+    all partitions). A non-finite value counts as an upper bound.
     """
     if not slope_at_zero < 0:
         return 0.0
@@ -123,7 +120,7 @@ def line_search(
     scale = first_step
     for _ in range(LINE_SEARCH_PASSES):
         steps = [scale * sample for sample in LINE_SEARCH_SAMPLES]
-        slopes, curvatures = terms(farfield, linear, quadratic, counts, steps)
+        slopes, curvatures = terms(steps)
         for tau, slope, curvature in zip(steps, slopes, curvatures, strict=True):
             finite = math.isfinite(slope) and math.isfinite(curvature)
             known[tau] = (slope, curvature) if finite else (math.inf, math.nan)

@@ -29,15 +29,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..config import ReconConfig
-from . import counts as count_store
 from . import gauge, poisson, shift, smoothness, workspace
 from .backend import get_array_module, is_cupy, to_host
+from .collectives import make_collectives
+from .frames import FrameStore, route, stripe_edges
 from .operators import ArrayOperators, EngineOperators
 from .orientation import orient_frames, oriented_point
 from .probe_init import cold_start_probe, first_mode, load_probe, scale_to_photons
@@ -88,18 +90,44 @@ class Reconstructor:
     backend : "numpy", "cupy", or "auto" (CuPy when a CUDA device is present).
     operators : "fused" (CUDA kernels, CuPy only), "array" (array-module code) or
         "auto" (fused on CuPy, array on NumPy).
+    gpus : CUDA devices to partition the frames over (CuPy; default: the current
+        device only). Frames go to position stripes, one per GPU; gradients and
+        line-search sums are summed with NCCL (:mod:`.collectives`). A device may
+        be named twice (two partitions on one GPU, with copies instead of NCCL).
+    partitions : on NumPy, this many partitions with host copies as collectives
+        (the stand-in that tests the partitioned algorithm without GPUs).
+    collectives : "auto" (NCCL for distinct GPUs, else copies), "nccl" or "copy".
     """
 
-    def __init__(self, config: ReconConfig, backend: str = "auto", operators: str = "auto") -> None:
+    def __init__(
+        self,
+        config: ReconConfig,
+        backend: str = "auto",
+        operators: str = "auto",
+        *,
+        gpus: Sequence[int] | None = None,
+        partitions: int | None = None,
+        collectives: str = "auto",
+    ) -> None:
         self.config = config
         self.xp = get_array_module(backend)
         self.backend = self.xp.__name__
         self._complex = config.dtype
         self._real = "float32" if config.dtype == "complex64" else "float64"
-        self._ops = make_operators(
-            self.xp, config.frame_shape, self._real, config.position_interpolation, operators
-        )
-        self._geometry_frames = -1  # frames covered by the operators' geometry
+
+        def make_ops() -> EngineOperators:
+            return make_operators(
+                self.xp, config.frame_shape, self._real, config.position_interpolation, operators
+            )
+
+        devices = _devices(self.xp, gpus, partitions)
+        self._stores = [
+            FrameStore(self.xp, device, config.frame_shape, self._complex, make_ops)
+            for device in devices
+        ]
+        self._collectives = make_collectives(self._stores, collectives)
+        self._stripe_edges: np.ndarray | None = None  # partition boundaries (object rows)
+        self._replicas_stale = True  # object/probe changed outside an iteration's update
         self._shape = config.frame_shape
         self._pixel_m = config.object_pixel_m
         self._mask = None
@@ -107,13 +135,7 @@ class Reconstructor:
             oriented = orient_frames(np.asarray(config.mask), config.dp_orient)
             self._mask = self.xp.asarray(np.fft.ifftshift(oriented != 0))
         self._warm_probe = self._requested_probe()
-        # Frame storage (capacity grows by doubling): counts and model far fields.
-        self._n = 0
-        self._counts = self.xp.zeros((0, *self._shape), count_store.COMPACT_DTYPE)
-        self._farfield = self.xp.zeros((0, *self._shape), self._complex)
-        self._work = workspace.StackBuffers(self.xp, self._shape, self._complex)
-        self._positions_px = np.zeros((0, 2))  # probe centres, global object pixels (y, x)
-        self._n_fresh = 0  # frames whose stored far field is current
+        self._n = 0  # frames in all stores
         self._photons_per_frame = 0.0
         self._pattern_sum = self.xp.zeros(self._shape, "float64")  # valid counts, DC at corner
         self._valid_frames = self.xp.zeros(self._shape, "int64")  # frames valid per pixel
@@ -174,11 +196,7 @@ class Reconstructor:
             ],
             axis=1,
         )
-        if count_store.is_compact(self._counts) and not count_store.fits_compact(counts):
-            self._counts = count_store.decode(self._counts, self._real)  # widen the store
-        self._ensure_capacity(self._n + n_new)
-        self._counts[self._n : self._n + n_new] = count_store.encode(counts, self._counts.dtype)
-        self._positions_px[self._n : self._n + n_new] = centres
+        self._distribute(counts, centres)
         valid_counts = self.xp.where(counts >= 0, counts, 0)
         self._pattern_sum += valid_counts.sum(axis=0)
         self._valid_frames += (counts >= 0).sum(axis=0)
@@ -203,19 +221,23 @@ class Reconstructor:
         self._excluded_pixels += int((counts < 0).sum())
         return counts.astype(self._real)
 
-    def _ensure_capacity(self, needed: int) -> None:
-        capacity = self._counts.shape[0]
-        if needed <= capacity:
+    def _distribute(self, counts: Any, centres: np.ndarray) -> None:
+        """Hand frames to the stores: by position stripe when there are several.
+
+        The stripes are fixed by the first frames; later frames go to the stripe
+        their probe centre falls in.
+        """
+        if len(self._stores) == 1:
+            self._stores[0].append(counts, centres, self._real)
             return
-        new_capacity = max(needed, 2 * capacity, 16)
-        for name, dtype in (("_counts", self._counts.dtype), ("_farfield", self._complex)):
-            old = getattr(self, name)
-            grown = self.xp.zeros((new_capacity, *self._shape), dtype)
-            grown[: self._n] = old[: self._n]
-            setattr(self, name, grown)
-        positions = np.zeros((new_capacity, 2))
-        positions[: self._n] = self._positions_px[: self._n]
-        self._positions_px = positions
+        if self._stripe_edges is None:
+            self._stripe_edges = stripe_edges(centres[:, 0], len(self._stores))
+        parts = route(centres[:, 0], self._stripe_edges)
+        for index, store in enumerate(self._stores):
+            chosen = np.flatnonzero(parts == index)
+            if chosen.size:
+                selected = counts[self.xp.asarray(chosen)]
+                store.append(store.here(selected), centres[chosen], self._real)
 
     def _fit_canvas(self, centres: np.ndarray) -> None:
         """Grow the object canvas so the windows at ``centres`` fit with a margin.
@@ -244,7 +266,9 @@ class Reconstructor:
             grown[r0 : r0 + self.object.shape[0], c0 : c0 + self.object.shape[1]] = self.object
         self.object = grown
         self._origin_px = low
-        self._geometry_frames = -1
+        self._replicas_stale = True
+        for store in self._stores:
+            store.geometry_frames = -1
 
     # ------------------------------------------------------------- probe init
     def _requested_probe(self) -> np.ndarray | None:
@@ -275,6 +299,7 @@ class Reconstructor:
         tilt = gauge.ramp(self.xp, shape, cycles, self._complex, self._origin_px)
         self.object *= tilt
         self._object_cycles = self._object_cycles + cycles
+        self._replicas_stale = True
         return tilt
 
     def _beam_axis(self) -> tuple[np.ndarray, str]:
@@ -311,11 +336,27 @@ class Reconstructor:
 
     # -------------------------------------------------------------- operators
     def _update_geometry(self) -> None:
-        """Hand window corners and probe fractions of the active frames to the operators."""
-        top_left = self._positions_px[: self._n] - np.array(self._shape) // 2 - self._origin_px
-        corners, fractions = shift.split_positions(top_left, self.config.position_interpolation)
-        self._ops.set_geometry(corners, fractions, self.object.shape)
-        self._geometry_frames = self._n
+        """Hand window corners and probe fractions of each store's frames to its operators."""
+        for store in self._stores:
+            if store.geometry_frames == store.n:
+                continue
+            top_left = store.positions_px[: store.n] - np.array(self._shape) // 2 - self._origin_px
+            corners, fractions = shift.split_positions(top_left, self.config.position_interpolation)
+            with store.active():
+                store.ops.set_geometry(corners, fractions, self.object.shape)
+            store.geometry_frames = store.n
+
+    def _sync_replicas(self) -> None:
+        """Copy the object and probe to the other stores' devices (after changes outside
+        an iteration's update: new canvas, probe start, beam-axis hold, restore)."""
+        master = self._stores[0]
+        master.object, master.probe = self.object, self.probe
+        if len(self._stores) > 1:
+            objects = self._collectives.broadcast(self.object)
+            probes = self._collectives.broadcast(self.probe)
+            for store, obj, probe in zip(self._stores[1:], objects[1:], probes[1:], strict=True):
+                store.object, store.probe = obj, probe
+        self._replicas_stale = False
 
     def _probe_farfield_centre(self) -> np.ndarray:
         """Bright-field disc centre (row, col) of the probe's far field, px from DC."""
@@ -335,29 +376,39 @@ class Reconstructor:
         return nll
 
     def _step(self) -> float:
-        ops, cfg = self._ops, self.config
+        cfg, stores = self.config, self._stores
         started = time.perf_counter()
-        n = self._n
-        if self._geometry_frames != n:
-            self._update_geometry()
+        self._update_geometry()
         refresh = self._since_refresh >= REFRESH_EVERY
         if refresh or self._since_refresh % BEAM_CHECK_EVERY == 0:
             tilt = self._probe_tilt_px()
             if refresh or np.abs(tilt).max() > BEAM_DRIFT_PX:
-                self._n_fresh, self._since_refresh = 0, 0
+                self._since_refresh = 0
+                for store in stores:
+                    store.n_fresh = 0
                 self._hold_beam_axis(tilt)
-        if self._n_fresh < n:
-            ops.farfields(self.probe, self.object, self._n_fresh, self._farfield[self._n_fresh : n])
-            self._n_fresh = n
-        farfield, counts = self._farfield[:n], self._counts[:n]
+        if self._replicas_stale:
+            self._sync_replicas()
         update_probe = self.iteration >= cfg.probe_hold_iterations
-
-        capacity = self._counts.shape[0]
-        nll, chi = ops.nll_and_chi(farfield, counts, self._work.get("linear", n, capacity))
-        grad_obj, illum, grad_probe, power = ops.object_gradient(
-            chi, self.probe, self.object, update_probe
+        # every device's work is queued before any result is read
+        parts = []
+        for store in stores:
+            with store.active():
+                n = store.n
+                if store.n_fresh < n:
+                    store.ops.farfields(
+                        store.probe, store.object, store.n_fresh, store.farfield[store.n_fresh : n]
+                    )
+                    store.n_fresh = n
+                chi_buffer = store.work.get("linear", n, store.capacity)
+                nll, chi = store.ops.nll_and_chi(store.farfield[:n], store.counts[:n], chi_buffer)
+                gradients = store.ops.object_gradient(chi, store.probe, store.object, update_probe)
+                parts.append((self.xp.asarray(nll, "float64").reshape(1), *gradients))
+        nll_sum, grad_obj, illum, grad_probe, power = (
+            None if part[0] is None else self._collectives.reduce_sum(part)
+            for part in zip(*parts, strict=True)
         )
-        del chi
+        nll = float(nll_sum[0])
         self._illumination = illum
         damping = cfg.alpha_relative * illum.max()
         mu = cfg.object_smoothness * float(illum.max())
@@ -372,25 +423,51 @@ class Reconstructor:
         dir_obj, dir_probe, slope = self._conjugate_direction(
             grad_obj, step_obj, grad_probe, step_probe
         )
-        buffers = (
-            self._work.get("linear", n, capacity),
-            None if dir_probe is None else self._work.get("quadratic", n, capacity),
-        )
-        linear, quadratic = ops.direction_farfields(
-            self.probe, dir_probe, self.object, dir_obj, buffers
-        )
-        terms = ops.line_search_terms
+        obj_dirs = self._collectives.broadcast(dir_obj)
+        probe_dirs = [None] * len(stores)
+        if dir_probe is not None:
+            probe_dirs = self._collectives.broadcast(dir_probe)
+        directions = []
+        for store, obj_dir, probe_dir in zip(stores, obj_dirs, probe_dirs, strict=True):
+            with store.active():
+                quadratic = None
+                if probe_dir is not None:
+                    quadratic = store.work.get("quadratic", store.n, store.capacity)
+                buffers = (store.work.get("linear", store.n, store.capacity), quadratic)
+                directions.append(
+                    store.ops.direction_farfields(
+                        store.probe, probe_dir, store.object, obj_dir, buffers
+                    )
+                )
+
+        def terms(steps: list[float]) -> tuple[np.ndarray, np.ndarray]:
+            sums = []
+            for store, (linear, quadratic) in zip(stores, directions, strict=True):
+                with store.active():
+                    sums.append(
+                        store.ops.line_search_sums(
+                            store.farfield[: store.n], linear, quadratic, store.counts[: store.n],
+                            steps,
+                        )  # fmt: skip
+                    )
+            total = to_host(self._collectives.reduce_sum(sums))
+            return total[:, 0], total[:, 1]
+
         if mu:
             terms = _with_prior(terms, self.object, dir_obj, mu)
-        tau = poisson.line_search(
-            farfield, linear, quadratic, counts, slope, self._last_step, terms
-        )
+        tau = poisson.line_search(terms, slope, self._last_step)
         if tau > 0:
             self._last_step = tau
+            for index, store in enumerate(stores):
+                with store.active():
+                    if index:  # replicas follow the same update (the first store's are ours)
+                        store.object += tau * obj_dirs[index]
+                        if probe_dirs[index] is not None:
+                            store.probe += tau * probe_dirs[index]
+                    store.ops.advance(store.farfield[: store.n], *directions[index], tau)
             self.object += tau * dir_obj
             if dir_probe is not None:
                 self.probe += tau * dir_probe
-            ops.advance(farfield, linear, quadratic, tau)
         else:
             self._previous = None
         self.iteration += 1
@@ -400,7 +477,7 @@ class Reconstructor:
                 "iteration": self.iteration,
                 "poisson_nll": nll,
                 "step": tau,
-                "n_frames": n,
+                "n_frames": self._n,
                 "seconds": time.perf_counter() - started,
             }
         )
@@ -479,7 +556,13 @@ class Reconstructor:
         self._ensure_probe()
         if self._n and (self._illumination is None or self._illumination.shape != shape):
             self._update_geometry()
-            self._illumination = self._ops.illumination(self.probe)
+            if self._replicas_stale:
+                self._sync_replicas()
+            parts = []
+            for store in self._stores:
+                with store.active():
+                    parts.append(store.ops.illumination(store.probe))
+            self._illumination = self._collectives.reduce_sum(parts)
         # coverage, ramp removal and masking on the device: one transfer of each image
         illum = self._illumination if self._illumination is not None else xp.zeros(shape)
         peak = float(illum.max()) if illum.size else 0.0
@@ -534,17 +617,20 @@ class Reconstructor:
     def memory_estimate(self, n_frames: int, object_shape: tuple[int, int] | None = None) -> int:
         """Bytes of device (host on NumPy) memory iterating over ``n_frames`` frames needs.
 
-        ``object_shape`` defaults to the current canvas; counts are costed in
-        their current storage (compact unless frames so far did not fit).
-        See :mod:`.workspace` for what is counted.
+        With several partitions: what the largest one needs on its device (frames
+        split evenly). ``object_shape`` defaults to the current canvas; counts are
+        costed in their current storage (compact unless frames so far did not
+        fit). See :mod:`.workspace` for what is counted.
         """
+        per_store = -(-n_frames // len(self._stores))
+        store = self._stores[0]
         return workspace.memory_estimate(
-            n_frames,
+            per_store,
             self._shape,
             self._complex,
-            self._counts.dtype,
+            store.counts.dtype,
             object_shape if object_shape is not None else self.object.shape,
-            self._ops.workspace_bytes(n_frames),
+            store.ops.workspace_bytes(per_store),
         )
 
     # ------------------------------------------- rollback hook (callback/run.py)
@@ -563,9 +649,37 @@ class Reconstructor:
             )
         self.object = self.xp.asarray(object_, self._complex).copy()
         self.probe = None if probe is None else self.xp.asarray(probe, self._complex).copy()
-        self._n_fresh = 0
+        self._replicas_stale = True
+        for store in self._stores:
+            store.n_fresh = 0
         self._previous = None
         self._last_step *= step_scale
+
+
+def _devices(xp: Any, gpus: Sequence[int] | None, partitions: int | None) -> list[int | None]:
+    """The stores' devices: ``gpus`` on CuPy, ``partitions`` times the host on NumPy."""
+    if gpus is not None and partitions is not None:
+        raise ValueError("Reconstructor: give gpus (CuPy) or partitions (NumPy), not both")
+    if gpus is not None:
+        if not is_cupy(xp):
+            raise ValueError("Reconstructor: gpus=[...] needs backend='cupy'")
+        devices = list(gpus)
+        count = xp.cuda.runtime.getDeviceCount()
+        if not devices or any(
+            isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < count for d in devices
+        ):
+            raise ValueError(
+                f"Reconstructor: gpus must be a non-empty list of CUDA device numbers "
+                f"0..{count - 1}, got {gpus!r}"
+            )
+        return devices  # type: ignore[return-value]
+    if partitions is not None:
+        if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+            raise ValueError(f"Reconstructor: partitions must be an integer >= 1: {partitions!r}")
+        if is_cupy(xp) and partitions > 1:
+            raise ValueError("Reconstructor: on CuPy name the devices: gpus=[0, 1, ...]")
+        return [None] * partitions
+    return [None]
 
 
 def make_operators(
@@ -587,15 +701,15 @@ def _with_prior(terms: Any, obj: Any, direction: Any, mu: float) -> Any:
     """Line-search terms of the Poisson NLL plus the smoothness prior along ``direction``.
 
     The prior's ``R'(t) = 2 Re <g, d> + 2 t R_mu(d)`` is exact (R is quadratic);
-    ``terms`` and the result take an array of steps as their last argument.
+    ``terms`` and the result take a list of steps.
     """
     slope_at_zero = 2 * float(
         (direction.conj() * smoothness.gradient(obj, mu)).real.sum(dtype="float64")
     )
     curvature = 2 * smoothness.energy(direction, mu)
 
-    def with_prior(*args: Any) -> tuple[np.ndarray, np.ndarray]:
-        slope, second = terms(*args)
-        return slope + slope_at_zero + np.asarray(args[-1]) * curvature, second + curvature
+    def with_prior(steps: list[float]) -> tuple[np.ndarray, np.ndarray]:
+        slope, second = terms(steps)
+        return slope + slope_at_zero + np.asarray(steps) * curvature, second + curvature
 
     return with_prior

@@ -69,7 +69,7 @@ def interpolation_weights(fractions: Any, kind: str) -> Any:
     shifts = xp.asarray(SHIFTS[kind], dtype=fractions.dtype)
     rows = _kernel(shifts[None, :] - fractions[:, :1], kind)  # (n, T)
     cols = _kernel(shifts[None, :] - fractions[:, 1:], kind)
-    return (rows[:, :, None] * cols[:, None, :]).reshape(len(fractions), -1)
+    return (rows[:, :, None] * cols[:, None, :]).reshape(len(fractions), rows.shape[1] ** 2)
 
 
 def shift_whole(image: Any, dy: int, dx: int) -> Any:

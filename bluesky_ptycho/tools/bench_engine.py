@@ -228,7 +228,7 @@ def device_memory(xp: ModuleType, rec: Any, n_frames: int) -> dict[str, Any]:
     return {
         "device_pool_bytes": int(xp.get_default_memory_pool().total_bytes()),
         "memory_estimate_bytes": int(rec.memory_estimate(n_frames)),
-        "counts": str(rec._counts.dtype),
+        "counts": str(rec._stores[0].counts.dtype),
     }
 
 
@@ -243,7 +243,7 @@ def stage_profile(rec: Any, iterations: int) -> dict[str, float]:
     transform (the far-field methods); ``iteration`` is the whole step.
     """
     xp = rec.xp
-    ops = rec._ops
+    stores = rec._stores
     totals: dict[str, float] = {}
 
     def timed(name: str, function: Any) -> Any:
@@ -254,15 +254,17 @@ def stage_profile(rec: Any, iterations: int) -> dict[str, float]:
 
         return wrapper
 
+    ops_type = type(stores[0].ops)
     methods = [
         name
-        for name in dir(type(ops))
+        for name in dir(ops_type)
         if not name.startswith("_")
-        and callable(getattr(ops, name))
+        and callable(getattr(ops_type, name))
         and name not in ("set_geometry", "workspace_bytes")
     ]
-    for name in methods:
-        setattr(ops, name, timed(name, getattr(ops, name)))
+    for store in stores:
+        for name in methods:
+            setattr(store.ops, name, timed(name, getattr(store.ops, name)))
     modules = [xp.fft]
     if xp.__name__ == "cupy":
         import cupyx.scipy.fft
@@ -274,8 +276,9 @@ def stage_profile(rec: Any, iterations: int) -> dict[str, float]:
     try:
         elapsed, _ = _time_call(xp, rec.iterate, (iterations,), {})
     finally:
-        for name in methods:
-            delattr(ops, name)
+        for store in stores:
+            for name in methods:
+                delattr(store.ops, name)
         for module, name, function in ffts:
             setattr(module, name, function)
     totals["iteration"] = elapsed
