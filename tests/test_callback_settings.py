@@ -86,6 +86,9 @@ def test_bad_constructor_keywords_are_refused_at_once(key, value, words):
         ("new_run_policy", "later", "'finish', 'preempt'"),
         ("require_metadata", 1, "True or False"),
         ("worker_nice", 40, "an integer in 0..19"),
+        ("gpus", "0,1", "a non-empty list of CUDA device numbers"),
+        ("gpus", [0, True], "a non-empty list of CUDA device numbers"),
+        ("gpus", [], "a non-empty list of CUDA device numbers"),
     ],
 )
 def test_bad_callback_options_name_the_option(option, value, expected):

@@ -65,6 +65,18 @@ def _directories(name: str, value: Any) -> tuple[str, ...] | None:
     return roots
 
 
+def _gpus(name: str, value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not value:
+        validation.fail(name, "a non-empty list of CUDA device numbers (or None)", value)
+    devices = tuple(value)
+    for device in devices:
+        if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+            validation.fail(name, "a non-empty list of CUDA device numbers (or None)", value)
+    return devices
+
+
 _SECONDS = validation.real("seconds >= 0", lambda v: v >= 0)
 
 
@@ -73,6 +85,9 @@ class CallbackOptions:
     """Options of :class:`~bluesky_ptycho.callback.PtychoCallback` (not per scan).
 
     backend : engine array module: "numpy", "cupy" or "auto" (GPU when present).
+    gpus : CUDA devices one reconstruction's frames are partitioned over (e.g.
+        ``(0, 1)``; NCCL sums the gradients), or None: the current device only.
+        Needs the CuPy backend (docs/deployment.md, "Several GPUs").
     new_run_policy : "finish" or "preempt": whether a new run waits for the
         previous one's refinement (see :mod:`~bluesky_ptycho.callback.worker`).
     snapshot_interval_s : seconds between live snapshots (progress events), >= 0.
@@ -100,6 +115,7 @@ class CallbackOptions:
     """
 
     backend: str = "auto"
+    gpus: tuple[int, ...] | None = None
     new_run_policy: str = "finish"
     snapshot_interval_s: float = 1.0
     max_queued_frames: int = 4096
@@ -139,6 +155,7 @@ class CallbackOptions:
 
 _CHECKS: dict[str, validation.Check] = {
     "backend": validation.choice(BACKENDS),
+    "gpus": _gpus,
     "new_run_policy": validation.choice(POLICIES),
     "snapshot_interval_s": _SECONDS,
     "max_queued_frames": validation.integer("an integer >= 1", lambda v: v >= 1),

@@ -274,7 +274,9 @@ class RunReconstruction:
         return self.assembler.frame_shape or (int(frames.shape[1]), int(frames.shape[2]))
 
     def _start_engine(self, config: Any) -> None:
-        self.engine = Reconstructor(config, backend=self._options.backend)
+        self.engine = Reconstructor(
+            config, backend=self._options.backend, gpus=self._options.gpus
+        )
         self._duty = self._options.duty_cycle(self.engine.backend)
 
     def _calibrated_start(self) -> tuple[Any, Any, Any] | None:

@@ -13,6 +13,7 @@ __all__ = [
     "PRECISIONS",
     "accept_negative_numbers",
     "default_step_fraction",
+    "device_list",
     "direction",
     "non_negative_int",
     "positive_float",
@@ -42,6 +43,17 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def device_list(text: str) -> tuple[int, ...]:
+    """CUDA device numbers, comma-separated ("0,1,2,3")."""
+    try:
+        devices = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        devices = ()
+    if not devices or min(devices) < 0:
+        raise argparse.ArgumentTypeError(f"expected CUDA device numbers like 0,1, got {text!r}")
+    return devices
 
 
 def non_negative_int(text: str) -> int:

@@ -11,7 +11,13 @@ import argparse
 import json
 from pathlib import Path
 
-from ._options import PRECISIONS, default_step_fraction, positive_float, positive_int
+from ._options import (
+    PRECISIONS,
+    default_step_fraction,
+    device_list,
+    positive_float,
+    positive_int,
+)
 
 NAME = "bench"
 
@@ -75,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="after the run, time each operator stage over N more iterations (0: off)",
     )
+    parser.add_argument(
+        "--gpus",
+        type=device_list,
+        metavar="N,N,...",
+        help="partition the frames over these CUDA devices (NCCL between distinct ones)",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     parser.set_defaults(run=run)
 
@@ -95,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         step_fraction=args.step_fraction,
         profile_iterations=args.profile,
+        gpus=args.gpus,
     )
     if args.json:
         path = Path(args.json)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._options import positive_float, positive_int
+from ._options import device_list, positive_float, positive_int
 
 NAME = "serve"
 
@@ -73,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--backend",
         choices=("auto", "numpy", "cupy"),
         help="engine array module (overrides the config file; auto)",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=device_list,
+        metavar="N,N,...",
+        help="partition each reconstruction over these CUDA devices (NCCL; needs cupy)",
     )
     parser.add_argument(
         "--max-message-bytes",

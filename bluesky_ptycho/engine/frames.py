@@ -75,7 +75,9 @@ class FrameStore:
             return out
 
     def append(self, counts: Any, centres: np.ndarray, real_dtype: str) -> None:
-        """Add frames (counts with -1 where excluded, on this device) and their centres."""
+        """Add frames (on this device) and their centres: counts with -1 where
+        excluded, or already in a store's form (:mod:`.counts`)."""
+        counts = count_store.decode(counts, real_dtype)
         if count_store.is_compact(self.counts) and not count_store.fits_compact(counts):
             self.counts = count_store.decode(self.counts, real_dtype)  # widen the store
         n_new = counts.shape[0]
@@ -97,6 +99,13 @@ class FrameStore:
         positions = np.zeros((new_capacity, 2))
         positions[: self.n] = self.positions_px[: self.n]
         self.positions_px = positions
+
+    def take_all(self) -> tuple[Any, np.ndarray]:
+        """Remove every frame; returns their stored counts and centres (buffers are kept)."""
+        taken = self.counts[: self.n].copy(), self.positions_px[: self.n].copy()
+        self.n = self.n_fresh = 0
+        self.geometry_frames = -1
+        return taken
 
     @property
     def capacity(self) -> int:

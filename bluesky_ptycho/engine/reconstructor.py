@@ -52,6 +52,8 @@ RAMP_TOLERANCE_PX = 1e-3
 #: probe tilt (detector pixels off the beam axis) that triggers an early refresh: the
 #: probe must not absorb the object's phase gradients while the object is still flat
 BEAM_DRIFT_PX = 0.02
+#: a store holding more than this times the mean number of frames redraws the stripes
+REBALANCE_RATIO = 1.25
 #: iterations between checks of that tilt (2 ms a check at 256 x 256 on an H200, 5-12 %
 #: of an iteration), and at every refresh
 BEAM_CHECK_EVERY = 5
@@ -127,6 +129,7 @@ class Reconstructor:
         ]
         self._collectives = make_collectives(self._stores, collectives)
         self._stripe_edges: np.ndarray | None = None  # partition boundaries (object rows)
+        self._balanced_frames = 0  # frames when the stripes were last drawn
         self._replicas_stale = True  # object/probe changed outside an iteration's update
         self._shape = config.frame_shape
         self._pixel_m = config.object_pixel_m
@@ -221,23 +224,42 @@ class Reconstructor:
         self._excluded_pixels += int((counts < 0).sum())
         return counts.astype(self._real)
 
-    def _distribute(self, counts: Any, centres: np.ndarray) -> None:
+    def _distribute(self, counts: Any, centres: np.ndarray, rebalance: bool = True) -> None:
         """Hand frames to the stores: by position stripe when there are several.
 
-        The stripes are fixed by the first frames; later frames go to the stripe
-        their probe centre falls in.
+        The first frames fix the stripes; later frames go to the stripe their
+        probe centre falls in. When one store holds more than
+        ``REBALANCE_RATIO`` times the mean (a spiral growing past the first
+        stripes), the stripes are drawn again from all frames and frames move
+        (at most once per growth of the scan by that ratio).
         """
-        if len(self._stores) == 1:
-            self._stores[0].append(counts, centres, self._real)
+        stores = self._stores
+        if len(stores) == 1:
+            stores[0].append(counts, centres, self._real)
             return
         if self._stripe_edges is None:
-            self._stripe_edges = stripe_edges(centres[:, 0], len(self._stores))
+            self._stripe_edges = stripe_edges(centres[:, 0], len(stores))
         parts = route(centres[:, 0], self._stripe_edges)
-        for index, store in enumerate(self._stores):
+        for index, store in enumerate(stores):
             chosen = np.flatnonzero(parts == index)
             if chosen.size:
                 selected = counts[self.xp.asarray(chosen)]
                 store.append(store.here(selected), centres[chosen], self._real)
+        loads = [store.n for store in stores]
+        grown = sum(loads) >= max(4 * len(stores), REBALANCE_RATIO * self._balanced_frames)
+        if rebalance and grown and max(loads) > REBALANCE_RATIO * np.mean(loads):
+            self._rebalance()
+
+    def _rebalance(self) -> None:
+        """Stripes drawn again from every frame's position; frames move to their store."""
+        master = self._stores[0]
+        taken = [store.take_all() for store in self._stores]
+        with master.active():
+            counts = self.xp.concatenate([master.here(part) for part, _ in taken])
+        centres = np.concatenate([positions for _, positions in taken])
+        self._stripe_edges = stripe_edges(centres[:, 0], len(self._stores))
+        self._balanced_frames = len(centres)
+        self._distribute(counts, centres, rebalance=False)
 
     def _fit_canvas(self, centres: np.ndarray) -> None:
         """Grow the object canvas so the windows at ``centres`` fit with a margin.

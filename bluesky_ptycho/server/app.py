@@ -33,6 +33,7 @@ class ServeArguments:
     tiled: str | None = None
     config: Path | None = None
     backend: str | None = None
+    gpus: tuple[int, ...] | None = None
     max_message_bytes: int | None = None
     unsafe_pickle: bool = False
     status_file: Path | None = None
@@ -98,6 +99,8 @@ def serve(args: ServeArguments) -> int:
     options = dict(config.callback)
     if args.backend:
         options["backend"] = args.backend
+    if args.gpus:
+        options["gpus"] = args.gpus
     codec = make_codec(args)
     source = make_source(args, config, codec)
     tiled = tiled_client(args.tiled) if args.tiled else None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -32,9 +33,11 @@ ADD_CHUNK_FRAMES = 1024
 FFTS = ("fft2", "ifft2")
 
 
-def _sync(xp: ModuleType) -> None:
+def _sync(xp: ModuleType, gpus: Sequence[int] | None = None) -> None:
+    """Wait for the current device, or for each of ``gpus``."""
     if xp.__name__ == "cupy":
-        xp.cuda.Device().synchronize()
+        for device in gpus or [xp.cuda.Device().id]:
+            xp.cuda.Device(device).synchronize()
 
 
 def _device_name(xp: ModuleType) -> str:
@@ -91,12 +94,14 @@ def benchmark(
     seed: int = 0,
     step_fraction: float | None = None,
     profile_iterations: int = 0,
+    gpus: Sequence[int] | None = None,
     report: Any = print,
 ) -> dict[str, Any]:
     """Run the benchmark; ``report`` receives each printed line. Returns the results.
 
     With ``profile_iterations`` > 0, :func:`stage_profile` runs that many more
-    iterations after the timed ones (not counted in the throughput).
+    iterations after the timed ones (not counted in the throughput). ``gpus``:
+    the frames are partitioned over these CUDA devices (``Reconstructor(gpus=...)``).
     """
     import numpy as np
 
@@ -122,12 +127,12 @@ def benchmark(
     simulate_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    rec = Reconstructor(config, backend=xp.__name__)
+    rec = Reconstructor(config, backend=xp.__name__, gpus=gpus)
     for start in range(0, n_frames, ADD_CHUNK_FRAMES):
         stop = min(start + ADD_CHUNK_FRAMES, n_frames)
         rec.add_frames(frames[start:stop], x_motor[start:stop], y_motor[start:stop])
     del frames, simulated
-    _sync(xp)
+    _sync(xp, gpus)
     setup_s = time.perf_counter() - started
     if xp.__name__ == "cupy":  # the pool's bytes after the run then count the engine's only
         xp.get_default_memory_pool().free_all_blocks()
@@ -135,7 +140,8 @@ def benchmark(
     device = _device_name(xp)
     report(
         f"bench: {n_frames} frames of {frame_size}x{frame_size}, {scan}, backend {rec.backend} "
-        f"on {device}, {precision} precision"
+        f"on {device}{f' x {len(gpus)} (gpus {list(gpus)})' if gpus else ''}, "
+        f"{precision} precision"
     )
     report(
         f"simulation {simulate_s:.2f} s, setup (engine + add_frames) {setup_s:.2f} s, "
@@ -148,10 +154,10 @@ def benchmark(
     done = 0
     while done < limit and (seconds is None or iterate_s < seconds):
         count = int(min(block, limit - done))
-        _sync(xp)
+        _sync(xp, gpus)
         tick = time.perf_counter()
         nll = rec.iterate(count)
-        _sync(xp)
+        _sync(xp, gpus)
         block_s = time.perf_counter() - tick
         iterate_s += block_s
         done += count
@@ -190,6 +196,7 @@ def benchmark(
         + f" --block {block} --photons {photons_per_frame:g} --scan {scan}"
         + f" --step-fraction {step_fraction:g}"
         + f" --precision {precision} --seed {seed}"
+        + (f" --gpus {','.join(str(g) for g in gpus)}" if gpus else "")
     )
     return {
         "command": command,
@@ -197,6 +204,7 @@ def benchmark(
         "commit": _commit(),
         "backend": rec.backend,
         "device": device,
+        "gpus": list(gpus) if gpus else None,
         "array_module_version": getattr(xp, "__version__", "unknown"),
         "numpy_version": np.__version__,
         "frame_size": frame_size,
