@@ -9,7 +9,10 @@ For each (frame size, frames) case: simulate on the GPU, hand the frames to a
 * count the line-search passes per iteration;
 * time the beam-axis check (``_probe_tilt_px``: the probe's far-field disc
   centre) the engine does once per iteration;
-* run ``bench_engine.stage_profile``.
+* run ``bench_engine.stage_profile``;
+* time ``TIMED`` iterations with ``__launch_bounds__(256, B)`` added to the
+  frame-loop kernels (``waves``, ``object_gradient``: register-bound at 25 %
+  occupancy by ncu) for each B of ``MIN_BLOCKS`` (compiled again each time).
 
 Prints one JSON document (and writes it to ``$OUT/issue12-profile.json`` when
 ``OUT`` is set). Needs CuPy and a CUDA device; from the repository root::
@@ -33,6 +36,8 @@ from bluesky_ptycho.tools.bench_engine import stage_profile
 
 WARM, TIMED = 25, 10
 BLOCK_SIZES = (4, 8, 16, 32, 64)
+MIN_BLOCKS = (3, 4)
+FRAME_LOOP_KERNELS = ("waves", "object_gradient")
 CASES = ("256:4096", "128:4096", "512:1024")
 
 
@@ -60,15 +65,16 @@ def case(size: int, n_frames: int) -> dict:
         result["ms_per_iteration"][per_block] = 1e3 * seconds_per_iteration(rec, TIMED)
     cuda_operators.FRAMES_PER_BLOCK = default
     passes = []
-    terms = rec._ops.line_search_terms
+    ops = rec._stores[0].ops
+    sums = ops.line_search_sums
 
     def counted(*args):
         passes.append(1)
-        return terms(*args)
+        return sums(*args)
 
-    rec._ops.line_search_terms = counted
+    ops.line_search_sums = counted
     result["ms_default"] = 1e3 * seconds_per_iteration(rec, TIMED)
-    del rec._ops.line_search_terms
+    del ops.line_search_sums
     result["line_search_passes_per_iteration"] = len(passes) / TIMED
     result["frame_iterations_per_s"] = n_frames / (result["ms_default"] / 1e3)
     cp.cuda.Device().synchronize()
@@ -79,7 +85,34 @@ def case(size: int, n_frames: int) -> dict:
     result["ms_beam_axis_check"] = 1e3 * (time.perf_counter() - started) / TIMED
     result["stage_ms"] = stage_profile(rec, 5)
     result["pool_bytes"] = cp.get_default_memory_pool().used_bytes()
+    result["ms_with_launch_bounds"] = launch_bounds_sweep(rec)
     return result
+
+
+def launch_bounds_sweep(rec: Reconstructor) -> dict:
+    """ms per iteration with ``__launch_bounds__(THREADS, B)`` on the frame-loop kernels."""
+    source = cuda_operators.kernel_source
+    timings: dict = {}
+    if not MIN_BLOCKS:
+        return timings
+    try:
+        for min_blocks in MIN_BLOCKS:
+            text = source()
+            for name in FRAME_LOOP_KERNELS:
+                bounds = f"__launch_bounds__({cuda_operators.THREADS}, {min_blocks}) "
+                text = text.replace(f"__global__ void {name}(", f"__global__ void {bounds}{name}(")
+            cuda_operators.kernel_source = lambda text=text: text
+            cuda_operators._module.cache_clear()
+            for store in rec._stores:
+                store.ops._kernels, _ = cuda_operators._module(store.ops.real_dtype)
+            rec.iterate(2)  # compile
+            timings[min_blocks] = 1e3 * seconds_per_iteration(rec, TIMED)
+    finally:
+        cuda_operators.kernel_source = source
+        cuda_operators._module.cache_clear()
+        for store in rec._stores:
+            store.ops._kernels, _ = cuda_operators._module(store.ops.real_dtype)
+    return timings
 
 
 def main() -> None:
