@@ -182,3 +182,13 @@ def test_cupy_matches_numpy_and_reaches_target():
         assert diff <= 1e-3 * np.linalg.norm(want), name
     recs["cupy"].iterate(38)
     assert snapshot_nrmse(recs["cupy"].snapshot(), scan.sample.object, scan.sample.origin_m) <= 0.10
+
+
+def test_the_callback_budgets_the_gpu_memory_on_cupy():
+    import cupy
+
+    from bluesky_ptycho.callback.memory import GPU_BUDGET_FRACTION, default_budget_bytes
+
+    total = cupy.cuda.Device().mem_info[1]
+    assert default_budget_bytes("cupy") == int(GPU_BUDGET_FRACTION * total)
+    assert default_budget_bytes("numpy") != default_budget_bytes("cupy")

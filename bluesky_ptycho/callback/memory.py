@@ -12,8 +12,8 @@ the peak of ``add_frames`` + 3 iterations, 2000 frames of 32 x 32 and 500 of
 
 is 96 bytes per pixel and frame for complex64 (twice that for complex128).
 :func:`check_budget` refuses a run whose declared shape and frame count exceed
-``memory_budget_bytes`` (default :func:`default_budget_bytes`: half the host's
-physical memory).
+``memory_budget_bytes`` (default :func:`default_budget_bytes`: with the CuPy
+backend 90 % of the GPU's memory, else half the host's physical memory).
 """
 
 from __future__ import annotations
@@ -32,8 +32,19 @@ class MemoryRefused(ValueError):
     """A run would need more memory than ``memory_budget_bytes``."""
 
 
-def default_budget_bytes() -> int:
-    """Half the host's physical memory (4 GiB where it cannot be read)."""
+#: share of the GPU's memory a reconstruction on it may plan for by default
+GPU_BUDGET_FRACTION = 0.9
+
+
+def default_budget_bytes(backend: str = "numpy") -> int:
+    """90 % of the current GPU's memory when ``backend`` resolves to CuPy, else half
+    the host's physical memory (4 GiB where it cannot be read)."""
+    if backend != "numpy":
+        from ..engine.backend import get_array_module, is_cupy
+
+        xp = get_array_module(backend)
+        if is_cupy(xp):
+            return int(GPU_BUDGET_FRACTION * xp.cuda.Device().mem_info[1])
     try:
         return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 2
     except (ValueError, OSError, AttributeError):

@@ -110,8 +110,9 @@ class CallbackOptions:
         (resolved, symlinks followed), or None: anywhere outside system
         directories, with a warning (see :mod:`~bluesky_ptycho.callback.paths`).
     memory_budget_bytes : largest engine memory a run may need, estimated from the
-        declared frame shape and count before anything is allocated, or None: half
-        the host's memory (see :mod:`~bluesky_ptycho.callback.memory`).
+        declared frame shape and count before anything is allocated, or None: 90 %
+        of the GPU's memory with the CuPy backend, else half the host's memory
+        (see :mod:`~bluesky_ptycho.callback.memory`).
     """
 
     backend: str = "auto"

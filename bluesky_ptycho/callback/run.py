@@ -146,7 +146,7 @@ class RunReconstruction:
                 logger.exception("ptycho: settings of run %s", self.raw_uid)
             detail = str(error) if isinstance(error, ValueError) else _describe(error)
             self.fail(f"invalid settings: {detail}")
-        self._budget_bytes = options.memory_budget_bytes or default_budget_bytes()
+        self._budget_bytes = options.memory_budget_bytes or default_budget_bytes(options.backend)
         points = raw_start.get("num_points")
         self._declared_points = points if isinstance(points, int) and points > 0 else 0
         self.derived_uid = publisher.begin(self.raw_uid, raw_start, described)
