@@ -61,11 +61,14 @@ def _device_name(xp: ModuleType) -> str:
 
 
 def _commit() -> str:
-    """``git describe --always --dirty`` of this checkout, else $BLUESKY_PTYCHO_COMMIT."""
+    """$BLUESKY_PTYCHO_COMMIT when set (a copied tree's .git may be stale), else
+    ``git describe --always --dirty`` of this checkout."""
     import os
     import subprocess
 
     fallback = os.environ.get("BLUESKY_PTYCHO_COMMIT", "unknown")
+    if "BLUESKY_PTYCHO_COMMIT" in os.environ:
+        return fallback
 
     try:
         result = subprocess.run(
