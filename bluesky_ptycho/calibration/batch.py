@@ -6,8 +6,9 @@ iterations are bound by kernel launches and host round trips, so trials run
 one after another cost their number times that latency. :class:`TrialBatch`
 holds K trials in arrays with a leading trial axis - objects (K, H, W), probes
 (K, M, N), far fields (K, n, M, N) - uploads the frames once and advances all
-trials with the same array operations, so an iteration of K trials costs
-about what one trial's does on a GPU (the same arithmetic as K trials on a CPU).
+trials with the same array operations: on a GPU, one batched iteration in
+place of K (the same arithmetic, which on a CPU is faster trial by trial:
+the default there, see :func:`start_trials`).
 
 Every trial computes what the :class:`~bluesky_ptycho.Reconstructor` of
 :func:`.trials.run_trial` computes - the engine's model, probe hold,

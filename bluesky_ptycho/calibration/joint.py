@@ -31,6 +31,7 @@ from typing import Any
 from ..config import ReconConfig
 from .defocus import (
     DEFAULT_SEARCH_ITERATIONS,
+    SCREEN_ITERATIONS,
     DefocusTrial,
     search_classes,
     trial_distances,
@@ -105,6 +106,7 @@ def search_orientation_and_defocus(
     tolerance: float = DEFAULT_TOLERANCE,
     report: Callable[[str], Any] | None = None,
     batched: bool | None = None,
+    screen_iterations: int | None = SCREEN_ITERATIONS,
 ) -> JointResult:
     """Search the defocus for each class of orientations, then rank all 32 candidates.
 
@@ -116,8 +118,9 @@ def search_orientation_and_defocus(
         ``search_probe_propagation`` with it).
     distances_m, steps : distances to try (default from the bright-field disc).
     defocus_sign : +1 (sample downstream of the focus), -1 (upstream) or None.
-    n_frames, iterations, crop_px, backend, tolerance, report, batched : as for the
-        two searches; the four classes' searches run together.
+    n_frames, iterations, crop_px, backend, tolerance, report, batched,
+    screen_iterations : as for the two searches; the four classes' defocus
+        searches run together (each keeps its own best ``SCREEN_KEEP``).
     """
     if config.probe is not None or config.probe_path is not None:
         raise ValueError(
@@ -137,6 +140,7 @@ def search_orientation_and_defocus(
         iterations,
         backend,
         report=report,
+        screen_iterations=screen_iterations,
         batched=batched,
         labels=[f"{o} {sx:+d} {sy:+d}: " for o, sx, sy in REPRESENTATIVES],
     )

@@ -353,8 +353,9 @@ def probe_search(
     n_frames = args.probe_search_frames or DEFAULT_TRIAL_FRAMES
     iterations = args.probe_search_iterations or DEFAULT_SEARCH_ITERATIONS
     print(
-        f"probe search: {n_frames} frames nearest the centre, {iterations} iterations each "
-        f"(grid distances outside the best {SCREEN_KEEP} stop after {SCREEN_ITERATIONS})"
+        f"probe search: {n_frames} frames nearest the centre, {iterations} iterations for the "
+        f"best {SCREEN_KEEP} grid distances and the refinement, at most {SCREEN_ITERATIONS} "
+        "for the others"
     )
     try:
         best_m, table = search_probe_propagation(
