@@ -163,12 +163,17 @@ def disc_centres(xp: ModuleType, patterns: Any) -> np.ndarray:
     lit = peak > 0
     level = centred / xp.where(lit, peak, 1)
     weight = xp.clip((level - gauge.DISC_LEVEL) / (2 * gauge.DISC_EDGE) + 0.5, 0, 1)
-    total = xp.where(lit[..., 0, 0], weight.sum(axis=(-2, -1)), 1)
-    row_c = (weight.sum(axis=-1) * xp.arange(rows)).sum(axis=-1) / total - rows // 2
-    col_c = (weight.sum(axis=-2) * xp.arange(cols)).sum(axis=-1) / total - cols // 2
-    centres = to_host(xp.stack([row_c, col_c], axis=-1))
-    centres[~to_host(lit[..., 0, 0])] = 0
-    return centres
+    lit = lit[..., 0]
+    total = xp.where(lit[..., 0], weight.sum(axis=(-2, -1)), 1)[..., None]
+    centre = xp.stack(
+        [
+            (weight.sum(axis=-1) * xp.arange(rows)).sum(axis=-1),
+            (weight.sum(axis=-2) * xp.arange(cols)).sum(axis=-1),
+        ],
+        axis=-1,
+    )
+    offset = xp.asarray([rows // 2, cols // 2], dtype=centre.dtype)
+    return to_host(xp.where(lit, centre / total - offset, 0))  # an empty pattern: 0
 
 
 def ramps(

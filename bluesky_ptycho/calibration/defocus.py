@@ -10,11 +10,12 @@ Poisson NLL, then refines around it.
 
 Most distances of a grid are clearly wrong after a few iterations: every grid
 distance runs ``SCREEN_ITERATIONS`` iterations, and only the ``SCREEN_KEEP``
-lowest NLLs run on to the full count (measured on simulated scans from 43 to
-77 trial pixels: the distance that is best after the full count was first or
-second from the second iteration on). The table keeps the screened rows with
-the iterations they ran. The trials of a stage run together on a GPU
-(:mod:`.batch`): a search costs a few batched trials instead of dozens in a row.
+lowest NLLs run on to the full count (measured on three simulated scans with
+33-, 43- and 77-pixel trial crops, docs/real-data.md: the distance best after
+10 iterations ranked first or second from the second iteration on). The
+table keeps the screened rows with the iterations they ran. The trials of a
+stage run together on a GPU (:mod:`.batch`): a search waits on a few batched
+iterations instead of hundreds of single-trial ones.
 
 The default distances come from the data (:func:`default_defocus_range`): a
 symmetric range up to the defocus at which the geometric probe fills
