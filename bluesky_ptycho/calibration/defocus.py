@@ -135,9 +135,10 @@ def search_probe_propagation(
     trials = prepare_trials(frames, x, y, config, n_frames, crop_px)
     if distances_m is None:
         distances = trial_distances(trials, steps)
-    return search_trials(
-        trials, distances, iterations, backend, refine, report, screen_iterations, batched
+    ((best_m, table),) = search_classes(
+        trials, distances, [{}], iterations, backend, refine, report, screen_iterations, batched
     )
+    return best_m, table
 
 
 def trial_distances(trials: TrialSet, steps: int | None = None) -> np.ndarray:
@@ -151,25 +152,6 @@ def trial_distances(trials: TrialSet, steps: int | None = None) -> np.ndarray:
             ),
         )
     return default_defocus_range(trials.beam, steps)
-
-
-def search_trials(
-    trials: TrialSet,
-    distances: np.ndarray,
-    iterations: int = DEFAULT_SEARCH_ITERATIONS,
-    backend: str = "auto",
-    refine: bool = True,
-    report: Callable[[str], Any] | None = None,
-    screen_iterations: int | None = SCREEN_ITERATIONS,
-    batched: bool | None = None,
-    **changes: Any,
-) -> tuple[float, list[DefocusTrial]]:
-    """:func:`search_probe_propagation` on prepared trials; ``changes`` go to every trial."""
-    ((best, table),) = search_classes(
-        trials, distances, [changes], iterations, backend, refine, report, screen_iterations,
-        batched,
-    )  # fmt: skip
-    return best, table
 
 
 def search_classes(
