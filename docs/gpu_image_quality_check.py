@@ -1,9 +1,9 @@
 """Images as delivered on the GPU: a cold start with the defocus search (docs/benchmarks.md).
 
-4,096 beamline-like frames of 256 x 256 (``sim.sample.BEAMLINE_LIKE``; a 3.5 mrad
-zone plate defocused by 4 waves at the pupil edge), simulated on the GPU, the
-probe defocus searched, then 10 x 20 iterations with the NRMSE as delivered
-after each block. Needs CuPy and a CUDA device; from the repository root::
+4,096 beamline-like frames of 256 x 256 (docs/gpu_scan.py: ``sim.sample.BEAMLINE_LIKE``,
+a 3.5 mrad zone plate defocused by 4 waves at the pupil edge), simulated on the
+GPU, the probe defocus searched, then 10 x 20 iterations with the NRMSE as
+delivered after each block. Needs CuPy and a CUDA device; from the repository root::
 
     PYTHONPATH=. python docs/gpu_image_quality_check.py
 """
@@ -13,30 +13,15 @@ from __future__ import annotations
 import time
 
 import cupy as cp
+from gpu_scan import cold_start_scan  # docs/ is on the path when run as a script
 
 from bluesky_ptycho import Reconstructor
 from bluesky_ptycho.calibration import search_probe_propagation
 from bluesky_ptycho.metrics import snapshot_nrmse
-from bluesky_ptycho.sim.sample import (
-    BEAMLINE_LIKE,
-    HOT_PIXEL_COUNTS,
-    default_config,
-    simulate_scan,
-)
-
-SEMIANGLE_RAD = 3.5e-3
 
 
 def main() -> None:
-    config = default_config(256)
-    defocus_m = 8 * config.wavelength_m / SEMIANGLE_RAD**2  # 4 waves at the pupil edge
-    options = {**BEAMLINE_LIKE, "defocus_m": defocus_m, "semiangle_rad": SEMIANGLE_RAD}
-    options["photons_per_frame"] = 1e6
-    started = time.perf_counter()
-    scan = simulate_scan(config, n_frames=4096, seed=7, xp=cp, **options)
-    cp.cuda.Device().synchronize()
-    print(f"simulated in {time.perf_counter() - started:.1f} s; defocus {defocus_m * 1e6:.1f} um")
-    config = config.replace(saturation_counts=HOT_PIXEL_COUNTS)
+    scan, config, _ = cold_start_scan()
     started = time.perf_counter()
     best_m, _ = search_probe_propagation(
         scan.frames, scan.x_motor, scan.y_motor, config, backend="cupy"

@@ -242,7 +242,10 @@ def main(outdir: Path) -> None:
             "numpy",
         ]
     )
-    joint = search_orientation_and_defocus(frames, x, y, config, defocus_sign=1, backend="numpy")
+    # every distance to the full count (no screening): the figure shows whole NLL curves
+    joint = search_orientation_and_defocus(
+        frames, x, y, config, defocus_sign=1, backend="numpy", screen_iterations=None
+    )
     figure_orientation(cold, joint)
     figure_defocus(joint)
     # 4. reconstruct with the orientation found, searching the defocus again on the way

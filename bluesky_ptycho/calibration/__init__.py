@@ -1,7 +1,8 @@
 """Calibration from the data: probe defocus search and detector-orientation detection.
 
 Both run short trial reconstructions on a subset of frames (:mod:`.trials`)
-and compare their Poisson NLL:
+and compare their Poisson NLL; on a GPU the trials of a step run together
+(:mod:`.batch`):
 
 * :func:`search_probe_propagation` - which propagation distance of the initial
   probe fits best (``ReconConfig.probe_propagation_m``);

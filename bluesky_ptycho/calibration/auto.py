@@ -27,8 +27,9 @@ class Calibration:
     config : the input configuration with ``changes`` applied.
     changes : the ReconConfig fields set from the data (may be empty).
     summary : JSON-ready record: ``verdict``, ``orientation`` (ranked rows),
-        ``probe_propagation_m``, ``defocus_table``, ``applied``, ``note`` (text)
-        and ``advice`` (structured: problem, remedies and the options they name).
+        ``probe_propagation_m``, ``defocus_table`` (rows ``[distance_m,
+        nll_per_pixel, iterations]``), ``applied``, ``note`` (text) and ``advice``
+        (structured: problem, remedies and the options they name).
     """
 
     config: ReconConfig
@@ -92,7 +93,7 @@ def calibrate(
         result = joint.orientation
         summary["defocus_sign_from"] = joint.sign_from
         summary["defocus_tables"] = {
-            " ".join(map(str, key)): [[row.distance_m, row.nll_per_pixel] for row in table]
+            " ".join(map(str, key)): [list(row) for row in table]
             for key, table in joint.searches.items()
         }
         if result.verdict != "ambiguous" and joint.consistent:
@@ -109,7 +110,7 @@ def calibrate(
     if defocus and not (orientation and cold):
         best_m, table = search_probe_propagation(frames, x, y, config.replace(**changes), **common)
         changes["probe_propagation_m"] = best_m
-        summary["defocus_table"] = [[row.distance_m, row.nll_per_pixel] for row in table]
+        summary["defocus_table"] = [list(row) for row in table]
     summary["probe_propagation_m"] = changes.get("probe_propagation_m", config.probe_propagation_m)
     summary["changes"] = dict(changes)
     return Calibration(config.replace(**changes), changes, summary)

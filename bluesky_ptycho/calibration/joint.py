@@ -31,8 +31,9 @@ from typing import Any
 from ..config import ReconConfig
 from .defocus import (
     DEFAULT_SEARCH_ITERATIONS,
+    SCREEN_ITERATIONS,
     DefocusTrial,
-    search_trials,
+    search_classes,
     trial_distances,
 )
 from .orientation import (
@@ -104,6 +105,8 @@ def search_orientation_and_defocus(
     backend: str = "auto",
     tolerance: float = DEFAULT_TOLERANCE,
     report: Callable[[str], Any] | None = None,
+    batched: bool | None = None,
+    screen_iterations: int | None = SCREEN_ITERATIONS,
 ) -> JointResult:
     """Search the defocus for each class of orientations, then rank all 32 candidates.
 
@@ -115,7 +118,9 @@ def search_orientation_and_defocus(
         ``search_probe_propagation`` with it).
     distances_m, steps : distances to try (default from the bright-field disc).
     defocus_sign : +1 (sample downstream of the focus), -1 (upstream) or None.
-    n_frames, iterations, crop_px, backend, tolerance, report : as for the two searches.
+    n_frames, iterations, crop_px, backend, tolerance, report, batched,
+    screen_iterations : as for the two searches; the four classes' defocus
+        searches run together (each keeps its own best ``SCREEN_KEEP``).
     """
     if config.probe is not None or config.probe_path is not None:
         raise ValueError(
@@ -126,17 +131,24 @@ def search_orientation_and_defocus(
         raise ValueError(f"defocus_sign: expected +1, -1 or None, got {defocus_sign!r}")
     trials = prepare_trials(frames, x, y, config, n_frames, crop_px)
     distances = trial_distances(trials, steps) if distances_m is None else distances_m
+    if report is not None:
+        report("defocus search for each class (dp_orient x_direction y_direction):")
+    found = search_classes(
+        trials,
+        distances,
+        [{"dp_orient": o, "x_direction": sx, "y_direction": sy} for o, sx, sy in REPRESENTATIVES],
+        iterations,
+        backend,
+        report=report,
+        screen_iterations=screen_iterations,
+        batched=batched,
+        labels=[f"{o} {sx:+d} {sy:+d}: " for o, sx, sy in REPRESENTATIVES],
+    )
     searches: dict[tuple[str, int, int], list[DefocusTrial]] = {}
     best: tuple[float, tuple[str, int, int], float] | None = None
-    for key in REPRESENTATIVES:
-        if report is not None:
-            report(f"defocus search, dp_orient {key[0]}, x {key[1]:+d}, y {key[2]:+d}:")
-        changes = {"dp_orient": key[0], "x_direction": key[1], "y_direction": key[2]}
-        distance, table = search_trials(
-            trials, distances, iterations, backend, report=report, **changes
-        )
+    for key, (distance, table) in zip(REPRESENTATIVES, found, strict=True):
         searches[key] = table
-        nll = min(row.nll_per_pixel for row in table)
+        nll = next(row.nll_per_pixel for row in table if row.distance_m == distance)
         if best is None or nll < best[0]:
             best = (nll, key, distance)
     assert best is not None
@@ -156,5 +168,6 @@ def search_orientation_and_defocus(
         tolerance,
         current=(config.dp_orient, config.x_direction, config.y_direction),
         report=report,
+        batched=batched,
     )
     return JointResult(orientation, distance, searches, sign_from, key)

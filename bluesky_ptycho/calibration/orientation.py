@@ -52,7 +52,8 @@ import numpy as np
 from ..config import D4_ORIENTATIONS, ReconConfig
 from ..engine.orientation import orient_frames
 from .advice import Advice, Names, Remedy, render_all
-from .trials import DEFAULT_TRIAL_FRAMES, TrialSet, prepare_trials, run_trial
+from .batch import run_trials
+from .trials import DEFAULT_TRIAL_FRAMES, TrialSet, prepare_trials
 
 #: ML_grad iterations per candidate
 DEFAULT_ORIENTATION_ITERATIONS = 10
@@ -331,6 +332,7 @@ def detect_orientation(
     backend: str = "auto",
     tolerance: float = DEFAULT_TOLERANCE,
     report: Callable[[str], Any] | None = None,
+    batched: bool | None = None,
 ) -> OrientationResult:
     """Try the 32 orientation and sign candidates on a subset; rank them by NLL.
 
@@ -345,10 +347,12 @@ def detect_orientation(
     n_frames, iterations, crop_px : trial size (see :mod:`.trials`).
     tolerance : relative NLL within which candidates count as tied.
     report : called with one line per candidate (progress), e.g. ``print``.
+    batched : run the 32 trials together (:func:`.batch.start_trials`; None: on
+        CuPy), or each by its own Reconstructor.
     """
     trials = prepare_trials(frames, x, y, config, n_frames, crop_px)
     current = (config.dp_orient, config.x_direction, config.y_direction)
-    return rank_trials(trials, iterations, backend, tolerance, current, report)
+    return rank_trials(trials, iterations, backend, tolerance, current, report, batched)
 
 
 def rank_trials(
@@ -358,26 +362,27 @@ def rank_trials(
     tolerance: float = DEFAULT_TOLERANCE,
     current: tuple[str, int, int] | None = None,
     report: Callable[[str], Any] | None = None,
+    batched: bool | None = None,
 ) -> OrientationResult:
     """:func:`detect_orientation` on prepared trials (their config's probe model)."""
     config = trials.config
     warm = config.probe is not None
     hold = iterations if warm else config.probe_hold_iterations
+    keys = candidates()
+    variants = [{"dp_orient": n, "x_direction": sx, "y_direction": sy} for n, sx, sy in keys]
+    nlls = run_trials(
+        trials,
+        iterations,
+        variants,
+        backend,
+        batched,
+        round_positions=True,
+        dtype=TRIAL_DTYPE,
+        probe_hold_iterations=hold,
+    )
     results = {}
-    for key in candidates():
-        name, sx, sy = key
-        nll = run_trial(
-            trials,
-            iterations,
-            backend,
-            round_positions=True,
-            dp_orient=name,
-            x_direction=sx,
-            y_direction=sy,
-            dtype=TRIAL_DTYPE,
-            probe_hold_iterations=hold,
-        )
-        results[key] = nll if np.isfinite(nll) else float("inf")
+    for (name, sx, sy), nll in zip(keys, nlls, strict=True):
+        results[(name, sx, sy)] = float(nll) if np.isfinite(nll) else float("inf")
         if report is not None:
             report(f"  {name:<13} x {sx:+d} y {sy:+d}   NLL/pixel {nll:.6g}")
     model = trials.probe_model

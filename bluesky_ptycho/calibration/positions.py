@@ -5,8 +5,8 @@ or the probe's position, :mod:`bluesky_ptycho.cxi`). The two readings differ by
 negating both position axes - the twin ambiguity - which a cold start cannot
 see but a warm-start probe can: with the supplied probe only one reading
 explains the data. :func:`check_position_sign` runs two short trials on the
-central frames (:mod:`.trials`) and says whether the negated reading fits
-clearly better.
+central frames (:mod:`.trials`; together on a GPU) and says whether the
+negated reading fits clearly better.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ReconConfig
-from .trials import DEFAULT_TRIAL_FRAMES, prepare_trials, run_trial
+from .batch import run_trials
+from .trials import DEFAULT_TRIAL_FRAMES, prepare_trials
 
 #: trial iterations per reading
 DEFAULT_SIGN_ITERATIONS = 15
@@ -67,12 +68,6 @@ def check_position_sign(
             "start the two readings are exact twins"
         )
     trials = prepare_trials(frames, x, y, config, n_frames=n_frames)
-    given = run_trial(trials, iterations, backend)
-    negated = run_trial(
-        trials,
-        iterations,
-        backend,
-        x_direction=-trials.config.x_direction,
-        y_direction=-trials.config.y_direction,
-    )
-    return PositionSignCheck(given, negated)
+    flipped = {"x_direction": -config.x_direction, "y_direction": -config.y_direction}
+    given, negated = run_trials(trials, iterations, [{}, flipped], backend)
+    return PositionSignCheck(float(given), float(negated))

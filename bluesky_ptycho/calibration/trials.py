@@ -73,8 +73,8 @@ class TrialSet:
     frames : (n, m, m) counts as recorded (detector orientation), cropped to ``crop_px``.
     x, y : (n,) motor readings of those frames.
     config : the caller's configuration with ``frame_shape=(m, m)``, the mask
-        cropped, a warm-start probe resampled to the crop (``probe``, never
-        ``probe_path``).
+        cropped, a configured ``beam_center_px`` in pixels of the crop, a
+        warm-start probe resampled to the crop (``probe``, never ``probe_path``).
     indices : (n,) positions of these frames in the caller's arrays.
     beam : what the mean pattern says about the illumination (None if no disc was found).
     probe_model : the caller's probe model in words ("cold start", "warm start (FILE)").
@@ -250,6 +250,15 @@ def prepare_trials(
             f"{min(config.frame_shape)}, got {crop_px!r}"
         )
     changes: dict[str, Any] = {"frame_shape": (size, size), "probe_path": None}
+    if isinstance(config.beam_center_px, tuple):  # recorded pixels -> pixels of the crop
+        offset = np.array(config.frame_shape) // 2 - size // 2
+        centre = tuple(float(v) for v in np.array(config.beam_center_px) - offset)
+        if not all(0 <= v <= size - 1 for v in centre):
+            raise ValueError(
+                f"calibration: beam_center_px {config.beam_center_px} lies outside the "
+                f"{size}x{size} trial crop around the frame centre; give a larger crop_px"
+            )
+        changes["beam_center_px"] = centre
     if config.mask is not None:
         changes["mask"] = np.ascontiguousarray(crop_centre(np.asarray(config.mask), size))
     probe = warm_probe(config)
@@ -302,6 +311,86 @@ def warm_probe(config: ReconConfig) -> np.ndarray | None:
     return None
 
 
+def trial_config(trials: TrialSet, **changes: Any) -> ReconConfig:
+    """The configuration a trial runs: ``trials.config`` with ``changes``.
+
+    A cold start without ``beam_center_px`` holds the probe where the data put it
+    (``"data"``): a trial compares NLLs, which the phase-ramp convention does not
+    change, so no candidate starts with a ramp to build.
+    """
+    config = trials.config.replace(**changes)
+    if config.beam_center_px is None:
+        config = config.replace(beam_center_px="data")
+    return config
+
+
+def trial_positions(
+    trials: TrialSet, config: ReconConfig, round_positions: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The trial's motor readings, moved to whole trial pixels with ``round_positions``.
+
+    Rounded, mirror-image candidates see exactly mirrored problems (no sub-pixel
+    interpolation, see :mod:`.orientation`).
+    """
+    if not round_positions:
+        return trials.x, trials.y
+    dy, dx = config.object_pixel_m
+    scale = config.position_scale_m
+    return (
+        np.round(trials.x * scale / dx) * dx / scale,
+        np.round(trials.y * scale / dy) * dy / scale,
+    )
+
+
+def check_iterations(iterations: Any) -> None:
+    """ValueError unless ``iterations`` is an integer >= 1."""
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"calibration: iterations must be an integer >= 1, got {iterations!r}")
+
+
+def nll_per_valid_pixel(nll: Any, n_pixels: int, excluded: Any) -> np.ndarray:
+    """NLL divided by the valid pixels (``n_pixels - excluded``); ValueError if none are."""
+    valid = n_pixels - np.asarray(excluded, np.float64)
+    if (valid <= 0).any():
+        raise ValueError("calibration: every pixel of the trial frames is excluded")
+    return np.asarray(nll, np.float64) / valid
+
+
+class ReconstructorTrial:
+    """One trial run by its own :class:`~bluesky_ptycho.Reconstructor` (the engine itself).
+
+    The runner interface of :mod:`.batch` for a single trial: ``iterate``,
+    ``nll_per_pixel`` and ``keep``, with ``size`` trials (1, or 0 once dropped).
+    """
+
+    def __init__(
+        self,
+        trials: TrialSet,
+        changes: dict[str, Any],
+        backend: str = "auto",
+        round_positions: bool = False,
+    ) -> None:
+        from ..engine.reconstructor import Reconstructor
+
+        config = trial_config(trials, **changes)
+        self._rec = Reconstructor(config, backend=backend)
+        self._rec.add_frames(trials.frames, *trial_positions(trials, config, round_positions))
+        self._pixels = int(trials.frames.size)
+        self._nll = math.nan
+        self.size = 1
+
+    def iterate(self, n_iterations: int) -> None:
+        self._nll = self._rec.iterate(n_iterations)
+
+    def nll_per_pixel(self) -> np.ndarray:
+        """(1,) Poisson NLL of the last iteration per valid pixel."""
+        excluded = self._rec.snapshot(live=False).metrics["excluded_pixels"]
+        return nll_per_valid_pixel([self._nll], self._pixels, excluded)
+
+    def keep(self, indices: np.ndarray) -> None:
+        self.size = int(0 in indices)
+
+
 def run_trial(
     trials: TrialSet,
     iterations: int,
@@ -311,32 +400,13 @@ def run_trial(
 ) -> float:
     """Poisson NLL per valid pixel after ``iterations`` on ``trials`` with ``changes``.
 
+    One :class:`~bluesky_ptycho.Reconstructor` (see :mod:`.batch` for many trials at once).
     round_positions : move every probe position to the nearest whole object pixel
-        of the trial grid (no sub-pixel interpolation): mirror-image candidates
-        then see exactly mirrored problems (see :mod:`.orientation`).
+        of the trial grid (:func:`trial_positions`).
     changes : ReconConfig fields to try, e.g. ``probe_propagation_m=z`` or
         ``dp_orient="rot90_cw", x_direction=-1``.
     """
-    from ..engine.reconstructor import Reconstructor
-
-    if not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"calibration: iterations must be an integer >= 1, got {iterations!r}")
-    config = trials.config.replace(**changes)
-    if config.beam_center_px is None:
-        # a trial compares NLLs, which the phase-ramp convention does not change: hold the
-        # probe where the data put it, so no candidate starts with a ramp to build
-        config = config.replace(beam_center_px="data")
-    x, y = trials.x, trials.y
-    if round_positions:
-        dy, dx = config.object_pixel_m
-        scale = config.position_scale_m
-        x = np.round(x * scale / dx) * dx / scale
-        y = np.round(y * scale / dy) * dy / scale
-    rec = Reconstructor(config, backend=backend)
-    rec.add_frames(trials.frames, x, y)
-    nll = rec.iterate(iterations)
-    excluded = rec.snapshot(live=False).metrics["excluded_pixels"]
-    valid = trials.frames.size - excluded
-    if valid <= 0:
-        raise ValueError("calibration: every pixel of the trial frames is excluded")
-    return float(nll) / valid
+    check_iterations(iterations)
+    trial = ReconstructorTrial(trials, changes, backend, round_positions)
+    trial.iterate(iterations)
+    return float(trial.nll_per_pixel()[0])

@@ -331,12 +331,18 @@ def probe_search(
     """Run the defocus search of ``--probe-search``; print its table.
 
     Returns the chosen distance (m) and the attributes stored in the output:
-    ``probe_search_m``, ``probe_search_distances_m``, ``probe_search_nll_per_pixel``.
+    ``probe_search_m``, ``probe_search_distances_m``, ``probe_search_nll_per_pixel``,
+    ``probe_search_iterations``.
     """
     import numpy as np
 
     from ..calibration import CalibrationError, format_defocus_table, search_probe_propagation
-    from ..calibration.defocus import DEFAULT_SEARCH_ITERATIONS, defocus_grid
+    from ..calibration.defocus import (
+        DEFAULT_SEARCH_ITERATIONS,
+        SCREEN_ITERATIONS,
+        SCREEN_KEEP,
+        defocus_grid,
+    )
     from ..calibration.trials import DEFAULT_TRIAL_FRAMES
 
     distances = None
@@ -346,7 +352,11 @@ def probe_search(
         distances = defocus_grid(low, high, steps)
     n_frames = args.probe_search_frames or DEFAULT_TRIAL_FRAMES
     iterations = args.probe_search_iterations or DEFAULT_SEARCH_ITERATIONS
-    print(f"probe search: {n_frames} frames nearest the centre, {iterations} iterations each")
+    print(
+        f"probe search: {n_frames} frames nearest the centre, {iterations} iterations for the "
+        f"best {SCREEN_KEEP} grid distances and the refinement, at most {SCREEN_ITERATIONS} "
+        "for the others"
+    )
     try:
         best_m, table = search_probe_propagation(
             frames,
@@ -368,4 +378,5 @@ def probe_search(
         "probe_search_m": best_m,
         "probe_search_distances_m": np.array([row.distance_m for row in table]),
         "probe_search_nll_per_pixel": np.array([row.nll_per_pixel for row in table]),
+        "probe_search_iterations": np.array([row.iterations for row in table]),
     }

@@ -1,0 +1,187 @@
+"""The engine's reductions taken per trial: the array pieces of :mod:`.batch`.
+
+Each function here is the batched twin of an engine function, with a leading
+trial axis and one sum per trial where the engine sums everything (the tests
+compare every one against its engine twin, trial by trial):
+
+* :func:`nll_and_gradient` - :func:`~bluesky_ptycho.engine.poisson.negative_log_likelihood`
+  and :func:`~bluesky_ptycho.engine.poisson.farfield_gradient`;
+* :func:`line_search_terms` and :func:`line_search` - the engine's safeguarded
+  Newton line search (:mod:`~bluesky_ptycho.engine.poisson`), every trial with
+  its own bracket, evaluated on the trials still searching;
+* :func:`disc_centres` - :func:`~bluesky_ptycho.engine.gauge.disc_centre`;
+* :func:`ramps` - :func:`~bluesky_ptycho.engine.gauge.ramp`;
+* :func:`batched_weighted_sum` - :func:`~bluesky_ptycho.engine.shift.weighted_sum`.
+
+Arrays are NumPy or CuPy; per-trial results come back to the host as (K,) arrays
+(one transfer per call).
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..engine import gauge, poisson
+from ..engine.backend import array_module_of, to_host
+
+
+def per_trial_sum(values: Any) -> Any:
+    """(K,) float64 sums over all but the leading axis (on the device)."""
+    return values.reshape(values.shape[0], -1).sum(axis=1, dtype="float64")
+
+
+def power(stack: Any) -> Any:
+    """``|stack|^2`` (real)."""
+    return stack.real**2 + stack.imag**2
+
+
+def batched_weighted_sum(weights: Any, stack: Any) -> Any:
+    """``out[k, a] = sum_b weights[k, a, b] * stack[k, b]``: (K, A, P) from (K, A, B), (K, B, ...).
+
+    Real weights, complex stack viewed as interleaved real and imaginary parts
+    (as :func:`~bluesky_ptycho.engine.shift.weighted_sum`); NumPy uses a
+    single-threaded einsum loop for the same reason.
+    """
+    flat = stack.reshape(*stack.shape[:2], -1)
+    if not flat.flags.c_contiguous:
+        flat = flat.copy()
+    real = flat.real.dtype
+    view = flat.view(real) if flat.dtype.kind == "c" else flat
+    w = weights.astype(real)
+    out = np.einsum("kab,kbp->kap", w, view) if isinstance(view, np.ndarray) else w @ view
+    return out.view(flat.dtype) if flat.dtype.kind == "c" else out
+
+
+def nll_and_gradient(farfield: Any, counts: Any) -> tuple[Any, Any]:
+    """(K,) Poisson NLL per trial (on the device) and ``dL/da*`` of (K, n, M, N) far fields.
+
+    ``counts`` : (K or 1, n, M, N) real, negative where excluded.
+    """
+    xp = array_module_of(farfield)
+    intensity = power(farfield) + poisson.EPS_PHOTONS
+    safe = xp.maximum(counts, 1e-30)
+    pixel = intensity - counts - xp.where(counts > 0, counts * xp.log(intensity / safe), 0)
+    nll = per_trial_sum(xp.where(counts >= 0, pixel, 0))
+    return nll, poisson.farfield_gradient(farfield, counts)
+
+
+def line_search_terms(
+    farfield: Any, linear: Any, quadratic: Any | None, counts: Any, tau: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) ``L'(t), L''(t)`` per trial at its own ``t = tau[k]``, along ``a + t b + t^2 c``."""
+    xp = array_module_of(farfield)
+    real = farfield.real.dtype
+
+    def scalars(values: np.ndarray) -> Any:
+        return xp.asarray(values, real)[:, None, None, None]
+
+    model = farfield + scalars(tau) * linear
+    slope_field = linear
+    if quadratic is not None:
+        model += scalars(tau * tau) * quadratic
+        slope_field = linear + scalars(2 * tau) * quadratic
+    intensity = power(model) + poisson.EPS_PHOTONS
+    d1 = 2 * (model.real * slope_field.real + model.imag * slope_field.imag)
+    d2 = 2 * power(slope_field)
+    if quadratic is not None:
+        d2 += 4 * (model.real * quadratic.real + model.imag * quadratic.imag)
+    ratio = xp.where(counts >= 0, counts / intensity, 0)
+    weight = xp.where(counts >= 0, 1 - ratio, 0)
+    sums = xp.stack(
+        [per_trial_sum(weight * d1), per_trial_sum(weight * d2 + ratio / intensity * d1 * d1)]
+    )
+    slope, curvature = to_host(sums)
+    return slope, curvature
+
+
+def line_search(
+    farfield: Any,
+    linear: Any,
+    quadratic: Any | None,
+    counts: Any,
+    slope_at_zero: np.ndarray,
+    first_step: np.ndarray,
+    prior: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """(K,) steps of :func:`~bluesky_ptycho.engine.poisson.line_search`, one per trial.
+
+    Each trial keeps its own bracket and Newton iterate; a trial that converged
+    (or has ``L'(0) >= 0``: step 0) is no longer evaluated. ``prior``: the
+    smoothness prior's ``(R'(0), R'')`` per trial, added as the engine adds it.
+    """
+    xp = array_module_of(farfield)
+    tau = np.array(first_step, np.float64)
+    low, high = np.zeros_like(tau), np.full_like(tau, math.inf)
+    searching = np.asarray(slope_at_zero) < 0
+    for _ in range(poisson.LINE_SEARCH_EVALUATIONS):
+        chosen = np.flatnonzero(searching)
+        if not chosen.size:
+            break
+        pick: Any = slice(None) if chosen.size == tau.size else xp.asarray(chosen)
+        t = tau[chosen]
+        slope, curvature = line_search_terms(
+            farfield[pick],
+            linear[pick],
+            None if quadratic is None else quadratic[pick],
+            counts if counts.shape[0] == 1 else counts[pick],
+            t,
+        )
+        if prior is not None:
+            slope = slope + prior[0][chosen] + t * prior[1][chosen]
+            curvature = curvature + prior[1][chosen]
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            above = ~(np.isfinite(slope) & np.isfinite(curvature)) | (slope >= 0)
+            high[chosen] = np.where(above, t, high[chosen])
+            low[chosen] = np.where(above, low[chosen], t)
+            convex = curvature > 0
+            newton = np.where(convex, t - slope / np.where(convex, curvature, 1), np.nan)
+            lo, hi = low[chosen], high[chosen]
+            inside = (lo < newton) & (newton < hi)
+            converged = inside & (np.abs(newton - t) <= poisson.LINE_SEARCH_TOLERANCE * t)
+            fallback = np.where(np.isinf(hi), 2 * lo, 0.5 * (lo + hi))
+        tau[chosen] = np.where(inside, newton, fallback)
+        searching[chosen[converged]] = False
+    step = np.where(tau < high, tau, low)
+    return np.where(np.asarray(slope_at_zero) < 0, step, 0.0)
+
+
+def disc_centres(xp: ModuleType, patterns: Any) -> np.ndarray:
+    """(K, 2) :func:`~bluesky_ptycho.engine.gauge.disc_centre` of (K, M, N) patterns (DC at 0)."""
+    centred = xp.fft.fftshift(xp.asarray(patterns, dtype="float64"), axes=(-2, -1))
+    shifted = [xp.roll(centred, (dr, dc), axis=(-2, -1)) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+    centred = xp.median(xp.stack(shifted), axis=0)
+    rows, cols = centred.shape[-2:]
+    fy = xp.fft.fftfreq(rows)[:, None]
+    fx = xp.fft.fftfreq(cols)[None, :]
+    kernel = xp.exp(-2 * (np.pi * gauge.DISC_BLUR_PX) ** 2 * (fy**2 + fx**2))
+    centred = xp.fft.ifft2(xp.fft.fft2(centred) * kernel).real
+    peak = centred.max(axis=(-2, -1), keepdims=True)
+    lit = peak > 0
+    level = centred / xp.where(lit, peak, 1)
+    weight = xp.clip((level - gauge.DISC_LEVEL) / (2 * gauge.DISC_EDGE) + 0.5, 0, 1)
+    lit = lit[..., 0]
+    total = xp.where(lit[..., 0], weight.sum(axis=(-2, -1)), 1)[..., None]
+    centre = xp.stack(
+        [
+            (weight.sum(axis=-1) * xp.arange(rows)).sum(axis=-1),
+            (weight.sum(axis=-2) * xp.arange(cols)).sum(axis=-1),
+        ],
+        axis=-1,
+    )
+    offset = xp.asarray([rows // 2, cols // 2], dtype=centre.dtype)
+    return to_host(xp.where(lit, centre / total - offset, 0))  # an empty pattern: 0
+
+
+def ramps(
+    xp: ModuleType, shape: tuple[int, int], cycles: np.ndarray, dtype: str, starts: np.ndarray
+) -> Any:
+    """(K, H, W) :func:`~bluesky_ptycho.engine.gauge.ramp` for (K, 2) ``cycles`` and ``starts``."""
+    start = xp.asarray(np.asarray(starts, np.int64))
+    cycle = xp.asarray(np.asarray(cycles, np.float64))
+    rows = (xp.arange(shape[0])[None, :, None] + start[:, 0, None, None]) * cycle[:, 0, None, None]
+    cols = (xp.arange(shape[1])[None, None, :] + start[:, 1, None, None]) * cycle[:, 1, None, None]
+    return xp.exp(2j * np.pi * (rows + cols)).astype(dtype)
