@@ -119,20 +119,23 @@ def test_batch_terms_equal_their_engine_twins():
     a, b, c = field() * 3, field(), field() * 0.1
     counts = rng.poisson(np.abs(a) ** 2).astype(np.float64)
     counts[:, :, 0, :3] = -1  # excluded
-    tau = np.array([0.2, 0.7, 1.3])
+    tau = np.array([[0.2, 0.4], [0.7, 0.1], [1.3, 2.0]])  # each trial's own steps
     nll, gradient = terms.nll_and_gradient(a, counts)
     slope, curvature = terms.line_search_terms(a, b, c, counts, tau)
     for k in range(shape[0]):
         assert nll[k] == pytest.approx(poisson.negative_log_likelihood(a[k], counts[k]), rel=1e-12)
         np.testing.assert_allclose(gradient[k], poisson.farfield_gradient(a[k], counts[k]))
-        expected = poisson.line_search_terms(a[k], b[k], c[k], counts[k], float(tau[k]))
+        expected = poisson.line_search_terms(a[k], b[k], c[k], counts[k], list(tau[k]))
         np.testing.assert_allclose([slope[k], curvature[k]], expected, rtol=1e-12)
     # each trial's line search is the engine's on that trial
     slopes = np.array([2 * np.vdot(-b[k], a[k]).real for k in range(3)])  # any negative slope
     slopes = -np.abs(slopes)
     steps = terms.line_search(a, b, c, counts, slopes, np.ones(3))
     for k in range(3):
-        expected = poisson.line_search(a[k], b[k], c[k], counts[k], float(slopes[k]))
+        def engine_terms(steps, k=k):
+            return poisson.line_search_terms(a[k], b[k], c[k], counts[k], steps)
+
+        expected = poisson.line_search(engine_terms, float(slopes[k]))
         assert steps[k] == pytest.approx(expected, rel=1e-12)
     # disc centres and ramps
     patterns = np.abs(rng.standard_normal((3, 16, 14))) + 5 * (

@@ -39,7 +39,12 @@ from ..engine.backend import get_array_module, is_cupy, to_host
 from ..engine.orientation import orient_frames, oriented_point
 from ..engine.probe_init import cold_start_probe, scale_to_photons
 from ..engine.propagation import propagate
-from ..engine.reconstructor import BEAM_DRIFT_PX, RAMP_TOLERANCE_PX, REFRESH_EVERY
+from ..engine.reconstructor import (
+    BEAM_CHECK_EVERY,
+    BEAM_DRIFT_PX,
+    RAMP_TOLERANCE_PX,
+    REFRESH_EVERY,
+)
 from . import batch_terms as terms
 from .trials import (
     ReconstructorTrial,
@@ -255,9 +260,12 @@ class TrialBatch:
 
     def _step(self) -> None:
         xp, cfg = self.xp, self.config
-        tilt = self._probe_tilt_px()
-        drift = np.abs(tilt).max(axis=1) > BEAM_DRIFT_PX
-        refresh = (self._since_refresh >= REFRESH_EVERY) | drift
+        due = self._since_refresh >= REFRESH_EVERY
+        checked = due | (self._since_refresh % BEAM_CHECK_EVERY == 0)
+        refresh = due
+        if checked.any():
+            tilt = self._probe_tilt_px()
+            refresh = due | (checked & (np.abs(tilt).max(axis=1) > BEAM_DRIFT_PX))
         if refresh.any():
             chosen = np.flatnonzero(refresh)
             self._since_refresh[chosen] = 0

@@ -6,9 +6,9 @@ compare every one against its engine twin, trial by trial):
 
 * :func:`nll_and_gradient` - :func:`~bluesky_ptycho.engine.poisson.negative_log_likelihood`
   and :func:`~bluesky_ptycho.engine.poisson.farfield_gradient`;
-* :func:`line_search_terms` and :func:`line_search` - the engine's safeguarded
-  Newton line search (:mod:`~bluesky_ptycho.engine.poisson`), every trial with
-  its own bracket, evaluated on the trials still searching;
+* :func:`line_search_terms` and :func:`line_search` - the engine's line search
+  (:class:`~bluesky_ptycho.engine.poisson.StepSearch`), every trial with its
+  own steps and bracket, evaluated on the trials still searching;
 * :func:`disc_centres` - :func:`~bluesky_ptycho.engine.gauge.disc_centre`;
 * :func:`ramps` - :func:`~bluesky_ptycho.engine.gauge.ramp`;
 * :func:`batched_weighted_sum` - :func:`~bluesky_ptycho.engine.shift.weighted_sum`.
@@ -19,7 +19,6 @@ Arrays are NumPy or CuPy; per-trial results come back to the host as (K,) arrays
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 from typing import Any
 
@@ -70,32 +69,34 @@ def nll_and_gradient(farfield: Any, counts: Any) -> tuple[Any, Any]:
 
 
 def line_search_terms(
-    farfield: Any, linear: Any, quadratic: Any | None, counts: Any, tau: np.ndarray
+    farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(K,) ``L'(t), L''(t)`` per trial at its own ``t = tau[k]``, along ``a + t b + t^2 c``."""
+    """(K, S) ``L'(t), L''(t)`` per trial at its own steps ``t = steps[k, s]``,
+    along ``a + t b + t^2 c`` (one transfer to the host)."""
     xp = array_module_of(farfield)
     real = farfield.real.dtype
+    ratio_numerator = xp.where(counts >= 0, counts, 0)
+    sums = []
+    for tau in np.asarray(steps, np.float64).T:  # one step of every trial at a time
 
-    def scalars(values: np.ndarray) -> Any:
-        return xp.asarray(values, real)[:, None, None, None]
+        def scalars(values: np.ndarray) -> Any:
+            return xp.asarray(values, real)[:, None, None, None]
 
-    model = farfield + scalars(tau) * linear
-    slope_field = linear
-    if quadratic is not None:
-        model += scalars(tau * tau) * quadratic
-        slope_field = linear + scalars(2 * tau) * quadratic
-    intensity = power(model) + poisson.EPS_PHOTONS
-    d1 = 2 * (model.real * slope_field.real + model.imag * slope_field.imag)
-    d2 = 2 * power(slope_field)
-    if quadratic is not None:
-        d2 += 4 * (model.real * quadratic.real + model.imag * quadratic.imag)
-    ratio = xp.where(counts >= 0, counts / intensity, 0)
-    weight = xp.where(counts >= 0, 1 - ratio, 0)
-    sums = xp.stack(
-        [per_trial_sum(weight * d1), per_trial_sum(weight * d2 + ratio / intensity * d1 * d1)]
-    )
-    slope, curvature = to_host(sums)
-    return slope, curvature
+        model = farfield + scalars(tau) * linear
+        slope_field = linear
+        if quadratic is not None:
+            model += scalars(tau * tau) * quadratic
+            slope_field = linear + scalars(2 * tau) * quadratic
+        intensity = power(model) + poisson.EPS_PHOTONS
+        d1 = 2 * (model.real * slope_field.real + model.imag * slope_field.imag)
+        d2 = 2 * power(slope_field)
+        if quadratic is not None:
+            d2 += 4 * (model.real * quadratic.real + model.imag * quadratic.imag)
+        ratio = ratio_numerator / intensity
+        weight = xp.where(counts >= 0, 1 - ratio, 0)
+        sums += [per_trial_sum(weight * d1), per_trial_sum(weight * d2 + ratio / intensity * d1**2)]
+    slope_curvature = to_host(xp.stack(sums, axis=1)).reshape(len(steps), -1, 2)
+    return slope_curvature[..., 0], slope_curvature[..., 1]
 
 
 def line_search(
@@ -109,44 +110,34 @@ def line_search(
 ) -> np.ndarray:
     """(K,) steps of :func:`~bluesky_ptycho.engine.poisson.line_search`, one per trial.
 
-    Each trial keeps its own bracket and Newton iterate; a trial that converged
-    (or has ``L'(0) >= 0``: step 0) is no longer evaluated. ``prior``: the
-    smoothness prior's ``(R'(0), R'')`` per trial, added as the engine adds it.
+    One :class:`~bluesky_ptycho.engine.poisson.StepSearch` per trial, advanced
+    in lockstep: each pass evaluates the trials still searching, each at its
+    own steps. ``prior``: the smoothness prior's ``(R'(0), R'')`` per trial,
+    added as the engine adds it.
     """
     xp = array_module_of(farfield)
-    tau = np.array(first_step, np.float64)
-    low, high = np.zeros_like(tau), np.full_like(tau, math.inf)
-    searching = np.asarray(slope_at_zero) < 0
-    for _ in range(poisson.LINE_SEARCH_EVALUATIONS):
-        chosen = np.flatnonzero(searching)
+    searches = [
+        poisson.StepSearch(float(slope), float(step))
+        for slope, step in zip(slope_at_zero, first_step, strict=True)
+    ]
+    while True:
+        chosen = np.array([k for k, search in enumerate(searches) if search.result is None])
         if not chosen.size:
-            break
-        pick: Any = slice(None) if chosen.size == tau.size else xp.asarray(chosen)
-        t = tau[chosen]
+            return np.array([search.result for search in searches], np.float64)
+        pick: Any = slice(None) if chosen.size == len(searches) else xp.asarray(chosen)
+        steps = np.array([searches[k].steps() for k in chosen])
         slope, curvature = line_search_terms(
             farfield[pick],
             linear[pick],
             None if quadratic is None else quadratic[pick],
             counts if counts.shape[0] == 1 else counts[pick],
-            t,
+            steps,
         )
         if prior is not None:
-            slope = slope + prior[0][chosen] + t * prior[1][chosen]
-            curvature = curvature + prior[1][chosen]
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            above = ~(np.isfinite(slope) & np.isfinite(curvature)) | (slope >= 0)
-            high[chosen] = np.where(above, t, high[chosen])
-            low[chosen] = np.where(above, low[chosen], t)
-            convex = curvature > 0
-            newton = np.where(convex, t - slope / np.where(convex, curvature, 1), np.nan)
-            lo, hi = low[chosen], high[chosen]
-            inside = (lo < newton) & (newton < hi)
-            converged = inside & (np.abs(newton - t) <= poisson.LINE_SEARCH_TOLERANCE * t)
-            fallback = np.where(np.isinf(hi), 2 * lo, 0.5 * (lo + hi))
-        tau[chosen] = np.where(inside, newton, fallback)
-        searching[chosen[converged]] = False
-    step = np.where(tau < high, tau, low)
-    return np.where(np.asarray(slope_at_zero) < 0, step, 0.0)
+            slope = slope + prior[0][chosen, None] + steps * prior[1][chosen, None]
+            curvature = curvature + prior[1][chosen, None]
+        for row, k in enumerate(chosen):
+            searches[k].update(slope[row], curvature[row])
 
 
 def disc_centres(xp: ModuleType, patterns: Any) -> np.ndarray:

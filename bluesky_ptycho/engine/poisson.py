@@ -96,6 +96,50 @@ def line_search_terms(
     return slopes, curvatures
 
 
+class StepSearch:
+    """The state of one :func:`line_search`: the steps its next pass needs, or its result.
+
+    ``steps()`` lists the next pass's steps; ``update(slopes, curvatures)`` takes
+    ``L'`` and ``L''`` there; ``result`` is the step once known (else None). A
+    batch of line searches (one per calibration trial) advances several in
+    lockstep.
+    """
+
+    def __init__(self, slope_at_zero: float, first_step: float = 1.0) -> None:
+        self.known = {0.0: (slope_at_zero, math.nan)}
+        self.scale = first_step
+        self.passes = 0
+        self.result: float | None = None if slope_at_zero < 0 else 0.0
+
+    def steps(self) -> list[float]:
+        return [self.scale * sample for sample in LINE_SEARCH_SAMPLES]
+
+    def update(self, slopes: Sequence[float], curvatures: Sequence[float]) -> None:
+        known = self.known
+        for tau, slope, curvature in zip(self.steps(), slopes, curvatures, strict=True):
+            finite = math.isfinite(slope) and math.isfinite(curvature)
+            known[tau] = (float(slope), float(curvature)) if finite else (math.inf, math.nan)
+        self.passes += 1
+        ordered = sorted(known)
+        for low, high in zip(ordered, ordered[1:], strict=False):
+            if known[low][0] < 0 <= known[high][0]:
+                break
+        else:  # every known slope is negative: the minimum lies beyond
+            self.scale = ordered[-1] * LINE_SEARCH_REACH / LINE_SEARCH_SAMPLES[0]
+            self._give_up_after_the_last_pass()
+            return
+        if low > 0 and math.isfinite(known[high][0]):
+            self.result = _hermite_root(low, high, *known[low], *known[high])
+            return
+        # the bracket starts at 0 (no curvature known there) or ends in overflow: look inside
+        self.scale = high / LINE_SEARCH_SAMPLES[-1] / (1 + 1 / LINE_SEARCH_REACH)
+        self._give_up_after_the_last_pass()
+
+    def _give_up_after_the_last_pass(self) -> None:
+        if self.passes >= LINE_SEARCH_PASSES:  # the largest step known to descend
+            self.result = max(tau for tau, (slope, _) in self.known.items() if slope < 0)
+
+
 def line_search(
     terms: Callable[[list[float]], tuple[np.ndarray, np.ndarray]],
     slope_at_zero: float,
@@ -113,33 +157,12 @@ def line_search(
     2 Re <dL/dz*, dz>``; ``terms(steps)`` returns (L', L'') at those steps (e.g.
     :func:`line_search_terms` of given stacks, or the fused kernel's sums over
     all partitions). A non-finite value counts as an upper bound.
+    :class:`StepSearch` holds the state.
     """
-    if not slope_at_zero < 0:
-        return 0.0
-    known = {0.0: (slope_at_zero, math.nan)}
-    scale = first_step
-    for _ in range(LINE_SEARCH_PASSES):
-        steps = [scale * sample for sample in LINE_SEARCH_SAMPLES]
-        slopes, curvatures = terms(steps)
-        for tau, slope, curvature in zip(steps, slopes, curvatures, strict=True):
-            finite = math.isfinite(slope) and math.isfinite(curvature)
-            known[tau] = (slope, curvature) if finite else (math.inf, math.nan)
-        ordered = sorted(known)
-        for low, high in zip(ordered, ordered[1:], strict=False):
-            if known[low][0] < 0 <= known[high][0]:
-                break
-        else:  # every known slope is negative: the minimum lies beyond
-            scale = ordered[-1] * LINE_SEARCH_REACH / LINE_SEARCH_SAMPLES[0]
-            continue
-        slope_low, curvature_low = known[low]
-        slope_high, curvature_high = known[high]
-        if low > 0 and math.isfinite(slope_high):
-            return _hermite_root(low, high, slope_low, curvature_low, slope_high, curvature_high)
-        # the bracket starts at 0 (no curvature known there) or ends in overflow: look inside
-        scale = high / LINE_SEARCH_SAMPLES[-1] / (1 + 1 / LINE_SEARCH_REACH)
-    ordered = sorted(known)
-    descending = [tau for tau in ordered if known[tau][0] < 0]
-    return descending[-1]
+    search = StepSearch(slope_at_zero, first_step)
+    while search.result is None:
+        search.update(*terms(search.steps()))
+    return search.result
 
 
 def _hermite_root(
