@@ -208,9 +208,11 @@ def test_screened_search_finds_the_defocus_with_fewer_engine_iterations(beamline
 @pytest.mark.gpu
 @pytest.mark.skipif(not cupy_device_available(), reason="needs CuPy and a CUDA device")
 def test_batch_on_cupy_matches_numpy(small_trials):
+    # 4 iterations: the engine amplifies rounding about tenfold an iteration, and the
+    # GPU's float atomics round differently from NumPy's sums
     common = {"dtype": "complex128", "round_positions": True}
-    on_gpu = run_trials(small_trials, 12, VARIANTS, "cupy", batched=True, **common)
-    on_cpu = run_trials(small_trials, 12, VARIANTS, "numpy", batched=True, **common)
+    on_gpu = run_trials(small_trials, 4, VARIANTS, "cupy", batched=True, **common)
+    on_cpu = run_trials(small_trials, 4, VARIANTS, "numpy", batched=True, **common)
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-6)
     batch = TrialBatch(small_trials, VARIANTS, "cupy")
     batch.iterate(3)

@@ -158,8 +158,10 @@ def test_gpus_give_the_single_gpu_result(scan, gpus):
 @pytest.mark.gpu
 @pytest.mark.skipif(not cupy_device_available(), reason="needs CuPy and a CUDA device")
 def test_nccl_on_one_gpu_matches_copies(scan):
-    nccl = reconstruct(scan, 1, 4, backend="cupy", gpus=[0], collectives="nccl", dtype="complex64")
-    copies = reconstruct(scan, 1, 4, backend="cupy", gpus=[0], dtype="complex64")
+    nccl = reconstruct(scan, 1, 2, backend="cupy", gpus=[0], collectives="nccl", dtype="complex64")
+    copies = reconstruct(scan, 1, 2, backend="cupy", gpus=[0], dtype="complex64")
     assert type(nccl._collectives).__name__ == "NcclCollectives"
     got, want = (rec.snapshot(live=False).object for rec in (nccl, copies))
-    np.testing.assert_array_equal(got, want)  # a one-GPU reduce adds nothing
+    # a one-GPU reduce adds nothing, but the scatter's float atomics make no two GPU
+    # runs bitwise equal: the same tolerance as for other float32 paths
+    assert relative_difference(got, want) < 1e-3
