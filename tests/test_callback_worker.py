@@ -231,3 +231,23 @@ def test_run_engine_thread_errors_are_caught_unless_debugging(monkeypatch):
     with pytest.raises(KeyError):
         callback("event", {})
     assert callback.errors == 2 and callback.close()
+
+
+def test_warm_up_runs_in_the_worker_before_any_scan():
+    from bluesky_ptycho.callback import PtychoCallback
+
+    callback = PtychoCallback(None, backend="numpy", warm_up=True)
+    try:
+        assert callback.wait_ready(120)
+        assert callback.warm_up_s > 0
+    finally:
+        callback.close()
+
+
+def test_warm_up_auto_starts_nothing_without_a_gpu():
+    from bluesky_ptycho.callback import PtychoCallback
+
+    callback = PtychoCallback(None, backend="numpy")
+    assert callback.options.warm_up == "auto" and callback._worker is None
+    with pytest.raises(ValueError, match="warm_up"):
+        PtychoCallback(None, backend="numpy", warm_up="yes")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -138,6 +139,9 @@ class PtychoCallback(DocumentRouter):
         self.timings = RunEngineTimings()
         self.results: deque[RunResult] = deque(maxlen=16)
         self.last_result: RunResult | None = None
+        self._warm_up = self._warm_up_function()
+        if self._warm_up is not None:  # compile now, in the worker, before any scan
+            self._ensure_threads()
         self.errors = 0
 
     @property
@@ -163,7 +167,33 @@ class PtychoCallback(DocumentRouter):
                 idle_poll_s=options.idle_poll_s,
                 linger_s=options.linger_s,
                 nice=options.worker_nice,
+                warm_up=self._warm_up,
             )
+
+    def _warm_up_function(self) -> Callable[[], float] | None:
+        """The engine's warm-up when ``warm_up`` asks for it (auto: on CuPy)."""
+        choice = self.options.warm_up
+        if choice is False:
+            return None
+        from ..engine.backend import get_array_module, is_cupy
+
+        if choice == "auto" and not is_cupy(get_array_module(self.options.backend)):
+            return None
+        from ..engine.warmup import warm_up
+
+        backend = self.options.backend
+        return lambda: warm_up("numpy" if backend == "numpy" else "cupy")
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Start the threads and wait for the warm-up (if any); False on timeout."""
+        self._ensure_threads()
+        assert self._worker is not None
+        return self._worker.ready.wait(timeout)
+
+    @property
+    def warm_up_s(self) -> float:
+        """Seconds the kernel warm-up took (nan: none, not over, or failed)."""
+        return math.nan if self._worker is None else self._worker.warm_up_s
 
     def _make_run(self, start: dict[str, Any]) -> RunReconstruction:
         """Worker thread: a fresh reconstruction for a raw run."""

@@ -130,6 +130,7 @@ class Worker:
         idle_poll_s: float = 0.05,
         linger_s: float = 0.02,
         nice: int = 10,
+        warm_up: Callable[[], float] | None = None,
     ) -> None:
         check_policy(new_run_policy)
         self.queue = queue
@@ -145,6 +146,10 @@ class Worker:
         self._backlog: deque[Item] = deque()
         self.iterations = 0
         self.errors = 0
+        self._warm_up = warm_up
+        #: set once the warm-up (if any) is over; its seconds (nan: none or failed)
+        self.ready = threading.Event()
+        self.warm_up_s = float("nan")
         self._thread = threading.Thread(target=self._main, name="ptycho-worker", daemon=True)
         self._thread.start()
 
@@ -179,6 +184,13 @@ class Worker:
     # -------------------------------------------------------------- loop
     def _main(self) -> None:
         lower_thread_priority(self._nice)
+        if self._warm_up is not None:  # documents queue meanwhile; nothing is lost
+            try:
+                self.warm_up_s = self._warm_up()
+                logger.info("ptycho: GPU kernels compiled in %.1f s", self.warm_up_s)
+            except Exception:
+                logger.exception("ptycho: warm-up failed (the first scan compiles instead)")
+        self.ready.set()
         while True:
             try:
                 if not self._step():

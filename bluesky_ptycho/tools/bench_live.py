@@ -72,6 +72,7 @@ class LiveBench:
     exit_status: str
     reason: str
     simulate_s: float
+    warm_up_s: float | None  # the callback's kernel warm-up before the clock (None: none)
     photons_per_frame: float
     seed: int
     date: str = ""
@@ -103,6 +104,8 @@ class LiveBench:
                 f"{self.exit_status}",
                 f"  callback time per event on the sending thread: median "
                 f"{self.handoff_median_s * ms:.3f} ms, max {self.handoff_max_s * ms:.3f} ms",
+                "  kernel warm-up before the scan: "
+                + ("none" if self.warm_up_s is None else f"{self.warm_up_s:.1f} s"),
             ]
         )
 
@@ -254,6 +257,10 @@ def bench_live(
         options["snapshot_interval_s"] = snapshot_interval_s
     recorder = _Recorder()
     callback = PtychoCallback(recorder, backend=backend, **options)
+    # the warm-up (on CuPy) is over before the scan, as in a profile made before scans
+    if not callback.wait_ready(timeout_s):
+        raise RuntimeError(f"the callback's warm-up took over {timeout_s} s")
+    warm_up_s = None if math.isnan(callback.warm_up_s) else callback.warm_up_s
     arrivals = np.empty(n_frames)
     handoff = np.empty(n_frames)
     period_s = 1.0 / rate_hz
@@ -319,6 +326,7 @@ def bench_live(
         exit_status=recorder.stop.get("exit_status", "") if recorder.stop else "",
         reason=recorder.stop.get("reason", "") if recorder.stop else "",
         simulate_s=simulate_s,
+        warm_up_s=warm_up_s,
         photons_per_frame=photons_per_frame,
         seed=seed,
         date=time.strftime("%Y-%m-%d %H:%M:%S %z"),
