@@ -5,7 +5,7 @@ process uses it with given types: about 15 s in all for the engine on a fresh
 H200 host (measured while a live 10,000-frame scan streamed: its first
 iteration came after the scan had ended), cached on disk afterwards
 (``~/.cupy/kernel_cache``, or ``CUPY_CACHE_DIR``). :func:`warm_up` runs a
-tiny reconstruction on synthetic counts of each common detector type through
+small reconstruction on synthetic counts of each common detector type through
 the same paths a scan takes (frames in two batches, a canvas that grows, the
 probe hold, a far-field refresh, snapshots), so a live scan's first
 iterations do not pay for compilation.
@@ -22,14 +22,17 @@ from .reconstructor import REFRESH_EVERY, Reconstructor
 
 #: detector types warmed up: the counts' conversion kernels depend on them
 DETECTOR_DTYPES = ("uint16", "uint32", "int32", "float32")
-#: frame side and frame count of the synthetic scan
-WARM_UP_FRAME_PX, WARM_UP_FRAMES = 32, 24
+#: frame count of the synthetic scan, and its frame side on CuPy: CuPy's reductions
+#: compile other variants for large arrays, so the stacks are of a real scan's size
+WARM_UP_FRAMES, WARM_UP_FRAME_PX = 24, 256
+#: frame side on NumPy (nothing to compile: the paths are only exercised)
+HOST_WARM_UP_FRAME_PX = 32
 
 
 def warm_up(backend: str = "cupy", dtype: str = "complex64") -> float:
     """Run a tiny reconstruction per detector type; returns the seconds it took."""
     started = time.perf_counter()
-    side = WARM_UP_FRAME_PX
+    side = HOST_WARM_UP_FRAME_PX if backend == "numpy" else WARM_UP_FRAME_PX
     config = ReconConfig(
         energy_kev=9.0,
         distance_m=1.0,
