@@ -7,7 +7,7 @@ import tracemalloc
 import numpy as np
 
 from bluesky_ptycho import Reconstructor
-from bluesky_ptycho.sim.sample import simulate_scan
+from bluesky_ptycho.sim.sample import default_config, simulate_scan
 
 
 def test_counts_stored_compactly_and_widened_when_they_do_not_fit():
@@ -60,3 +60,29 @@ def test_work_buffers_are_reused_between_iterations():
     rec.iterate(2)
     assert set(buffers) == {"linear", "quadratic"}
     assert {name: id(buffer) for name, buffer in rec._stores[0].work._buffers.items()} == buffers
+
+
+def test_reserve_holds_a_declared_scan_without_regrowing():
+    scan = simulate_scan(default_config(32), n_frames=90)
+    rec = Reconstructor(scan.config, backend="numpy")
+    rec.reserve(90)
+    store = rec._stores[0]
+    counts_buffer = store.counts
+    for start in range(0, 90, 30):
+        part = slice(start, start + 30)
+        rec.add_frames(scan.frames[part], scan.x_motor[part], scan.y_motor[part])
+    assert store.capacity == 90 and store.counts is counts_buffer
+
+
+def test_callback_gpu_model_covers_the_engine_estimate():
+    from bluesky_ptycho.callback.memory import estimate_bytes
+
+    scan = simulate_scan(default_config(64), n_frames=400)
+    rec = Reconstructor(scan.config.replace(saturation_counts=None), backend="numpy")
+    rec.add_frames(scan.frames.astype(np.float32) + 0.5, scan.x_motor, scan.y_motor)  # wide counts
+    assert rec._stores[0].counts.dtype == np.float32
+    reserved = estimate_bytes(400, (64, 64), gpu=True, reserved=True)
+    assert reserved >= rec.memory_estimate(400)
+    fixed = estimate_bytes(0, (64, 64), gpu=True, reserved=True) - 31 * 64 * 64  # one frame
+    growing = estimate_bytes(400, (64, 64), gpu=True)
+    assert growing - fixed == 2 * (reserved - fixed)  # doubling stacks without num_points

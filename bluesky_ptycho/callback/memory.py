@@ -11,6 +11,14 @@ the peak of ``add_frames`` + 3 iterations, 2000 frames of 32 x 32 and 500 of
     M * N * (n * (2 * stored + iteration) + WORK_FRAMES * stored)
 
 is 96 bytes per pixel and frame for complex64 (twice that for complex128).
+
+On CuPy the engine keeps per frame the counts, the stored far field and two
+work stacks (``engine/workspace.py``; measured against the GPU's memory pool
+in docs/benchmarks.md) and bounds its temporaries by a chunk of frames:
+:data:`GPU_BYTES_PER_PIXEL` (real-sized counts, in case they do not fit
+uint16) plus :data:`GPU_MARGIN` for the object arrays, twice that when the
+scan's length is not declared, plus :data:`GPU_FIXED_BYTES` (the stacks then grow by doubling; with
+``num_points`` the callback reserves them at once).
 :func:`check_budget` refuses a run whose declared shape and frame count exceed
 ``memory_budget_bytes`` (default :func:`default_budget_bytes`: with the CuPy
 backend 90 % of the GPU's memory, else half the host's physical memory).
@@ -18,6 +26,7 @@ backend 90 % of the GPU's memory, else half the host's physical memory).
 
 from __future__ import annotations
 
+import math
 import os
 
 #: frames' worth of object, probe and work arrays on top of the frame buffers
@@ -26,6 +35,14 @@ WORK_FRAMES = 16
 STORED_BYTES_PER_PIXEL = {"complex64": 4 + 8, "complex128": 8 + 16}
 #: iteration temporaries per pixel per frame (measured 69 B for complex64, rounded up)
 ITERATION_BYTES_PER_PIXEL = {"complex64": 72, "complex128": 144}
+#: the GPU engine's bytes per pixel per frame: counts, far field, two work stacks
+GPU_BYTES_PER_PIXEL = {"complex64": 4 + 3 * 8, "complex128": 8 + 3 * 16}
+#: share added for the object-sized arrays, which grow with the scan
+GPU_MARGIN = 0.1
+#: the GPU engine's fixed bytes: a chunk's FFT work area (<= 256 MiB), the probe
+#: gradient's per-group tap sums (0.4 GB at 256 x 256) and the object arrays of a
+#: small canvas
+GPU_FIXED_BYTES = 1 << 30
 
 
 class MemoryRefused(ValueError):
@@ -51,23 +68,43 @@ def default_budget_bytes(backend: str = "numpy") -> int:
         return 4 << 30
 
 
-def _per_frame_and_fixed(dtype: str) -> tuple[int, int]:
+def _per_frame_and_fixed(dtype: str, gpu: bool, reserved: bool) -> tuple[int, int]:
+    """Bytes per pixel per frame and per pixel in all (module docstring)."""
     stored = STORED_BYTES_PER_PIXEL[dtype]
+    if gpu:
+        per_frame = math.ceil((1 + GPU_MARGIN) * GPU_BYTES_PER_PIXEL[dtype])
+        return per_frame * (1 if reserved else 2), 0
     return 2 * stored + ITERATION_BYTES_PER_PIXEL[dtype], WORK_FRAMES * stored
 
 
-def estimate_bytes(n_frames: int, frame_shape: tuple[int, int], dtype: str = "complex64") -> int:
-    """Bytes the engine needs for ``n_frames`` frames of ``frame_shape`` (module docstring)."""
+def estimate_bytes(
+    n_frames: int,
+    frame_shape: tuple[int, int],
+    dtype: str = "complex64",
+    gpu: bool = False,
+    reserved: bool = False,
+) -> int:
+    """Bytes the engine needs for ``n_frames`` frames of ``frame_shape`` (module docstring).
+
+    gpu : the engine runs on CuPy; reserved : its stacks are reserved for the scan.
+    """
     pixels = int(frame_shape[0]) * int(frame_shape[1])
-    per_frame, fixed = _per_frame_and_fixed(dtype)
-    return pixels * (max(int(n_frames), 1) * per_frame + fixed)
+    per_frame, fixed = _per_frame_and_fixed(dtype, gpu, reserved)
+    return pixels * (max(int(n_frames), 1) * per_frame + fixed) + (GPU_FIXED_BYTES if gpu else 0)
 
 
-def frames_within(budget_bytes: int, frame_shape: tuple[int, int], dtype: str = "complex64") -> int:
+def frames_within(
+    budget_bytes: int,
+    frame_shape: tuple[int, int],
+    dtype: str = "complex64",
+    gpu: bool = False,
+    reserved: bool = False,
+) -> int:
     """The most frames of ``frame_shape`` whose estimate fits ``budget_bytes`` (0: none)."""
     pixels = int(frame_shape[0]) * int(frame_shape[1])
-    per_frame, fixed = _per_frame_and_fixed(dtype)
-    return max(0, (budget_bytes // pixels - fixed) // per_frame)
+    per_frame, fixed = _per_frame_and_fixed(dtype, gpu, reserved)
+    room = budget_bytes - (GPU_FIXED_BYTES if gpu else 0)
+    return max(0, (room // pixels - fixed) // per_frame)
 
 
 def check_budget(
@@ -76,9 +113,11 @@ def check_budget(
     budget_bytes: int,
     where: str,
     dtype: str = "complex64",
+    gpu: bool = False,
+    reserved: bool = False,
 ) -> None:
     """MemoryRefused when ``n_frames`` of ``frame_shape`` exceed ``budget_bytes``."""
-    needed = estimate_bytes(n_frames, frame_shape, dtype)
+    needed = estimate_bytes(n_frames, frame_shape, dtype, gpu, reserved)
     if needed > budget_bytes:
         raise MemoryRefused(
             f"{where}: {n_frames} frame(s) of {frame_shape[0]} x {frame_shape[1]} pixels "

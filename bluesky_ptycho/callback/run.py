@@ -149,6 +149,8 @@ class RunReconstruction:
         self._budget_bytes = options.memory_budget_bytes or default_budget_bytes(options.backend)
         points = raw_start.get("num_points")
         self._declared_points = points if isinstance(points, int) and points > 0 else 0
+        # (on the GPU, reserved stacks): the engine's memory per frame (callback/memory.py)
+        self._memory_model = (_on_gpu(options.backend), self._declared_points > 0)
         self.derived_uid = publisher.begin(self.raw_uid, raw_start, described)
 
     @property
@@ -215,7 +217,9 @@ class RunReconstruction:
         assert self.settings is not None and self.assembler is not None
         frame_shape = shape or self.settings.recon.get("frame_shape") or self.assembler.frame_shape
         dtype = str(self.settings.recon.get("dtype", "complex64"))
-        check_budget(n_frames, tuple(frame_shape), self._budget_bytes, where, dtype)
+        check_budget(
+            n_frames, tuple(frame_shape), self._budget_bytes, where, dtype, *self._memory_model
+        )
 
     def _ingest(self) -> int:
         assembler = self.assembler
@@ -255,7 +259,7 @@ class RunReconstruction:
         held = sum(len(frames) for frames, _, _ in self._held)
         have = (self.engine.n_frames if self.engine is not None else 0) + held
         dtype = str(self.settings.recon.get("dtype", "complex64")) if self.settings else "complex64"
-        room = frames_within(self._budget_bytes, shape, dtype) - have
+        room = frames_within(self._budget_bytes, shape, dtype, *self._memory_model) - have
         if room >= len(batch[0]):
             return batch
         skipped = len(batch[0]) - max(room, 0)
@@ -278,6 +282,8 @@ class RunReconstruction:
             config, backend=self._options.backend, gpus=self._options.gpus
         )
         self._duty = self._options.duty_cycle(self.engine.backend)
+        if self._declared_points:  # the whole scan's stacks at once: no doubling
+            self.engine.reserve(self._declared_points)
 
     def _calibrated_start(self) -> tuple[Any, Any, Any] | None:
         """Once enough frames are held: calibrate, start the engine, release them."""
@@ -490,3 +496,12 @@ class RunReconstruction:
 def _describe(error: BaseException) -> str:
     """``Type: message`` of an exception, for a derived run's reason."""
     return f"{type(error).__name__}: {error}"
+
+
+def _on_gpu(backend: str) -> bool:
+    """Whether an engine made with ``backend`` runs on CuPy."""
+    if backend == "numpy":
+        return False
+    from ..engine.backend import get_array_module, is_cupy
+
+    return is_cupy(get_array_module(backend))

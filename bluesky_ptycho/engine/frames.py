@@ -88,9 +88,13 @@ class FrameStore:
 
     def _ensure_capacity(self, needed: int) -> None:
         capacity = self.counts.shape[0]
-        if needed <= capacity:
+        if needed > capacity:
+            self.reserve(max(needed, 2 * capacity, 16))
+
+    def reserve(self, new_capacity: int) -> None:
+        """Room for ``new_capacity`` frames now (the stacks never shrink)."""
+        if new_capacity <= self.counts.shape[0]:
             return
-        new_capacity = max(needed, 2 * capacity, 16)
         for name, dtype in (("counts", self.counts.dtype), ("farfield", self.complex_dtype)):
             old = getattr(self, name)
             grown = self.xp.zeros((new_capacity, *self.frame_shape), dtype)

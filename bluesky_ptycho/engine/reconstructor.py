@@ -636,6 +636,20 @@ class Reconstructor:
         """Frames added so far."""
         return self._n
 
+    def reserve(self, n_frames: int) -> None:
+        """Allocate room for ``n_frames`` frames now, so a scan of known length never
+        grows its stacks by doubling (which can hold up to twice the frames' memory).
+
+        With several partitions each gets 1.25 times its share (the rebalancing
+        bound of :data:`REBALANCE_RATIO`).
+        """
+        share = -(-int(n_frames) // len(self._stores))
+        if len(self._stores) > 1:
+            share = math.ceil(REBALANCE_RATIO * share)
+        for store in self._stores:
+            with store.active():
+                store.reserve(share)
+
     def memory_estimate(self, n_frames: int, object_shape: tuple[int, int] | None = None) -> int:
         """Bytes of device (host on NumPy) memory iterating over ``n_frames`` frames needs.
 
