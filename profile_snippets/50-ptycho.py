@@ -41,6 +41,8 @@ ptycho = PtychoCallback(
     new_run_policy="finish",  # "finish": the next scan waits for this refinement; "preempt"
     # ---- plumbing (defaults are fine) ----
     backend="auto",  # "cupy" on a GPU host, "numpy" otherwise
+    # gpus=(0, 1),  # one scan's frames over several GPUs (NCCL); default: the current GPU
+    warm_up="auto",  # compile the GPU kernels now, in the background (auto: on CuPy)
     snapshot_interval_s=1.0,  # seconds between live progress events
     max_queued_frames=4096,  # soft bound of the hand-off queue (then it grows, never drops)
     file_timeout_s=30.0,  # after the scan, how long unwritten files are retried
