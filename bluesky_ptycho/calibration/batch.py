@@ -12,7 +12,7 @@ the default there, see :func:`start_trials`).
 
 Every trial computes what the :class:`~bluesky_ptycho.Reconstructor` of
 :func:`.trials.run_trial` computes - the engine's model, probe hold,
-preconditioner, Polak-Ribiere directions, safeguarded Newton line search and
+preconditioner, Polak-Ribiere directions, the engine's line search and
 beam-axis gauge, with the engine's constants - only with every reduction
 taken per trial (:mod:`.batch_terms`); the tests compare the two trial by
 trial. Trials differ in the ``VARIED`` fields only: the probe propagation
