@@ -128,3 +128,24 @@ def test_view_png_follows_a_live_scan(tiled_server, tmp_path):
     assert len(doc_pngs) >= 3 and viewer_cb.latest.status == "success"
     doc_areas = [covered_span_um2(p)[0] for p in doc_pngs]
     assert doc_areas[-1] >= MIN_GROWTH * doc_areas[0], doc_areas
+
+
+def test_torn_live_images_are_read_again():
+    # a writer between creating a grown array and writing its data: zeros at first
+    from bluesky_ptycho.viewer import state
+
+    class Array:
+        def __init__(self, *reads):
+            self.reads = list(reads)
+
+        def read(self):
+            return self.reads.pop(0) if len(self.reads) > 1 else self.reads[0]
+
+    good = np.ones((4, 5), np.float32)
+    live = {
+        "coverage": Array(np.zeros((4, 5), np.float32), good),
+        "object_amplitude": Array(np.ones((3, 3)), good * 2),
+        "object_phase": Array(np.ones((3, 3)), good * 3),
+    }
+    coverage, amplitude, phase = state._consistent_images(live, frames=7)
+    assert (coverage == good).all() and (amplitude == 2).all() and (phase == 3).all()

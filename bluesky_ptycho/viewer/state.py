@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,8 @@ import numpy as np
 
 #: pixels whose coverage is below this are shown as uncovered
 COVERED = 0.1
+#: reads of a live node's images that look torn (see _consistent_images), and the pause
+READ_ATTEMPTS, REREAD_S = 5, 0.1
 
 
 @dataclass
@@ -98,11 +101,32 @@ class DocumentState:
         return None
 
 
+def _consistent_images(live: Any, frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coverage, amplitude, phase) of one snapshot, re-read while they look torn.
+
+    The writer replaces an array whose shape changed (a grown canvas) by
+    creating it and then writing its data: read in between, it is all zeros.
+    Images of different shapes, or a run with frames and nothing covered, are
+    read again (up to :data:`READ_ATTEMPTS` times, :data:`REREAD_S` apart).
+    """
+    for attempt in range(READ_ATTEMPTS):
+        coverage = np.asarray(live["coverage"].read())
+        amplitude = np.asarray(live["object_amplitude"].read())
+        phase = np.asarray(live["object_phase"].read())
+        same_shape = coverage.shape == amplitude.shape == phase.shape
+        covered = bool((np.nan_to_num(coverage) >= COVERED).any())
+        if same_shape and (covered or frames == 0):
+            break
+        if attempt < READ_ATTEMPTS - 1:
+            time.sleep(REREAD_S)
+    return coverage, amplitude, phase
+
+
 def state_from_node(node: Any) -> ViewState:
     """The ViewState of a Tiled live-node container ``<path>/<raw_uid>`` (reads its arrays)."""
     md = dict(node.metadata)
     live = node["live"]
-    coverage = live["coverage"].read()
+    coverage, amplitude, phase = _consistent_images(live, int(md.get("n_frames", 0)))
     pixel = md.get("live_pixel_size_m") or md.get("pixel_size_m") or (1.0, 1.0)
     history: list[tuple[int, float]] = []
     if "error_history" in live:
@@ -112,8 +136,8 @@ def state_from_node(node: Any) -> ViewState:
         history = [h for h in history if h[0] <= int(md.get("iteration", 0))]
     return ViewState(
         raw_uid=str(md.get("raw_uid", "")),
-        object_amplitude=masked(live["object_amplitude"].read(), coverage),
-        object_phase=masked(live["object_phase"].read(), coverage),
+        object_amplitude=masked(amplitude, coverage),
+        object_phase=masked(phase, coverage),
         probe_amplitude=live["probe_amplitude"].read(),
         origin_m=tuple(md.get("origin_m") or (0.0, 0.0)),  # type: ignore[arg-type]
         pixel_m=tuple(pixel),  # type: ignore[arg-type]
