@@ -42,6 +42,8 @@ POSITION_CONVENTIONS: tuple[str, ...] = ("sample-translation", "probe-position")
 
 DTYPES: tuple[str, ...] = ("complex64", "complex128")
 POSITION_INTERPOLATIONS: tuple[str, ...] = ("cubic", "linear", "nearest")
+#: what the engine keeps per frame (bluesky_ptycho.engine.passes)
+FRAME_STORAGE: tuple[str, ...] = ("farfields", "counts", "stacks")
 
 
 def _fail(name: str, expected: str, got: Any) -> None:
@@ -95,6 +97,7 @@ FIELD_CHECKS: dict[str, validation.Check] = {
     "beam_center_px": _beam_center,
     "remove_object_ramp": validation.boolean(),
     "object_smoothness": validation.real("a finite number >= 0", lambda v: v >= 0),
+    "frame_storage": validation.choice(FRAME_STORAGE),
 }
 
 
@@ -146,6 +149,11 @@ class ReconConfig:
         (display only; default False: the image as reconstructed).
     object_smoothness : weight of a Gaussian (squared-gradient) prior on the object,
         relative to the maximum illumination (default 0: none; ~0.01 smooths noise).
+    frame_storage : what the engine keeps per frame between an iteration's passes
+        (device memory against transforms an iteration; single precision, 256 x 256):
+        "farfields" (default: counts and model far fields, 0.66 MB a frame, four
+        transforms), "counts" (counts only, 0.13 MB, five transforms) or "stacks"
+        (far fields and the search direction's too, 1.70 MB, three transforms).
     """
 
     energy_kev: float
@@ -169,6 +177,7 @@ class ReconConfig:
     beam_center_px: tuple[float, float] | str | None = None
     remove_object_ramp: bool = False
     object_smoothness: float = 0.0
+    frame_storage: str = "farfields"
 
     def __post_init__(self) -> None:
         for name in FIELD_CHECKS:

@@ -199,15 +199,16 @@ __global__ void waves(const complex<R>* taps, const complex<R>* dtaps, const R* 
 }
 
 // Object gradient and illumination into `acc` (4 reals per object pixel); with
-// `tap_grad` non-null also this group's per-tap probe-gradient sums
-//   tap_grad[g, k, p] = sum_j w_jk conj(O_j(p)) chi_j(p),  tap_power[g, k, p] = sum_j w_jk |O_j(p)|^2
-// (g = blockIdx.y; summed over groups and shifted back on the host side).
-// With `chi` null only the illumination is accumulated.
+// `tap_acc` non-null also this block's per-tap probe-gradient sums, added at its end
+// into tap_acc (4 reals per tap pixel: re, im of the gradient, power, unused):
+//   sum_j w_jk conj(O_j(p)) chi_j(p),  sum_j w_jk |O_j(p)|^2
+// (combined and shifted back on the host side). With `chi` null only the
+// illumination is accumulated.
 template <typename R, int K>
 __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, const R* weights,
                                 const complex<R>* object, const int* corners, int n_frames,
                                 int rows, int cols, int object_cols, int frames_per_block, R* acc,
-                                complex<R>* tap_grad, R* tap_power) {
+                                R* tap_acc) {
   const index_t frame_size = (index_t)rows * cols;
   const int p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= frame_size) return;
@@ -234,7 +235,7 @@ __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, c
     const complex<R> x = chi[j * frame_size + p];
     const complex<R> g = conj(pj) * x;
     add3(acc + 4 * k_obj, g.real(), g.imag(), power);
-    if (tap_grad != nullptr) {
+    if (tap_acc != nullptr) {
       const complex<R> o = object[k_obj];
       const complex<R> h = conj(o) * x;
       const R view_power = o.real() * o.real() + o.imag() * o.imag();
@@ -245,13 +246,10 @@ __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, c
       }
     }
   }
-  if (tap_grad == nullptr) return;
-  const index_t base = (index_t)blockIdx.y * K * frame_size + p;
+  if (tap_acc == nullptr) return;
 #pragma unroll
-  for (int k = 0; k < K; ++k) {
-    tap_grad[base + k * frame_size] = gsum[k];
-    tap_power[base + k * frame_size] = psum[k];
-  }
+  for (int k = 0; k < K; ++k)
+    add3(tap_acc + 4 * (k * frame_size + p), gsum[k].real(), gsum[k].imag(), psum[k]);
 }
 
 // a += tau b + tau^2 c (c may be null).

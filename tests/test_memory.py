@@ -5,6 +5,7 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import pytest
 
 from bluesky_ptycho import Reconstructor
 from bluesky_ptycho.sim.sample import default_config, simulate_scan
@@ -33,9 +34,18 @@ def test_counts_stored_compactly_and_widened_when_they_do_not_fit():
         np.testing.assert_allclose(getattr(compact, name), getattr(reference, name), rtol=0, atol=0)
 
 
-def test_memory_estimate_bounds_the_measured_peak():
+#: per storage: complex stacks kept per frame, and the work buffers an iteration reuses
+STORAGE_CASES = {
+    "stacks": (3, {"linear", "quadratic"}),
+    "farfields": (1, {"b", "c"}),
+    "counts": (0, {"a", "b", "c"}),
+}
+
+
+@pytest.mark.parametrize("storage", sorted(STORAGE_CASES))
+def test_memory_estimate_bounds_the_measured_peak(storage):
     scan = simulate_scan(n_frames=120, seed=2)
-    rec = Reconstructor(scan.config, backend="numpy")
+    rec = Reconstructor(scan.config.replace(frame_storage=storage), backend="numpy")
     tracemalloc.start()
     try:
         rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
@@ -45,21 +55,43 @@ def test_memory_estimate_bounds_the_measured_peak():
         tracemalloc.stop()
     estimate = rec.memory_estimate(120)
     assert 0.5 * estimate <= peak <= estimate, (peak, estimate)
-    per_frame = (rec.memory_estimate(240) - rec._stores[0].ops.workspace_bytes(240)) - (
-        estimate - rec._stores[0].ops.workspace_bytes(120)
-    )
-    assert per_frame == 120 * 64 * 64 * (2 + 3 * 8)  # uint16 counts, a, b and c
+    store = rec._stores[0]
+    stacks, _ = STORAGE_CASES[storage]
+    assert store.farfield.shape[0] == (store.capacity if stacks else 0)
+    per_frame = rec.memory_estimate(20_000) - rec.memory_estimate(10_000)  # chunks are full
+    assert per_frame == 10_000 * 64 * 64 * (2 + stacks * 8)  # uint16 counts and the stacks
 
 
-def test_work_buffers_are_reused_between_iterations():
+@pytest.mark.parametrize("storage", sorted(STORAGE_CASES))
+def test_work_buffers_are_reused_between_iterations(storage):
     scan = simulate_scan(n_frames=30, seed=3)
-    rec = Reconstructor(scan.config, backend="numpy")
+    rec = Reconstructor(scan.config.replace(frame_storage=storage), backend="numpy")
     rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
     rec.iterate(3)
     buffers = {name: id(buffer) for name, buffer in rec._stores[0].work._buffers.items()}
     rec.iterate(2)
-    assert set(buffers) == {"linear", "quadratic"}
+    assert set(buffers) == STORAGE_CASES[storage][1]
     assert {name: id(buffer) for name, buffer in rec._stores[0].work._buffers.items()} == buffers
+
+
+def test_every_storage_reconstructs_the_same():
+    """The storages differ in what they keep, not in what they compute (in double
+    precision: in single, rounding moves a conjugate-gradient path within a few
+    iterations)."""
+    scan = simulate_scan(n_frames=60, seed=4)
+    config = scan.config.replace(dtype="complex128")
+    results = {}
+    for storage in STORAGE_CASES:
+        rec = Reconstructor(config.replace(frame_storage=storage), backend="numpy")
+        rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+        rec.iterate(6)  # past probe_hold_iterations: probe terms included
+        results[storage] = rec.object, rec.probe, [h["step"] for h in rec._history]
+    reference_obj, reference_probe, reference_steps = results["stacks"]
+    for storage, (obj, probe, steps) in results.items():
+        assert np.abs(obj - reference_obj).max() <= 1e-7 * np.abs(reference_obj).max(), storage
+        assert np.abs(probe - reference_probe).max() <= 1e-7 * np.abs(reference_probe).max()
+        np.testing.assert_allclose(steps, reference_steps, rtol=1e-7, err_msg=storage)
+    assert len(set(np.round(reference_steps, 9))) == len(reference_steps)  # steps varied
 
 
 def test_reserve_holds_a_declared_scan_without_regrowing():
@@ -74,15 +106,22 @@ def test_reserve_holds_a_declared_scan_without_regrowing():
     assert store.capacity == 90 and store.counts is counts_buffer
 
 
-def test_callback_gpu_model_covers_the_engine_estimate():
-    from bluesky_ptycho.callback.memory import estimate_bytes
+@pytest.mark.parametrize("storage", sorted(STORAGE_CASES))
+def test_callback_gpu_model_covers_the_engine_estimate(storage):
+    import math
+
+    from bluesky_ptycho.callback import memory
 
     scan = simulate_scan(default_config(64), n_frames=400)
-    rec = Reconstructor(scan.config.replace(saturation_counts=None), backend="numpy")
+    config = scan.config.replace(saturation_counts=None, frame_storage=storage)
+    rec = Reconstructor(config, backend="numpy")
     rec.add_frames(scan.frames.astype(np.float32) + 0.5, scan.x_motor, scan.y_motor)  # wide counts
     assert rec._stores[0].counts.dtype == np.float32
-    reserved = estimate_bytes(400, (64, 64), gpu=True, reserved=True)
+    model = {"dtype": "complex64", "gpu": True, "storage": storage}
+    reserved = memory.estimate_bytes(400, (64, 64), reserved=True, **model)
     assert reserved >= rec.memory_estimate(400)
-    fixed = estimate_bytes(0, (64, 64), gpu=True, reserved=True) - 31 * 64 * 64  # one frame
-    growing = estimate_bytes(400, (64, 64), gpu=True)
+    per_pixel = memory.gpu_bytes_per_pixel("complex64", storage)
+    one_frame = math.ceil((1 + memory.GPU_MARGIN) * per_pixel)
+    fixed = memory.estimate_bytes(0, (64, 64), reserved=True, **model) - one_frame * 64 * 64
+    growing = memory.estimate_bytes(400, (64, 64), **model)
     assert growing - fixed == 2 * (reserved - fixed)  # doubling stacks without num_points

@@ -12,13 +12,14 @@ the peak of ``add_frames`` + 3 iterations, 2000 frames of 32 x 32 and 500 of
 
 is 96 bytes per pixel and frame for complex64 (twice that for complex128).
 
-On CuPy the engine keeps per frame the counts, the stored far field and two
-work stacks (``engine/workspace.py``; measured against the GPU's memory pool
-in docs/benchmarks.md) and bounds its temporaries by a chunk of frames:
-:data:`GPU_BYTES_PER_PIXEL` (real-sized counts, in case they do not fit
-uint16) plus :data:`GPU_MARGIN` for the object arrays, twice that when the
-scan's length is not declared, plus :data:`GPU_FIXED_BYTES` (the stacks then grow by doubling; with
-``num_points`` the callback reserves them at once).
+On CuPy the engine keeps per frame the counts and the complex stacks of its
+``frame_storage`` (``engine/passes.py``, ``engine/workspace.py``; measured
+against the GPU's memory pool in docs/benchmarks.md) and bounds its
+temporaries by a few chunks of frames: :func:`gpu_bytes_per_pixel` (real-sized
+counts, in case they do not fit uint16) plus :data:`GPU_MARGIN` for the object
+arrays, twice that when the scan's length is not declared (the stacks then
+grow by doubling; with ``num_points`` the callback reserves them at once), plus
+:data:`GPU_FIXED_BYTES`.
 :func:`check_budget` refuses a run whose declared shape and frame count exceed
 ``memory_budget_bytes`` (default :func:`default_budget_bytes`: with the CuPy
 backend 90 % of the GPU's memory, else half the host's physical memory).
@@ -35,14 +36,20 @@ WORK_FRAMES = 16
 STORED_BYTES_PER_PIXEL = {"complex64": 4 + 8, "complex128": 8 + 16}
 #: iteration temporaries per pixel per frame (measured 69 B for complex64, rounded up)
 ITERATION_BYTES_PER_PIXEL = {"complex64": 72, "complex128": 144}
-#: the GPU engine's bytes per pixel per frame: counts, far field, two work stacks
-GPU_BYTES_PER_PIXEL = {"complex64": 4 + 3 * 8, "complex128": 8 + 3 * 16}
+#: complex stacks the GPU engine keeps per frame for each ReconConfig.frame_storage
+GPU_STACKS_PER_FRAME = {"farfields": 1, "counts": 0, "stacks": 3}
 #: share added for the object-sized arrays, which grow with the scan
 GPU_MARGIN = 0.1
-#: the GPU engine's fixed bytes: a chunk's FFT work area (<= 256 MiB), the probe
-#: gradient's per-group tap sums (0.4 GB at 256 x 256) and the object arrays of a
-#: small canvas
-GPU_FIXED_BYTES = 1 << 30
+#: the GPU engine's fixed bytes: a chunk's FFT work area and up to three chunk
+#: stacks (<= 256 MiB each), the probe gradient's tap sums and the object arrays of
+#: a small canvas
+GPU_FIXED_BYTES = 3 << 29
+
+
+def gpu_bytes_per_pixel(dtype: str, storage: str = "farfields") -> int:
+    """The GPU engine's bytes per pixel per frame: real-sized counts and its stacks."""
+    complex_size = {"complex64": 8, "complex128": 16}[dtype]
+    return complex_size // 2 + GPU_STACKS_PER_FRAME[storage] * complex_size
 
 
 class MemoryRefused(ValueError):
@@ -68,11 +75,13 @@ def default_budget_bytes(backend: str = "numpy") -> int:
         return 4 << 30
 
 
-def _per_frame_and_fixed(dtype: str, gpu: bool, reserved: bool) -> tuple[int, int]:
+def _per_frame_and_fixed(
+    dtype: str, gpu: bool, reserved: bool, storage: str
+) -> tuple[int, int]:
     """Bytes per pixel per frame and per pixel in all (module docstring)."""
     stored = STORED_BYTES_PER_PIXEL[dtype]
     if gpu:
-        per_frame = math.ceil((1 + GPU_MARGIN) * GPU_BYTES_PER_PIXEL[dtype])
+        per_frame = math.ceil((1 + GPU_MARGIN) * gpu_bytes_per_pixel(dtype, storage))
         return per_frame * (1 if reserved else 2), 0
     return 2 * stored + ITERATION_BYTES_PER_PIXEL[dtype], WORK_FRAMES * stored
 
@@ -83,13 +92,15 @@ def estimate_bytes(
     dtype: str = "complex64",
     gpu: bool = False,
     reserved: bool = False,
+    storage: str = "farfields",
 ) -> int:
     """Bytes the engine needs for ``n_frames`` frames of ``frame_shape`` (module docstring).
 
-    gpu : the engine runs on CuPy; reserved : its stacks are reserved for the scan.
+    gpu : the engine runs on CuPy; reserved : its stacks are reserved for the scan;
+    storage : its ``ReconConfig.frame_storage`` (GPU model only).
     """
     pixels = int(frame_shape[0]) * int(frame_shape[1])
-    per_frame, fixed = _per_frame_and_fixed(dtype, gpu, reserved)
+    per_frame, fixed = _per_frame_and_fixed(dtype, gpu, reserved, storage)
     return pixels * (max(int(n_frames), 1) * per_frame + fixed) + (GPU_FIXED_BYTES if gpu else 0)
 
 
@@ -99,10 +110,11 @@ def frames_within(
     dtype: str = "complex64",
     gpu: bool = False,
     reserved: bool = False,
+    storage: str = "farfields",
 ) -> int:
     """The most frames of ``frame_shape`` whose estimate fits ``budget_bytes`` (0: none)."""
     pixels = int(frame_shape[0]) * int(frame_shape[1])
-    per_frame, fixed = _per_frame_and_fixed(dtype, gpu, reserved)
+    per_frame, fixed = _per_frame_and_fixed(dtype, gpu, reserved, storage)
     room = budget_bytes - (GPU_FIXED_BYTES if gpu else 0)
     return max(0, (room // pixels - fixed) // per_frame)
 
@@ -115,13 +127,15 @@ def check_budget(
     dtype: str = "complex64",
     gpu: bool = False,
     reserved: bool = False,
+    storage: str = "farfields",
 ) -> None:
     """MemoryRefused when ``n_frames`` of ``frame_shape`` exceed ``budget_bytes``."""
-    needed = estimate_bytes(n_frames, frame_shape, dtype, gpu, reserved)
+    needed = estimate_bytes(n_frames, frame_shape, dtype, gpu, reserved, storage)
     if needed > budget_bytes:
         raise MemoryRefused(
             f"{where}: {n_frames} frame(s) of {frame_shape[0]} x {frame_shape[1]} pixels "
             f"need about {needed / 2**30:.3g} GiB, over memory_budget_bytes="
             f"{budget_bytes} ({budget_bytes / 2**30:.3g} GiB); crop or bin the frames "
-            f"(frame_shape), or raise PtychoCallback(memory_budget_bytes=...)"
+            f"(frame_shape), keep less per frame (frame_storage='counts'), or raise "
+            f"PtychoCallback(memory_budget_bytes=...)"
         )

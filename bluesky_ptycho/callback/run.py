@@ -149,8 +149,7 @@ class RunReconstruction:
         self._budget_bytes = options.memory_budget_bytes or default_budget_bytes(options.backend)
         points = raw_start.get("num_points")
         self._declared_points = points if isinstance(points, int) and points > 0 else 0
-        # (on the GPU, reserved stacks): the engine's memory per frame (callback/memory.py)
-        self._memory_model = (_on_gpu(options.backend), self._declared_points > 0)
+        self._on_gpu = _on_gpu(options.backend)
         self.derived_uid = publisher.begin(self.raw_uid, raw_start, described)
 
     @property
@@ -211,14 +210,20 @@ class RunReconstruction:
             self._phase = Phase.REFINING
         return joined
 
+    def _memory_model(self) -> tuple[str, bool, bool, str]:
+        """(dtype, on the GPU, stacks reserved, frame_storage) of the memory model."""
+        recon = self.settings.recon if self.settings is not None else {}
+        dtype = str(recon.get("dtype", "complex64"))
+        storage = str(recon.get("frame_storage", "farfields"))
+        return dtype, self._on_gpu, self._declared_points > 0, storage
+
     def _check_memory(
         self, n_frames: int, where: str, shape: tuple[int, int] | None = None
     ) -> None:
         assert self.settings is not None and self.assembler is not None
         frame_shape = shape or self.settings.recon.get("frame_shape") or self.assembler.frame_shape
-        dtype = str(self.settings.recon.get("dtype", "complex64"))
         check_budget(
-            n_frames, tuple(frame_shape), self._budget_bytes, where, dtype, *self._memory_model
+            n_frames, tuple(frame_shape), self._budget_bytes, where, *self._memory_model()
         )
 
     def _ingest(self) -> int:
@@ -258,8 +263,7 @@ class RunReconstruction:
             self._check_memory(max(self._declared_points, 1), "first frames", shape)
         held = sum(len(frames) for frames, _, _ in self._held)
         have = (self.engine.n_frames if self.engine is not None else 0) + held
-        dtype = str(self.settings.recon.get("dtype", "complex64")) if self.settings else "complex64"
-        room = frames_within(self._budget_bytes, shape, dtype, *self._memory_model) - have
+        room = frames_within(self._budget_bytes, shape, *self._memory_model()) - have
         if room >= len(batch[0]):
             return batch
         skipped = len(batch[0]) - max(room, 0)

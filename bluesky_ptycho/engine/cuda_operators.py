@@ -4,7 +4,7 @@ Each method computes what its :class:`~.operators.ArrayOperators` twin computes,
 in fewer passes over the frame stack; the GPU tests compare them. The kernels
 make each frame's sub-pixel-shifted probe in registers from the K tap images of
 :func:`.shift.tap_stack` (no probe stack in memory), and sum the probe
-gradient's per-tap terms per group of frames in the same pass. The transforms
+gradient's per-tap terms per block of frames in the same pass. The transforms
 are cuFFT's unnormalised ones, in place, with the unitary scale folded into the
 kernel next to each (no separate scaling pass). CuPy is imported by the caller;
 this module only touches it through ``xp``.
@@ -13,7 +13,6 @@ this module only touches it through ``xp``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +26,7 @@ from .operators import (
     chunk_pixels,
     direction_buffers,
     frame_chunks,
+    frame_count,
     gradients,
     stack_buffer,
     transform,
@@ -45,8 +45,9 @@ NULL = np.uint64(0)
 VECTOR_ATOMICS_CC = 90
 #: frames one thread block works through in the frame-loop kernels
 FRAMES_PER_BLOCK = 16
-#: frame groups of the probe-gradient partial sums (each K x M x N, summed on the device)
-PROBE_GROUPS = 32
+#: frames a block sums the probe gradient's tap terms over before adding them to the
+#: tap accumulator (fewer: more atomics; more: fewer blocks in flight)
+PROBE_FRAMES_PER_BLOCK = 128
 
 
 def _optional(array: Any) -> Any:
@@ -157,57 +158,50 @@ class CudaOperators:
         grid = ((rows * cols + THREADS - 1) // THREADS, -(-n_frames // frames_per_block))
         self._kernels[(name, self.interpolation)](grid, (THREADS,), args)
 
-    def _frame_args(self, start: int = 0) -> tuple[Any, tuple]:
-        """Weights, and corners, frame count and sizes, of the frames ``start:``."""
+    def _frame_args(self, frames: slice) -> tuple[int, Any, tuple]:
+        """Count, weights, and (corners, count, sizes) of the geometry's ``frames``."""
         rows, cols = self.frame_shape
-        return self.weights[start:], (
-            self._corners[start:],
-            np.int32(self.n_frames - start),
+        n = frame_count(frames, self.n_frames)
+        return n, self.weights[frames], (
+            self._corners[frames],
+            np.int32(n),
             np.int32(rows),
             np.int32(cols),
             np.int32(self.object_shape[1]),
         )
 
-    def _chunks(self, start: int = 0) -> Iterator[slice]:
-        return frame_chunks(start, self.n_frames, self.frame_shape)
-
     def _forward(self, stack: Any) -> None:
-        transform(self.xp, stack, norm="backward")  # unnormalised: scale is in the kernel
+        for chunk in frame_chunks(0, stack.shape[0], self.frame_shape):
+            transform(self.xp, stack[chunk], norm="backward")  # unnormalised: scale in kernel
 
     def _inverse(self, stack: Any) -> None:
-        transform(self.xp, stack, inverse=True, norm="forward")  # unnormalised
+        for chunk in frame_chunks(0, stack.shape[0], self.frame_shape):
+            transform(self.xp, stack[chunk], inverse=True, norm="forward")  # unnormalised
 
-    def _accumulator(self) -> Any:
-        """(H, W, 4) zeros: gradient re, im, illumination, unused per object pixel."""
-        return self.xp.zeros((*self.object_shape, 4), self.real_dtype)
+    def _accumulator(self, shape: tuple[int, ...]) -> Any:
+        """``shape`` x 4 zeros: gradient re, im, power, unused per pixel."""
+        return self.xp.zeros((*shape, 4), self.real_dtype)
+
+    def _sums_of(self, acc: Any) -> tuple[Any, Any]:
+        """(complex gradient, real power) of an interleaved accumulator."""
+        grad = self.xp.ascontiguousarray(acc[..., :2]).view(self._complex)[..., 0]
+        return grad, self.xp.ascontiguousarray(acc[..., 2])
 
     # -------------------------------------------------------------- operators
-    def _taps(self, probe: Any) -> Any:
+    def taps(self, probe: Any) -> Any:
         return self.xp.ascontiguousarray(shift.tap_stack(probe, self.interpolation))
 
-    def farfields(self, probe: Any, obj: Any, start: int = 0, out: Any = None) -> Any:
-        n = self.n_frames - start
+    def farfields(self, taps: Any, obj: Any, frames: slice, out: Any = None) -> Any:
+        n, weights, geometry = self._frame_args(frames)
         out = stack_buffer(self.xp, out, n, self.frame_shape, self._complex)
-        weights, geometry = self._frame_args(start)
         self._launch_frames(
             "waves",
             n,
             FRAMES_PER_BLOCK,
-            (
-                self._taps(probe),
-                NULL,
-                weights,
-                obj,
-                NULL,
-                *geometry,
-                np.int32(FRAMES_PER_BLOCK),
-                self._scale,
-                out,
-                NULL,
-            ),
+            (taps, NULL, weights, obj, NULL, *geometry, np.int32(FRAMES_PER_BLOCK), self._scale,
+             out, NULL),  # fmt: skip
         )
-        for frames in frame_chunks(0, n, self.frame_shape):
-            self._forward(out[frames])
+        self._forward(out)
         return out
 
     def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[Any, Any]:
@@ -227,80 +221,57 @@ class CudaOperators:
             ),
             counts,
         )
-        for frames in self._chunks():
-            self._inverse(out[frames])
+        self._inverse(out)
         return self._sums[:1].copy(), out
 
-    def object_gradient(
-        self, chi: Any, probe: Any, obj: Any, probe_terms: bool
-    ) -> tuple[Any, Any, Any, Any]:
-        xp = self.xp
-        n = self.n_frames
-        acc = self._accumulator()
-        weights, geometry = self._frame_args()
-        tap_grad = tap_power = None
-        per_block = FRAMES_PER_BLOCK
-        if probe_terms:
-            per_block = -(-n // max(1, min(PROBE_GROUPS, n)))
-            groups = -(-n // per_block)
-            taps = len(shift.taps(self.interpolation))
-            tap_grad = xp.empty((groups, taps, *self.frame_shape), self._complex)
-            tap_power = xp.empty((groups, taps, *self.frame_shape), self.real_dtype)
+    def gradient_sums(self, probe_terms: bool) -> list[Any]:
+        """[object accumulator (H, W, 4), tap accumulator (K, M, N, 4) or None]."""
+        taps = (len(shift.taps(self.interpolation)), *self.frame_shape)
+        tap_acc = self._accumulator(taps) if probe_terms else None
+        return [self._accumulator(self.object_shape), tap_acc]
+
+    def add_object_gradient(self, sums: Any, chi: Any, taps: Any, obj: Any, frames: slice) -> None:
+        acc, tap_acc = sums
+        n, weights, geometry = self._frame_args(frames)
+        per_block = FRAMES_PER_BLOCK if tap_acc is None else PROBE_FRAMES_PER_BLOCK
         self._launch_frames(
             "object_gradient",
             n,
             per_block,
-            (
-                chi,
-                self._taps(probe),
-                weights,
-                obj,
-                *geometry,
-                np.int32(per_block),
-                acc,
-                _optional(tap_grad),
-                _optional(tap_power),
-            ),
+            (chi, taps, weights, obj, *geometry, np.int32(per_block), acc, _optional(tap_acc)),
         )
-        grad = xp.ascontiguousarray(acc[..., :2]).view(self._complex)[..., 0]
-        illumination = xp.ascontiguousarray(acc[..., 2])
-        if tap_grad is not None:
-            tap_grad, tap_power = tap_grad.sum(axis=0), tap_power.sum(axis=0)
+
+    def gradients(self, sums: Any) -> tuple[Any, Any, Any, Any]:
+        acc, tap_acc = sums
+        grad, illumination = self._sums_of(acc)
+        tap_grad = tap_power = None
+        if tap_acc is not None:
+            tap_grad, tap_power = self._sums_of(tap_acc)
         return gradients(grad, illumination, tap_grad, tap_power, self.interpolation)
 
-    def illumination(self, probe: Any) -> Any:
-        acc = self._accumulator()
-        weights, geometry = self._frame_args()
+    def illumination(self, taps: Any) -> Any:
+        acc = self._accumulator(self.object_shape)
+        n, weights, geometry = self._frame_args(slice(None))
         self._launch_frames(
             "object_gradient",
-            self.n_frames,
+            n,
             FRAMES_PER_BLOCK,
-            (
-                NULL,
-                self._taps(probe),
-                weights,
-                NULL,
-                *geometry,
-                np.int32(FRAMES_PER_BLOCK),
-                acc,
-                NULL,
-                NULL,
-            ),
+            (NULL, taps, weights, NULL, *geometry, np.int32(FRAMES_PER_BLOCK), acc, NULL),
         )
         return self.xp.ascontiguousarray(acc[..., 2])
 
     def direction_farfields(
-        self, probe: Any, dprobe: Any | None, obj: Any, dobj: Any, out: Any = None
+        self, taps: Any, dtaps: Any | None, obj: Any, dobj: Any, frames: slice, out: Any = None
     ) -> tuple[Any, Any | None]:
-        linear, quadratic = direction_buffers(self, out, dprobe is not None)
-        weights, geometry = self._frame_args()
+        n, weights, geometry = self._frame_args(frames)
+        linear, quadratic = direction_buffers(self, out, n, dtaps is not None)
         self._launch_frames(
             "waves",
-            self.n_frames,
+            n,
             FRAMES_PER_BLOCK,
             (
-                self._taps(probe),
-                NULL if dprobe is None else self._taps(dprobe),
+                taps,
+                _optional(dtaps),
                 weights,
                 obj,
                 dobj,
@@ -311,10 +282,9 @@ class CudaOperators:
                 _optional(quadratic),
             ),
         )
-        for frames in self._chunks():
-            self._forward(linear[frames])
-            if quadratic is not None:
-                self._forward(quadratic[frames])
+        self._forward(linear)
+        if quadratic is not None:
+            self._forward(quadratic)
         return linear, quadratic
 
     def line_search_sums(
@@ -350,11 +320,10 @@ class CudaOperators:
             (farfield, linear, _optional(quadratic), self._real(tau), np.int64(farfield.size)),
         )
 
-    def workspace_bytes(self, n_frames: int) -> int:
-        # cuFFT's work area for a chunk (at most one chunk-sized complex stack),
-        # and the probe gradient's per-group tap sums (complex and real).
+    def workspace_bytes(self, chunk_frames: int) -> int:
+        # cuFFT's work area for a chunk (at most one chunk-sized complex stack), and
+        # the probe gradient's tap accumulator (K x M x N x 4 reals).
         complex_size = np.dtype(self._complex).itemsize
-        fft_area = chunk_pixels(n_frames, self.frame_shape) * complex_size
-        groups = min(PROBE_GROUPS, max(n_frames, 1))
+        fft_area = chunk_pixels(chunk_frames, self.frame_shape) * complex_size
         taps = len(shift.taps(self.interpolation)) * self.frame_shape[0] * self.frame_shape[1]
-        return fft_area + groups * taps * (complex_size + np.dtype(self.real_dtype).itemsize)
+        return fft_area + taps * 4 * np.dtype(self.real_dtype).itemsize

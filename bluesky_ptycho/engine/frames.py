@@ -3,7 +3,8 @@
 A :class:`~.reconstructor.Reconstructor` keeps one :class:`FrameStore` per
 device (a single one unless it was given several GPUs, or several partitions
 on NumPy). A store holds its frames' counts (compact uint16 when they fit,
-:mod:`.counts`), their model far fields, the work stacks an iteration reuses
+:mod:`.counts`), their model far fields (unless the storage keeps counts only,
+:mod:`.passes`), the work stacks an iteration reuses
 (:class:`.workspace.StackBuffers`), their probe centres (global object pixels,
 (y, x)), the operators with their geometry, and replicas of the object and
 probe on its device (the first store works on the engine's own arrays).
@@ -31,6 +32,7 @@ class FrameStore:
     """Frames, far fields, work stacks and operators of one partition (module docstring).
 
     device : CUDA device number, or None for the current device (or NumPy).
+    keep_farfields : whether ``farfield`` grows with the frames (else it stays empty).
     """
 
     def __init__(
@@ -40,11 +42,13 @@ class FrameStore:
         frame_shape: tuple[int, int],
         complex_dtype: str,
         make_ops: Callable[[], EngineOperators],
+        keep_farfields: bool = True,
     ) -> None:
         self.xp = xp
         self.device = device
         self.frame_shape = frame_shape
         self.complex_dtype = complex_dtype
+        self.keep_farfields = keep_farfields
         with self.active():
             self.ops = make_ops()
             self.counts = xp.zeros((0, *frame_shape), count_store.COMPACT_DTYPE)
@@ -95,7 +99,10 @@ class FrameStore:
         """Room for ``new_capacity`` frames now (the stacks never shrink)."""
         if new_capacity <= self.counts.shape[0]:
             return
-        for name, dtype in (("counts", self.counts.dtype), ("farfield", self.complex_dtype)):
+        stacks = [("counts", self.counts.dtype)]
+        if self.keep_farfields:
+            stacks.append(("farfield", self.complex_dtype))
+        for name, dtype in stacks:
             old = getattr(self, name)
             grown = self.xp.zeros((new_capacity, *self.frame_shape), dtype)
             grown[: self.n] = old[: self.n]

@@ -34,8 +34,11 @@ CHUNK_PIXELS = 2**25
 class EngineOperators(Protocol):
     """What the reconstructor needs from an operator implementation.
 
-    ``counts`` arguments take the stored form of :mod:`.counts`; ``out`` arguments
-    are optional (n, M, N) complex buffers the result is written into and returned.
+    ``taps`` arguments take :meth:`taps` of a probe (made once per iteration, not
+    per chunk); ``frames`` arguments are slices of the geometry's frames, and
+    the stacks that go with them hold just those frames; ``counts`` take the
+    stored form of :mod:`.counts`; ``out`` arguments are optional (n, M, N)
+    complex buffers the result is written into and returned.
     """
 
     frame_shape: tuple[int, int]
@@ -47,30 +50,39 @@ class EngineOperators(Protocol):
     ) -> None:
         """Window corners (n, 2) int and fractional probe offsets (n, 2) of active frames."""
 
-    def farfields(self, probe: Any, obj: Any, start: int = 0, out: Any = None) -> Any:
-        """Model far fields ``FFT_ortho(P_j O_j)`` of frames ``start:``."""
+    def taps(self, probe: Any) -> Any:
+        """The probe's K whole-pixel-shifted taps (:func:`.shift.tap_stack`)."""
+
+    def farfields(self, taps: Any, obj: Any, frames: slice, out: Any = None) -> Any:
+        """Model far fields ``FFT_ortho(P_j O_j)`` of ``frames``."""
 
     def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[Any, Any]:
-        """Poisson NLL and the exit-wave gradient ``chi = IFFT_ortho(dL/da*)``.
+        """Poisson NLL and the exit-wave gradient ``chi = IFFT_ortho(dL/da*)`` of a
+        stack; ``out`` may be ``farfield`` itself (computed in place).
 
         The NLL may be a one-element float64 device array, read only once needed
         (``float(nll)``), so several devices' work can be queued first."""
 
-    def object_gradient(
-        self, chi: Any, probe: Any, obj: Any, probe_terms: bool
-    ) -> tuple[Any, Any, Any, Any]:
-        """``(g_O, illumination, g_P, probe_power)``; the last two None without
-        ``probe_terms`` (g_P = sum shift^T conj(O_j) chi_j, probe_power =
-        sum shift^T |O_j|^2). May overwrite ``chi``."""
+    def gradient_sums(self, probe_terms: bool) -> Any:
+        """Zeroed accumulators for :meth:`add_object_gradient` (implementation's own)."""
 
-    def illumination(self, probe: Any) -> Any:
-        """``sum_j scatter_j |P_j|^2``: object-shaped, real."""
+    def add_object_gradient(self, sums: Any, chi: Any, taps: Any, obj: Any, frames: slice) -> None:
+        """Add the object and (with probe terms) probe gradient terms of ``frames``,
+        whose exit-wave gradients ``chi`` holds, to ``sums``."""
+
+    def gradients(self, sums: Any) -> tuple[Any, Any, Any, Any]:
+        """``(g_O, illumination, g_P, probe_power)`` from ``sums``; the last two None
+        without probe terms (g_P = sum shift^T conj(O_j) chi_j, probe_power =
+        sum shift^T |O_j|^2)."""
+
+    def illumination(self, taps: Any) -> Any:
+        """``sum_j scatter_j |P_j|^2`` over all frames: object-shaped, real."""
 
     def direction_farfields(
-        self, probe: Any, dprobe: Any | None, obj: Any, dobj: Any, out: Any = None
+        self, taps: Any, dtaps: Any | None, obj: Any, dobj: Any, frames: slice, out: Any = None
     ) -> tuple[Any, Any | None]:
-        """Far fields of the exit-wave change along (dO, dP): ``b = F(P dO + dP O)``
-        and ``c = F(dP dO)`` (None when ``dprobe`` is None); ``out`` = (b, c) buffers."""
+        """Far fields of the exit-wave change of ``frames`` along (dO, dP): ``b = F(P dO
+        + dP O)`` and ``c = F(dP dO)`` (None when ``dtaps`` is None); ``out`` = (b, c)."""
 
     def line_search_sums(
         self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
@@ -82,8 +94,8 @@ class EngineOperators(Protocol):
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         """``a += tau b + tau^2 c`` in place."""
 
-    def workspace_bytes(self, n_frames: int) -> int:
-        """Most bytes of temporaries one operation allocates for ``n_frames`` frames."""
+    def workspace_bytes(self, chunk_frames: int) -> int:
+        """Most bytes of temporaries one operation on ``chunk_frames`` frames allocates."""
 
 
 def frame_chunks(start: int, stop: int, frame_shape: tuple[int, int]) -> Iterator[slice]:
@@ -137,12 +149,19 @@ def gradients(
     )
 
 
-def direction_buffers(ops: Any, out: Any, quadratic: bool) -> tuple[Any, Any | None]:
+def direction_buffers(
+    ops: Any, out: Any, n_frames: int, quadratic: bool
+) -> tuple[Any, Any | None]:
     """The (b, c) stacks of ``direction_farfields``: ``out``'s (checked) or new ones."""
     out_linear, out_quadratic = out if out is not None else (None, None)
-    args = (ops.n_frames, ops.frame_shape, ops._complex)
+    args = (n_frames, ops.frame_shape, ops._complex)
     linear = stack_buffer(ops.xp, out_linear, *args)
     return linear, stack_buffer(ops.xp, out_quadratic, *args) if quadratic else None
+
+
+def frame_count(frames: slice, n_frames: int) -> int:
+    """Frames in the slice ``frames`` of ``n_frames``."""
+    return len(range(*frames.indices(n_frames)))
 
 
 class ArrayOperators:
@@ -176,109 +195,118 @@ class ArrayOperators:
             xp.asarray(corners, dtype=np.int64), self.frame_shape, object_shape[1]
         )
 
-    def _chunks(self, start: int = 0) -> Iterator[slice]:
-        return frame_chunks(start, self.n_frames, self.frame_shape)
+    def taps(self, probe: Any) -> Any:
+        return shift.tap_stack(probe, self.interpolation)
+
+    def _chunks(self, frames: slice) -> Iterator[tuple[slice, slice]]:
+        """(geometry frames, stack frames) of each chunk of ``frames``."""
+        first, stop, _ = frames.indices(self.n_frames)
+        for chunk in frame_chunks(first, stop, self.frame_shape):
+            yield chunk, slice(chunk.start - first, chunk.stop - first)
 
     def _probes(self, taps: Any, frames: slice) -> Any:
         return shift.weighted_sum(self.weights[frames], taps).reshape(-1, *self.frame_shape)
 
-    def farfields(self, probe: Any, obj: Any, start: int = 0, out: Any = None) -> Any:
+    def farfields(self, taps: Any, obj: Any, frames: slice, out: Any = None) -> Any:
         xp = self.xp
-        out = stack_buffer(xp, out, self.n_frames - start, self.frame_shape, self._complex)
-        taps = shift.tap_stack(probe, self.interpolation)
-        for frames in self._chunks(start):
-            local = slice(frames.start - start, frames.stop - start)
-            out[local] = self._probes(taps, frames) * patches.extract(obj, self._indices[frames])
+        n = frame_count(frames, self.n_frames)
+        out = stack_buffer(xp, out, n, self.frame_shape, self._complex)
+        for chunk, local in self._chunks(frames):
+            out[local] = self._probes(taps, chunk) * patches.extract(obj, self._indices[chunk])
             transform(xp, out[local])
         return out
 
     def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[float, Any]:
         xp = self.xp
-        out = stack_buffer(xp, out, self.n_frames, self.frame_shape, self._complex)
+        n = farfield.shape[0]
+        out = stack_buffer(xp, out, n, self.frame_shape, self._complex)
         nll = 0.0
-        for frames in self._chunks():
-            nll += poisson.negative_log_likelihood(farfield[frames], counts[frames])
-            out[frames] = poisson.farfield_gradient(farfield[frames], counts[frames])
-            transform(xp, out[frames], inverse=True)
+        for chunk in frame_chunks(0, n, self.frame_shape):
+            nll += poisson.negative_log_likelihood(farfield[chunk], counts[chunk])
+            out[chunk] = poisson.farfield_gradient(farfield[chunk], counts[chunk])
+            transform(xp, out[chunk], inverse=True)
         return nll, out
 
-    def object_gradient(
-        self, chi: Any, probe: Any, obj: Any, probe_terms: bool
-    ) -> tuple[Any, Any, Any, Any]:
+    def gradient_sums(self, probe_terms: bool) -> list[Any]:
+        """[g_O, illumination, per-tap g_P, per-tap power] (the last two None without
+        probe terms)."""
         xp = self.xp
-        grad = xp.zeros(self.object_shape, self._complex)
-        illumination = xp.zeros(self.object_shape, self.real_dtype)
-        grad_taps = power_taps = None
+        sums = [
+            xp.zeros(self.object_shape, self._complex),
+            xp.zeros(self.object_shape, self.real_dtype),
+            None,
+            None,
+        ]
         if probe_terms:  # zeros stand for a partition without frames
             tap_shape = (len(shift.taps(self.interpolation)), *self.frame_shape)
-            grad_taps = xp.zeros(tap_shape, self._complex)
-            power_taps = xp.zeros(tap_shape, self.real_dtype)
-        taps = shift.tap_stack(probe, self.interpolation)
-        for frames in self._chunks():
-            probes, indices = self._probes(taps, frames), self._indices[frames]
-            grad += patches.scatter_add(xp.conj(probes) * chi[frames], indices, self.object_shape)
-            illumination += patches.scatter_add(_power(probes), indices, self.object_shape)
-            if probe_terms:
-                views = patches.extract(obj, indices)
-                grad_part = shift.tap_sums(xp.conj(views) * chi[frames], self.weights[frames])
-                power_part = shift.tap_sums(_power(views), self.weights[frames])
-                grad_taps += grad_part
-                power_taps += power_part
-        return gradients(grad, illumination, grad_taps, power_taps, self.interpolation)
+            sums[2:] = xp.zeros(tap_shape, self._complex), xp.zeros(tap_shape, self.real_dtype)
+        return sums
 
-    def illumination(self, probe: Any) -> Any:
+    def add_object_gradient(self, sums: Any, chi: Any, taps: Any, obj: Any, frames: slice) -> None:
+        xp = self.xp
+        grad, illumination, grad_taps, power_taps = sums
+        for chunk, local in self._chunks(frames):
+            probes, indices = self._probes(taps, chunk), self._indices[chunk]
+            grad += patches.scatter_add(xp.conj(probes) * chi[local], indices, self.object_shape)
+            illumination += patches.scatter_add(_power(probes), indices, self.object_shape)
+            if grad_taps is not None:
+                views = patches.extract(obj, indices)
+                grad_taps += shift.tap_sums(xp.conj(views) * chi[local], self.weights[chunk])
+                power_taps += shift.tap_sums(_power(views), self.weights[chunk])
+
+    def gradients(self, sums: Any) -> tuple[Any, Any, Any, Any]:
+        return gradients(*sums, self.interpolation)
+
+    def illumination(self, taps: Any) -> Any:
         out = self.xp.zeros(self.object_shape, self.real_dtype)
-        taps = shift.tap_stack(probe, self.interpolation)
-        for frames in self._chunks():
-            power = _power(self._probes(taps, frames))
-            out += patches.scatter_add(power, self._indices[frames], self.object_shape)
+        for chunk, _ in self._chunks(slice(None)):
+            power = _power(self._probes(taps, chunk))
+            out += patches.scatter_add(power, self._indices[chunk], self.object_shape)
         return out
 
     def direction_farfields(
-        self, probe: Any, dprobe: Any | None, obj: Any, dobj: Any, out: Any = None
+        self, taps: Any, dtaps: Any | None, obj: Any, dobj: Any, frames: slice, out: Any = None
     ) -> tuple[Any, Any | None]:
         xp = self.xp
-        linear, quadratic = direction_buffers(self, out, dprobe is not None)
-        if dprobe is not None:
-            dtaps = shift.tap_stack(dprobe, self.interpolation)
-        taps = shift.tap_stack(probe, self.interpolation)
-        for frames in self._chunks():
-            indices = self._indices[frames]
+        n = frame_count(frames, self.n_frames)
+        linear, quadratic = direction_buffers(self, out, n, dtaps is not None)
+        for chunk, local in self._chunks(frames):
+            indices = self._indices[chunk]
             dviews = patches.extract(dobj, indices)
-            linear[frames] = self._probes(taps, frames) * dviews
+            linear[local] = self._probes(taps, chunk) * dviews
             if quadratic is not None:
-                dprobes = self._probes(dtaps, frames)
-                linear[frames] += dprobes * patches.extract(obj, indices)
-                quadratic[frames] = dprobes * dviews
-                transform(xp, quadratic[frames])
-            transform(xp, linear[frames])
+                dprobes = self._probes(dtaps, chunk)
+                linear[local] += dprobes * patches.extract(obj, indices)
+                quadratic[local] = dprobes * dviews
+                transform(xp, quadratic[local])
+            transform(xp, linear[local])
         return linear, quadratic
 
     def line_search_sums(
         self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
     ) -> Any:
         sums = np.zeros((len(steps), 2))
-        for frames in self._chunks():
+        for chunk in frame_chunks(0, farfield.shape[0], self.frame_shape):
             part = poisson.line_search_terms(
-                farfield[frames],
-                linear[frames],
-                None if quadratic is None else quadratic[frames],
-                counts[frames],
+                farfield[chunk],
+                linear[chunk],
+                None if quadratic is None else quadratic[chunk],
+                counts[chunk],
                 steps,
             )
             sums += np.stack(part, axis=1)
         return self.xp.asarray(sums)
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
-        for frames in self._chunks():
-            farfield[frames] += tau * linear[frames]
+        for chunk in frame_chunks(0, farfield.shape[0], self.frame_shape):
+            farfield[chunk] += tau * linear[chunk]
             if quadratic is not None:
-                farfield[frames] += (tau * tau) * quadratic[frames]
+                farfield[chunk] += (tau * tau) * quadratic[chunk]
 
-    def workspace_bytes(self, n_frames: int) -> int:
-        # object_gradient: probes, product, views and conj(views) * chi (complex),
+    def workspace_bytes(self, chunk_frames: int) -> int:
+        # add_object_gradient: probes, product, views and conj(views) * chi (complex),
         # powers (real), per-tap sums; scatter_add's bincount works in float64.
-        pixels = chunk_pixels(n_frames, self.frame_shape)
+        pixels = chunk_pixels(chunk_frames, self.frame_shape)
         complex_size = np.dtype(self._complex).itemsize
         return pixels * (5 * complex_size + 2 * 8 + 8)
 

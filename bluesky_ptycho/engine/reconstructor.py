@@ -9,13 +9,15 @@ with ``O_j`` the M x N object window at the integer corner of the probe
 position and ``P_j`` the probe shifted by the fractional remainder
 (``position_interpolation``, :mod:`.shift`).
 
-Each iteration: far-field gradient -> one inverse FFT -> preconditioned object
-and probe gradients -> Polak-Ribiere conjugate direction -> forward FFTs of the
-direction's first- and second-order exit-wave terms -> line search of the
-Poisson NLL (several steps per read of the stacks) -> update of object, probe
-and stored far fields (by linearity, no extra FFT). The stored far fields are
-recomputed from scratch every ``REFRESH_EVERY`` iterations to bound rounding
-drift.
+Each iteration: model far fields -> far-field gradient -> one inverse FFT ->
+preconditioned object and probe gradients -> Polak-Ribiere conjugate direction
+-> forward FFTs of the direction's first- and second-order exit-wave terms ->
+line search of the Poisson NLL (several steps per read of the far fields) ->
+update of object and probe. What is kept per frame between these passes, and
+so how many transforms an iteration takes, is ``ReconConfig.frame_storage``
+(:mod:`.passes`); with ``"stacks"`` the stored far fields follow the update by
+linearity and are recomputed every ``REFRESH_EVERY`` iterations to bound
+rounding drift.
 
 A linear phase ramp moved from the probe to the object leaves every exit wave
 unchanged up to a constant phase: the data cannot fix it. The engine fixes it
@@ -36,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ReconConfig
-from . import gauge, poisson, shift, smoothness, workspace
+from . import gauge, passes, poisson, shift, smoothness, workspace
 from .backend import get_array_module, is_cupy, to_host
 from .collectives import make_collectives
 from .frames import FrameStore, route, stripe_edges
@@ -123,10 +125,12 @@ class Reconstructor:
             )
 
         devices = _devices(self.xp, gpus, partitions)
+        keep_farfields = passes.FRAME_STORAGE_STACKS[config.frame_storage] > 0
         self._stores = [
-            FrameStore(self.xp, device, config.frame_shape, self._complex, make_ops)
+            FrameStore(self.xp, device, config.frame_shape, self._complex, make_ops, keep_farfields)
             for device in devices
         ]
+        self._passes = [passes.FramePasses(store, config.frame_storage) for store in self._stores]
         self._collectives = make_collectives(self._stores, collectives)
         self._stripe_edges: np.ndarray | None = None  # partition boundaries (object rows)
         self._balanced_frames = 0  # frames when the stripes were last drawn
@@ -414,18 +418,9 @@ class Reconstructor:
         update_probe = self.iteration >= cfg.probe_hold_iterations
         # every device's work is queued before any result is read
         parts = []
-        for store in stores:
+        for store, frame_passes in zip(stores, self._passes, strict=True):
             with store.active():
-                n = store.n
-                if store.n_fresh < n:
-                    store.ops.farfields(
-                        store.probe, store.object, store.n_fresh, store.farfield[store.n_fresh : n]
-                    )
-                    store.n_fresh = n
-                chi_buffer = store.work.get("linear", n, store.capacity)
-                nll, chi = store.ops.nll_and_chi(store.farfield[:n], store.counts[:n], chi_buffer)
-                gradients = store.ops.object_gradient(chi, store.probe, store.object, update_probe)
-                parts.append((self.xp.asarray(nll, "float64").reshape(1), *gradients))
+                parts.append(frame_passes.gradient(update_probe))
         nll_sum, grad_obj, illum, grad_probe, power = (
             None if part[0] is None else self._collectives.reduce_sum(part)
             for part in zip(*parts, strict=True)
@@ -449,29 +444,17 @@ class Reconstructor:
         probe_dirs = [None] * len(stores)
         if dir_probe is not None:
             probe_dirs = self._collectives.broadcast(dir_probe)
-        directions = []
-        for store, obj_dir, probe_dir in zip(stores, obj_dirs, probe_dirs, strict=True):
+        for store, frame_passes, obj_dir, probe_dir in zip(
+            stores, self._passes, obj_dirs, probe_dirs, strict=True
+        ):
             with store.active():
-                quadratic = None
-                if probe_dir is not None:
-                    quadratic = store.work.get("quadratic", store.n, store.capacity)
-                buffers = (store.work.get("linear", store.n, store.capacity), quadratic)
-                directions.append(
-                    store.ops.direction_farfields(
-                        store.probe, probe_dir, store.object, obj_dir, buffers
-                    )
-                )
+                frame_passes.set_direction(probe_dir, obj_dir)
 
         def terms(steps: list[float]) -> tuple[np.ndarray, np.ndarray]:
             sums = []
-            for store, (linear, quadratic) in zip(stores, directions, strict=True):
+            for store, frame_passes in zip(stores, self._passes, strict=True):
                 with store.active():
-                    sums.append(
-                        store.ops.line_search_sums(
-                            store.farfield[: store.n], linear, quadratic, store.counts[: store.n],
-                            steps,
-                        )  # fmt: skip
-                    )
+                    sums.append(frame_passes.line_search_sums(steps))
             total = to_host(self._collectives.reduce_sum(sums))
             return total[:, 0], total[:, 1]
 
@@ -486,7 +469,7 @@ class Reconstructor:
                         store.object += tau * obj_dirs[index]
                         if probe_dirs[index] is not None:
                             store.probe += tau * probe_dirs[index]
-                    store.ops.advance(store.farfield[: store.n], *directions[index], tau)
+                    self._passes[index].advance(tau)
             self.object += tau * dir_obj
             if dir_probe is not None:
                 self.probe += tau * dir_probe
@@ -583,7 +566,7 @@ class Reconstructor:
             parts = []
             for store in self._stores:
                 with store.active():
-                    parts.append(store.ops.illumination(store.probe))
+                    parts.append(store.ops.illumination(store.ops.taps(store.probe)))
             self._illumination = self._collectives.reduce_sum(parts)
         # coverage, ramp removal and masking on the device: one transfer of each image
         illum = self._illumination if self._illumination is not None else xp.zeros(shape)
@@ -659,7 +642,7 @@ class Reconstructor:
         fit). See :mod:`.workspace` for what is counted.
         """
         per_store = -(-n_frames // len(self._stores))
-        store = self._stores[0]
+        store, storage = self._stores[0], self.config.frame_storage
         return workspace.memory_estimate(
             per_store,
             self._shape,
@@ -667,6 +650,8 @@ class Reconstructor:
             store.counts.dtype,
             object_shape if object_shape is not None else self.object.shape,
             store.ops.workspace_bytes(per_store),
+            passes.FRAME_STORAGE_STACKS[storage],
+            passes.CHUNK_STACKS[storage],
         )
 
     # ------------------------------------------- rollback hook (callback/run.py)

@@ -1,11 +1,11 @@
 """Frame-stack buffers reused across iterations, and the engine's memory budget.
 
-Per frame the engine keeps: the stored counts (2 bytes a pixel in the compact
-form of :mod:`.counts`, else the real type's size), the model far field ``a``,
-and two work stacks an iteration reuses - the exit-wave gradient, then the
-search direction's linear far field ``b``, and its quadratic far field ``c``
-(allocated once the probe updates). Everything else an iteration allocates is
-bounded by one chunk of frames (``EngineOperators.workspace_bytes``) or is
+Per frame the engine keeps the stored counts (2 bytes a pixel in the compact
+form of :mod:`.counts`, else the real type's size) and, by ``frame_storage``
+(:mod:`.passes`), none, one (the model far field ``a``) or three complex
+stacks (``a`` and the search direction's far fields ``b`` and ``c``).
+Everything else an iteration allocates is bounded by a few chunks of frames
+(the storage's chunk stacks and ``EngineOperators.workspace_bytes``) or is
 object- or probe-sized.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-#: complex stacks kept per frame: stored far field a, work stacks b and c
-STACKS_PER_FRAME = 3
+from .operators import chunk_pixels
+
 #: object-sized complex arrays alive during an iteration (object, direction,
 #: previous direction and step, gradient, step, illumination, scatter accumulator x2)
 OBJECT_ARRAYS = 10
@@ -57,10 +57,18 @@ def memory_estimate(
     count_dtype: Any,
     object_shape: tuple[int, int],
     workspace_bytes: int,
+    stacks_per_frame: int,
+    chunk_stacks: int,
 ) -> int:
-    """Bytes an engine iterating over ``n_frames`` frames holds at its peak (module doc)."""
+    """Bytes an engine iterating over ``n_frames`` frames holds at its peak (module doc).
+
+    ``stacks_per_frame`` complex stacks are kept for every frame, ``chunk_stacks``
+    for one chunk of frames (``operators.chunk_pixels``), and ``workspace_bytes``
+    of the operators' own temporaries.
+    """
     pixels = frame_shape[0] * frame_shape[1]
     complex_size = np.dtype(complex_dtype).itemsize
-    per_frame = pixels * (np.dtype(count_dtype).itemsize + STACKS_PER_FRAME * complex_size)
+    per_frame = pixels * (np.dtype(count_dtype).itemsize + stacks_per_frame * complex_size)
+    chunks = chunk_stacks * chunk_pixels(n_frames, frame_shape) * complex_size
     object_bytes = OBJECT_ARRAYS * object_shape[0] * object_shape[1] * complex_size
-    return n_frames * per_frame + object_bytes + workspace_bytes
+    return n_frames * per_frame + chunks + object_bytes + workspace_bytes

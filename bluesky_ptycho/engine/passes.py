@@ -1,0 +1,136 @@
+"""One iteration's passes over a store's frames, for each way of keeping frame stacks.
+
+``ReconConfig.frame_storage`` says what the engine keeps per frame between the
+passes of an iteration (single precision, 256 x 256 frames; counts 2 bytes a
+pixel in their compact form):
+
+* ``"stacks"``: counts, the model far fields ``a`` and the direction's far
+  fields ``b`` and ``c`` (26 bytes a pixel, 1.70 MB a frame). Three transforms
+  an iteration: ``a`` is moved along the line search by linearity
+  (``a += t b + t^2 c``) and recomputed every ``REFRESH_EVERY`` iterations.
+* ``"farfields"`` (default): counts and ``a`` (10 bytes a pixel, 0.66 MB a
+  frame). ``a`` is recomputed in the gradient pass; ``b`` and ``c`` are made
+  chunk by chunk in each line-search pass: four transforms an iteration (one
+  line-search pass), two more for each further pass.
+* ``"counts"``: counts only (2 bytes a pixel, 0.13 MB a frame); ``a`` is also
+  recomputed in each line-search pass: five transforms an iteration.
+
+Chunks hold about ``operators.CHUNK_PIXELS`` pixels, so the temporaries are
+bounded whatever the number of frames.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .frames import FrameStore
+from .operators import chunk_pixels, frame_chunks
+
+#: ReconConfig.frame_storage choices, and the complex stacks each keeps per frame
+FRAME_STORAGE_STACKS = {"stacks": 3, "farfields": 1, "counts": 0}
+#: chunk-sized complex temporaries of an iteration in each storage
+CHUNK_STACKS = {"stacks": 0, "farfields": 2, "counts": 3}
+
+
+class FramePasses:
+    """The gradient pass, the line-search passes and the update of one store's frames.
+
+    ``gradient`` returns the NLL and gradient sums of the store's frames;
+    ``set_direction`` takes the search direction (object and probe, on the
+    store's device); ``line_search_sums(steps)`` returns ``[L'(t), L''(t)]`` at
+    the steps; ``advance(tau)`` follows the step taken.
+    """
+
+    def __init__(self, store: FrameStore, storage: str) -> None:
+        if storage not in FRAME_STORAGE_STACKS:
+            raise ValueError(
+                f"frame_storage: expected one of {sorted(FRAME_STORAGE_STACKS)}, got {storage!r}"
+            )
+        self.store = store
+        self.storage = storage
+        self._taps: Any = None
+        self._direction: tuple[Any, Any, Any | None] | None = None  # (dobj, dtaps, stacks)
+
+    def _chunk(self, name: str, frames: slice) -> Any:
+        store = self.store
+        size = frames.stop - frames.start
+        capacity = chunk_pixels(store.n, store.frame_shape) // (
+            store.frame_shape[0] * store.frame_shape[1]
+        )
+        return store.work.get(name, size, capacity)
+
+    def _chunks(self) -> Any:
+        return frame_chunks(0, self.store.n, self.store.frame_shape)
+
+    def gradient(self, probe_terms: bool) -> tuple[Any, Any, Any, Any, Any]:
+        """(NLL as a one-element float64 array, g_O, illumination, g_P, probe power)."""
+        store, ops = self.store, self.store.ops
+        xp, n = store.xp, store.n
+        self._taps = taps = ops.taps(store.probe)
+        if self.storage == "stacks" and store.n_fresh < n:
+            fresh = slice(store.n_fresh, n)
+            ops.farfields(taps, store.object, fresh, store.farfield[fresh])
+            store.n_fresh = n
+        sums = ops.gradient_sums(probe_terms)
+        nll = xp.zeros(1, "float64")
+        for frames in self._chunks():
+            if self.storage == "counts":
+                farfield = chi = ops.farfields(taps, store.object, frames, self._chunk("a", frames))
+            else:
+                farfield = store.farfield[frames]
+                if self.storage == "farfields":
+                    ops.farfields(taps, store.object, frames, farfield)
+                    chi = self._chunk("b", frames)
+                else:  # the direction's b stack is free until set_direction
+                    chi = store.work.get("linear", n, store.capacity)[frames]
+            part, chi = ops.nll_and_chi(farfield, store.counts[frames], chi)
+            nll += xp.asarray(part, "float64").reshape(1)
+            ops.add_object_gradient(sums, chi, taps, store.object, frames)
+        return (nll, *ops.gradients(sums))
+
+    def set_direction(self, dprobe: Any | None, dobj: Any) -> None:
+        """The search direction; with ``"stacks"`` its far fields are made now."""
+        store, ops = self.store, self.store.ops
+        dtaps = None if dprobe is None else ops.taps(dprobe)
+        stacks = None
+        if self.storage == "stacks":
+            quadratic = None
+            if dtaps is not None:
+                quadratic = store.work.get("quadratic", store.n, store.capacity)
+            buffers = (store.work.get("linear", store.n, store.capacity), quadratic)
+            stacks = ops.direction_farfields(
+                self._taps, dtaps, store.object, dobj, slice(0, store.n), buffers
+            )
+        self._direction = (dobj, dtaps, stacks)
+
+    def line_search_sums(self, steps: list[float]) -> Any:
+        """(len(steps), 2) float64 device array of L' and L'' over the store's frames."""
+        store, ops = self.store, self.store.ops
+        dobj, dtaps, stacks = self._require_direction()
+        n = store.n
+        if stacks is not None:
+            return ops.line_search_sums(store.farfield[:n], *stacks, store.counts[:n], steps)
+        total = store.xp.zeros((len(steps), 2), "float64")
+        for frames in self._chunks():
+            quadratic = None if dtaps is None else self._chunk("c", frames)
+            linear, quadratic = ops.direction_farfields(
+                self._taps, dtaps, store.object, dobj, frames, (self._chunk("b", frames), quadratic)
+            )
+            if self.storage == "counts":
+                farfield = ops.farfields(self._taps, store.object, frames, self._chunk("a", frames))
+            else:
+                farfield = store.farfield[frames]
+            total += ops.line_search_sums(farfield, linear, quadratic, store.counts[frames], steps)
+        return total
+
+    def advance(self, tau: float) -> None:
+        """Follow a step ``tau`` along the direction: the stored ``a`` moves with it
+        (``"stacks"``); otherwise the next gradient pass recomputes it."""
+        _, _, stacks = self._require_direction()
+        if stacks is not None:
+            self.store.ops.advance(self.store.farfield[: self.store.n], *stacks, tau)
+
+    def _require_direction(self) -> tuple[Any, Any, Any | None]:
+        if self._direction is None:
+            raise RuntimeError("FramePasses: set_direction() must come before the line search")
+        return self._direction
