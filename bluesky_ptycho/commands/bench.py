@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config import FRAME_STORAGE
 from ._options import (
     PRECISIONS,
     default_step_fraction,
@@ -87,6 +88,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N,N,...",
         help="partition the frames over these CUDA devices (NCCL between distinct ones)",
     )
+    parser.add_argument(
+        "--frame-storage",
+        choices=FRAME_STORAGE,
+        default="farfields",
+        help="what the engine keeps per frame (ReconConfig.frame_storage; farfields)",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     parser.set_defaults(run=run)
 
@@ -108,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         step_fraction=args.step_fraction,
         profile_iterations=args.profile,
         gpus=args.gpus,
+        frame_storage=args.frame_storage,
     )
     if args.json:
         path = Path(args.json)

@@ -98,6 +98,7 @@ def benchmark(
     step_fraction: float | None = None,
     profile_iterations: int = 0,
     gpus: Sequence[int] | None = None,
+    frame_storage: str = "farfields",
     report: Any = print,
 ) -> dict[str, Any]:
     """Run the benchmark; ``report`` receives each printed line. Returns the results.
@@ -105,6 +106,7 @@ def benchmark(
     With ``profile_iterations`` > 0, :func:`stage_profile` runs that many more
     iterations after the timed ones (not counted in the throughput). ``gpus``:
     the frames are partitioned over these CUDA devices (``Reconstructor(gpus=...)``).
+    ``frame_storage``: ``ReconConfig.frame_storage``.
     """
     import numpy as np
 
@@ -119,6 +121,7 @@ def benchmark(
     limit = iterations if iterations is not None else math.inf
     xp = get_array_module(backend)
     config = default_config(frame_size, dtype=PRECISIONS[precision])
+    config = config.replace(frame_storage=frame_storage)
 
     started = time.perf_counter()
     if step_fraction is None:
@@ -144,7 +147,7 @@ def benchmark(
     report(
         f"bench: {n_frames} frames of {frame_size}x{frame_size}, {scan}, backend {rec.backend} "
         f"on {device}{f' x {len(gpus)} (gpus {list(gpus)})' if gpus else ''}, "
-        f"{precision} precision"
+        f"{precision} precision, frame storage {frame_storage}"
     )
     report(
         f"simulation {simulate_s:.2f} s, setup (engine + add_frames) {setup_s:.2f} s, "
@@ -200,6 +203,7 @@ def benchmark(
         + f" --step-fraction {step_fraction:g}"
         + f" --precision {precision} --seed {seed}"
         + (f" --gpus {','.join(str(g) for g in gpus)}" if gpus else "")
+        + f" --frame-storage {frame_storage}"
     )
     return {
         "command": command,
@@ -213,6 +217,7 @@ def benchmark(
         "frame_size": frame_size,
         "frames": n_frames,
         "precision": precision,
+        "frame_storage": frame_storage,
         "scan": scan,
         "step_fraction": step_fraction,
         "photons_per_frame": photons_per_frame,
