@@ -7,22 +7,26 @@ grow 1024 -> 2048 -> 4096 ...), free the memory pool, iterate ``WARM`` times,
 time ``TIMED`` iterations (device-synchronised), and record
 
 * frame-iterations/s and ms per iteration;
-* the pool's bytes in use (live arrays) and held (its peak: blocks freed during
-  the iterations stay cached) after the iterations, per frame, beside
-  ``memory_estimate``;
+* the engine's device memory: the pool's bytes in use (live arrays) and held
+  (its peak: blocks freed during the iterations stay cached) after the
+  iterations, less the bytes in use before the engine was made (the simulated
+  scan), per frame, beside ``memory_estimate``;
 * the NRMSE as delivered after WARM + TIMED iterations (cases with NRMSE on);
 * ``stage_profile`` over ``PROFILED`` more iterations.
 
 Prints one JSON line per run and writes all of them to
 ``$OUT/frame-storage.json``. From the repository root on a GPU machine::
 
-    PYTHONPATH=. python docs/gpu_frame_storage.py
+    PYTHONPATH=. python docs/gpu_frame_storage.py [SIZE:FRAMES:STORAGE,STORAGE[:CHUNK_PIXELS] ...]
+
+(default: the cases of ``CASES``; NRMSE only for scans of up to 4096 frames).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import cupy as cp
@@ -52,6 +56,8 @@ def sync() -> None:
 
 def one_run(scan, size, n, storage, chunk, with_nrmse) -> dict:
     pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    baseline = pool.used_bytes()  # the simulated scan
     operators.CHUNK_PIXELS = chunk
     rec = Reconstructor(scan.config.replace(frame_storage=storage), backend="cupy")
     for start in range(0, n, ADD_CHUNK):
@@ -72,14 +78,15 @@ def one_run(scan, size, n, storage, chunk, with_nrmse) -> dict:
         "chunk_pixels": chunk,
         "ms_per_iteration": 1e3 * seconds / TIMED,
         "frame_iterations_per_s": n * TIMED / seconds,
-        "pool_used_bytes": int(pool.used_bytes()),
-        "pool_held_bytes": int(pool.total_bytes()),
+        "scan_bytes": int(baseline),
+        "engine_used_bytes": int(pool.used_bytes() - baseline),
+        "engine_held_bytes": int(pool.total_bytes() - baseline),
         "memory_estimate_bytes": int(rec.memory_estimate(n)),
         "object_shape": list(rec.object.shape),
         "counts_dtype": str(rec._stores[0].counts.dtype),
     }
-    row["used_mb_per_frame"] = row["pool_used_bytes"] / n / 1e6
-    row["held_mb_per_frame"] = row["pool_held_bytes"] / n / 1e6
+    row["used_mb_per_frame"] = row["engine_used_bytes"] / n / 1e6
+    row["held_mb_per_frame"] = row["engine_held_bytes"] / n / 1e6
     if with_nrmse:
         row["nrmse_as_delivered"] = float(
             snapshot_nrmse(rec.snapshot(live=True), scan.sample.object, scan.sample.origin_m)
@@ -92,9 +99,16 @@ def one_run(scan, size, n, storage, chunk, with_nrmse) -> dict:
     return row
 
 
+def parse_case(text: str) -> tuple:
+    size, n, storages, *chunk = text.split(":")
+    chunks = (int(chunk[0]),) if chunk else (DEFAULT_CHUNK,)
+    return int(size), int(n), tuple(storages.split(",")), chunks, int(n) <= 4096
+
+
 def main() -> None:
     rows = []
-    for size, n, storages, chunks, with_nrmse in CASES:
+    cases = [parse_case(text) for text in sys.argv[1:]] or CASES
+    for size, n, storages, chunks, with_nrmse in cases:
         started = time.perf_counter()
         scan = simulate_scan(default_config(size), n, xp=cp)
         sync()

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config import FRAME_STORAGE
 from ._options import non_negative_int, positive_float, positive_int
 
 NAME = "bench-live"
@@ -67,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=600.0,
         help="longest wait for the result after the stop document, seconds (600)",
     )
+    parser.add_argument(
+        "--frame-storage",
+        choices=FRAME_STORAGE,
+        default=None,
+        help="ReconConfig.frame_storage: what the engine keeps per frame (farfields)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")
     parser.set_defaults(run=run)
 
@@ -75,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     from ..tools.bench_live import bench_live
 
     options = {} if args.duty_cycle is None else {"scan_duty_cycle": args.duty_cycle}
+    if args.frame_storage is not None:
+        options["frame_storage"] = args.frame_storage
     result = bench_live(
         n_frames=args.frames,
         frame_size=args.frame_size,

@@ -78,10 +78,12 @@ def ramp(
     """``exp(2 pi i (cycles_r * row + cycles_c * col))`` on a ``shape`` grid.
 
     ``start``: (row, col) of the grid's pixel [0, 0] (e.g. a canvas's global origin).
+    The row and column factors are made in double precision; their outer product,
+    in ``dtype``, is the only grid-sized array (no grid-sized double temporaries).
     """
     rows = (xp.arange(shape[0])[:, None] + int(start[0])) * float(cycles[0])
     cols = (xp.arange(shape[1])[None, :] + int(start[1])) * float(cycles[1])
-    return xp.exp(2j * np.pi * (rows + cols)).astype(dtype)
+    return xp.exp(2j * np.pi * rows).astype(dtype) * xp.exp(2j * np.pi * cols).astype(dtype)
 
 
 def mean_phase_gradient(xp: ModuleType, obj: Any, weight: Any) -> np.ndarray:

@@ -416,6 +416,7 @@ class Reconstructor:
         if self._replicas_stale:
             self._sync_replicas()
         update_probe = self.iteration >= cfg.probe_hold_iterations
+        self._illumination = None  # replaced below (a snapshot in between makes its own)
         # every device's work is queued before any result is read
         parts = []
         for store, frame_passes in zip(stores, self._passes, strict=True):
@@ -440,6 +441,7 @@ class Reconstructor:
         dir_obj, dir_probe, slope = self._conjugate_direction(
             grad_obj, step_obj, grad_probe, step_probe
         )
+        del grad_obj, grad_probe, step_obj, step_probe, parts  # object-sized: free them now
         obj_dirs = self._collectives.broadcast(dir_obj)
         probe_dirs = [None] * len(stores)
         if dir_probe is not None:
@@ -512,10 +514,12 @@ class Reconstructor:
         if self._previous is not None:
             # a gauge move is unitary and leaves the NLL unchanged: carry the conjugate
             # directions into the new gauge instead of restarting them
-            dir_obj, dir_probe, g_dot_s, step_obj, step_probe = self._previous
-            moved = [None if p is None else p * probe_tilt for p in (dir_probe, step_probe)]
-            self._previous = (dir_obj * object_tilt, moved[0], g_dot_s, step_obj * object_tilt,
-                              moved[1])  # fmt: skip
+            # (in place: these arrays belong to the previous iteration alone)
+            dir_obj, dir_probe, _, step_obj, step_probe = self._previous
+            for array, tilt in ((dir_obj, object_tilt), (step_obj, object_tilt),
+                                (dir_probe, probe_tilt), (step_probe, probe_tilt)):  # fmt: skip
+                if array is not None:
+                    array *= tilt
 
     def _conjugate_direction(
         self, grad_obj: Any, step_obj: Any, grad_probe: Any, step_probe: Any
@@ -531,21 +535,30 @@ class Reconstructor:
             total = float(self.xp.vdot(obj_a, obj_b).real)
             return total + (float(self.xp.vdot(probe_a, probe_b).real) if update else 0.0)
 
+        def steepest() -> tuple[Any, Any]:
+            return -step_obj, -step_probe if update else None
+
         g_dot_s = dot(grad_obj, step_obj, grad_probe, step_probe)
-        steepest = (-step_obj, -step_probe if update else None)
-        dir_obj, dir_probe = steepest
-        previous = self._previous
+        previous, self._previous = self._previous, None
+        beta = 0.0
         if previous is not None and (previous[1] is None) == (not update) and previous[2] > 0:
             prev_obj, prev_probe, prev_g_dot_s, prev_step_obj, prev_step_probe = previous
             numerator = g_dot_s - dot(grad_obj, prev_step_obj, grad_probe, prev_step_probe)
             beta = max(0.0, numerator / prev_g_dot_s)
-            if beta > 0:
-                dir_obj = dir_obj + beta * prev_obj
-                if update:
-                    dir_probe = dir_probe + beta * prev_probe
+            del prev_step_obj, prev_step_probe
+        if beta > 0:  # d = beta d_prev - s, in the previous direction's memory
+            dir_obj, dir_probe = prev_obj, prev_probe
+            dir_obj *= beta
+            dir_obj -= step_obj
+            if update:
+                dir_probe *= beta
+                dir_probe -= step_probe
+        else:
+            dir_obj, dir_probe = steepest()
+        del previous
         slope = 2 * dot(grad_obj, dir_obj, grad_probe, dir_probe)
         if slope >= 0:  # not a descent direction: restart
-            dir_obj, dir_probe = steepest
+            dir_obj, dir_probe = steepest()
             slope = -2 * g_dot_s
         self._previous = (dir_obj, dir_probe, g_dot_s, step_obj, step_probe)
         return dir_obj, dir_probe, slope
