@@ -42,6 +42,8 @@ POSITION_CONVENTIONS: tuple[str, ...] = ("sample-translation", "probe-position")
 
 DTYPES: tuple[str, ...] = ("complex64", "complex128")
 POSITION_INTERPOLATIONS: tuple[str, ...] = ("cubic", "linear", "nearest")
+#: the callback's calibrate setting: calibration on a live scan's first frames
+CALIBRATE_CHOICES: tuple[str, ...] = ("off", "orientation", "defocus", "both")
 #: what the engine keeps per frame (bluesky_ptycho.engine.passes)
 FRAME_STORAGE: tuple[str, ...] = ("farfields", "counts", "stacks")
 

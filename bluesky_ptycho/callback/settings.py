@@ -25,9 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import validation
-from ..config import ReconConfig, check_field
-
-CALIBRATE_CHOICES = ("off", "orientation", "defocus", "both")
+from ..config import CALIBRATE_CHOICES, ReconConfig, check_field
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import FRAME_STORAGE
+from ..config import CALIBRATE_CHOICES, FRAME_STORAGE
 from ._options import non_negative_int, positive_float, positive_int
 
 NAME = "bench-live"
@@ -74,6 +74,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="ReconConfig.frame_storage: what the engine keeps per frame (farfields)",
     )
+    parser.add_argument(
+        "--calibrate",
+        choices=CALIBRATE_CHOICES,
+        default=None,
+        help="calibration on the first frames (the callback's calibrate; off)",
+    )
+    parser.add_argument(
+        "--defocus-sign",
+        type=int,
+        choices=(1, -1),
+        default=None,
+        help="with --calibrate defocus/both: +1 sample downstream of the focus, -1 upstream",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")
     parser.set_defaults(run=run)
 
@@ -82,8 +95,9 @@ def run(args: argparse.Namespace) -> int:
     from ..tools.bench_live import bench_live
 
     options = {} if args.duty_cycle is None else {"scan_duty_cycle": args.duty_cycle}
-    if args.frame_storage is not None:
-        options["frame_storage"] = args.frame_storage
+    for name in ("frame_storage", "calibrate", "defocus_sign"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     result = bench_live(
         n_frames=args.frames,
         frame_size=args.frame_size,
