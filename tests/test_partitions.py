@@ -27,15 +27,18 @@ def scan():
     return simulate_scan(default_config(32), n_frames=120, seed=3, **BEAMLINE_LIKE)
 
 
-def config_of(scan, dtype="complex128"):
+def config_of(scan, dtype="complex128", frame_storage="farfields"):
     return scan.config.replace(
         saturation_counts=HOT_PIXEL_COUNTS, probe_propagation_m=BEAMLINE_LIKE["defocus_m"],
-        dtype=dtype,
+        dtype=dtype, frame_storage=frame_storage,
     )  # fmt: skip
 
 
 def reconstruct(scan, batches=1, iterations=ITERATIONS, **options):
-    rec = Reconstructor(config_of(scan, options.pop("dtype", "complex128")), **options)
+    config = config_of(
+        scan, options.pop("dtype", "complex128"), options.pop("frame_storage", "farfields")
+    )
+    rec = Reconstructor(config, **options)
     for part in np.array_split(np.arange(len(scan.frames)), batches):
         rec.add_frames(scan.frames[part], scan.x_motor[part], scan.y_motor[part])
         rec.iterate(iterations // batches)
@@ -46,10 +49,12 @@ def relative_difference(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+@pytest.mark.parametrize("storage", ["farfields", "counts", "stacks"])
 @pytest.mark.parametrize("batches", [1, 3])
-def test_partitions_give_the_single_partition_result(scan, batches):
-    single = reconstruct(scan, batches, backend="numpy").snapshot(live=False)
-    split = reconstruct(scan, batches, backend="numpy", partitions=3)
+def test_partitions_give_the_single_partition_result(scan, batches, storage):
+    single = reconstruct(scan, batches, backend="numpy", frame_storage=storage)
+    single = single.snapshot(live=False)
+    split = reconstruct(scan, batches, backend="numpy", partitions=3, frame_storage=storage)
     assert [store.n for store in split._stores] != [len(scan.frames), 0, 0]
     assert all(store.n > 0 for store in split._stores)
     snap = split.snapshot(live=False)
