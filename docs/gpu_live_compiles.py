@@ -1,8 +1,8 @@
 """Which CuPy kernels a live scan still compiles after the callback's warm-up.
 
 Diagnostic for docs/benchmarks.md ("Live latency through the callback"): wraps
-``cupy.cuda.compiler.compile_using_nvrtc`` (called on a kernel-cache miss only)
-to record when each compilation happened, how long it took and the innermost
+NVRTC's compile call in ``cupy.cuda.compiler`` (``_NVRTCProgram.compile``, made
+on a kernel-cache miss only) to record when each compilation happened, how long it took and the innermost
 bluesky_ptycho frame that asked for it, then runs ``bench_live`` with the
 options given (``KEY=VALUE`` callback keywords; numbers are parsed). Prints the
 bench summary and one line per compilation; writes
@@ -26,7 +26,7 @@ from bluesky_ptycho.tools.bench_live import bench_live
 
 STARTED = time.perf_counter()
 COMPILES: list[dict] = []
-_compile = compiler.compile_using_nvrtc
+_compile = compiler._NVRTCProgram.compile
 
 
 def _caller() -> str:
@@ -51,7 +51,7 @@ def logged_compile(*args, **kwargs):
 
 
 def main() -> None:
-    compiler.compile_using_nvrtc = logged_compile
+    compiler._NVRTCProgram.compile = logged_compile
     options = {}
     for item in sys.argv[1:]:
         key, value = item.split("=", 1)
