@@ -2,10 +2,10 @@
 
 Diagnostic for docs/benchmarks.md ("Live latency through the callback"): wraps
 NVRTC's compile call in ``cupy.cuda.compiler`` (``_NVRTCProgram.compile``, made
-on a kernel-cache miss only) to record when each compilation happened, how long it took and the innermost
-bluesky_ptycho frame that asked for it, then runs ``bench_live`` with the
-options given (``KEY=VALUE`` callback keywords; numbers are parsed). Prints the
-bench summary and one line per compilation; writes
+on a kernel-cache miss only) to record when each compilation happened, how
+long it took and the innermost bluesky_ptycho frame that asked for it, then
+runs ``bench_live`` with the options given (``KEY=VALUE`` callback keywords;
+numbers are parsed). Prints the bench summary and one line per compilation; writes
 ``$OUT/live-compiles.json``. Meaningful on a host whose kernel cache is empty.
 From the repository root on a GPU machine::
 
