@@ -359,8 +359,7 @@ class RunReconstruction:
         engine = self.engine
         kept = (engine.object.copy(), None if engine.probe is None else engine.probe.copy())
         engine.iterate(1)
-        xp = engine.xp
-        if not (bool(xp.isfinite(engine.object).all()) and bool(xp.isfinite(engine.probe).all())):
+        if not engine.state_is_finite():
             self.rollbacks += 1
             self._rollbacks_in_a_row += 1
             engine.restore(*kept, step_scale=ROLLBACK_STEP_SCALE)

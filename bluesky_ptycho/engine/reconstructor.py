@@ -632,6 +632,12 @@ class Reconstructor:
         """Frames added so far."""
         return self._n
 
+    def state_is_finite(self) -> bool:
+        """Whether the object and probe hold finite values only (reads one flag each)."""
+        xp = self.xp
+        finite = bool(xp.isfinite(self.object).all())
+        return finite and (self.probe is None or bool(xp.isfinite(self.probe).all()))
+
     def reserve(self, n_frames: int) -> None:
         """Allocate room for ``n_frames`` frames now, so a scan of known length never
         grows its stacks by doubling (which can hold up to twice the frames' memory).

@@ -7,7 +7,7 @@ iteration came after the scan had ended), cached on disk afterwards
 (``~/.cupy/kernel_cache``, or ``CUPY_CACHE_DIR``). :func:`warm_up` runs a
 small reconstruction on synthetic counts of each common detector type through
 the same paths a scan takes (frames in two batches, a canvas that grows, the
-probe hold, a far-field refresh, snapshots), so a live scan's first
+probe hold, a far-field refresh, the callback's finiteness check, snapshots), so a live scan's first
 iterations do not pay for compilation.
 """
 
@@ -54,6 +54,7 @@ def warm_up(backend: str = "cupy", dtype: str = "complex64") -> float:
         for part in (slice(0, half), slice(half, None)):
             rec.add_frames(frames[part], x[part], y[part])
             rec.iterate(REFRESH_EVERY // 2 + 1)
+            rec.state_is_finite()  # the callback's check after each iteration
         rec.snapshot(live=True)
         rec.snapshot(live=False)
     return time.perf_counter() - started
