@@ -31,6 +31,7 @@ ptycho = PtychoCallback(
     # probe_path="/nsls2/data/hxn/probes/probe_12kev.npy",  # warm-start probe
     # beam_center_px=(128.0, 127.5),  # direct beam on the frame as recorded (default: centre)
     # object_smoothness=0.01,  # Gaussian prior on the object: less grain at a low dose
+    # frame_storage="counts",  # GPU memory per frame: "farfields" (default), "counts", "stacks"
     # ---- which data keys hold the frames and positions ----
     image_key="merlin1_image",  # detector image data key
     x_key="zpssx",  # horizontal position data key (motor units)
