@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from event_model import compose_run
 
-from .previews import data_keys_of, fixed_preview
+from .previews import amplitude_phase, data_keys_of, fixed_preview
 
 if TYPE_CHECKING:
     from ..engine.reconstructor import Snapshot
@@ -141,15 +141,15 @@ class DerivedRun:
 
     def result(self, snapshot: Snapshot, progress: Progress) -> None:
         """Emit the ``primary`` descriptor and its single event: the final result."""
-        obj = np.nan_to_num(np.asarray(snapshot.object))
+        amplitude, phase = amplitude_phase(np.asarray(snapshot.object))
         probe = np.asarray(snapshot.probe)
         history = np.array(
             [_number(h.get("poisson_nll", math.nan)) for h in snapshot.metrics.get("history", [])],
             dtype=np.float64,
         )
         arrays: dict[str, np.ndarray] = {
-            "object_amplitude": np.abs(obj).astype(np.float32),
-            "object_phase": np.angle(obj).astype(np.float32),
+            "object_amplitude": amplitude,
+            "object_phase": phase,
             "coverage": np.asarray(snapshot.coverage, dtype=np.float32),
             "probe_amplitude": np.abs(probe).astype(np.float32),
             "probe_phase": np.angle(probe).astype(np.float32),
