@@ -426,10 +426,9 @@ class Reconstructor:
             None if part[0] is None else self._collectives.reduce_sum(part)
             for part in zip(*parts, strict=True)
         )
-        nll = float(nll_sum[0])
         self._illumination = illum
         damping = cfg.alpha_relative * illum.max()
-        mu = cfg.object_smoothness * float(illum.max())
+        mu = cfg.object_smoothness * float(illum.max()) if cfg.object_smoothness else 0.0
         if mu:
             grad_obj += smoothness.gradient(self.object, mu)
             damping += 4 * mu
@@ -477,6 +476,7 @@ class Reconstructor:
                 self.probe += tau * dir_probe
         else:
             self._previous = None
+        nll = float(nll_sum[0])
         self.iteration += 1
         self._since_refresh += 1
         self._history.append(
@@ -527,25 +527,26 @@ class Reconstructor:
         """Polak-Ribiere direction on the preconditioned gradient, restarted as needed.
 
         Gradients are dL/dz*; returns (dir_obj, dir_probe or None, L'(0) along them),
-        with ``L'(0) = 2 Re <g, d>``.
+        with ``L'(0) = 2 Re <g, d>``. The inner products it needs are read from the
+        device in one transfer; ``L'(0)`` follows from them by linearity.
         """
         update = grad_probe is not None
-
-        def dot(obj_a: Any, obj_b: Any, probe_a: Any, probe_b: Any) -> float:
-            total = float(self.xp.vdot(obj_a, obj_b).real)
-            return total + (float(self.xp.vdot(probe_a, probe_b).real) if update else 0.0)
 
         def steepest() -> tuple[Any, Any]:
             return -step_obj, -step_probe if update else None
 
-        g_dot_s = dot(grad_obj, step_obj, grad_probe, step_probe)
         previous, self._previous = self._previous, None
-        beta = 0.0
-        if previous is not None and (previous[1] is None) == (not update) and previous[2] > 0:
+        pairs = [(step_obj, step_probe)]
+        usable = previous is not None and (previous[1] is None) == (not update) and previous[2] > 0
+        if usable:
             prev_obj, prev_probe, prev_g_dot_s, prev_step_obj, prev_step_probe = previous
-            numerator = g_dot_s - dot(grad_obj, prev_step_obj, grad_probe, prev_step_probe)
-            beta = max(0.0, numerator / prev_g_dot_s)
+            pairs += [(prev_step_obj, prev_step_probe), (prev_obj, prev_probe)]
             del prev_step_obj, prev_step_probe
+        dots = self._real_dots(grad_obj, grad_probe, pairs)
+        del pairs
+        g_dot_s = dots[0]
+        beta = max(0.0, (g_dot_s - dots[1]) / prev_g_dot_s) if usable else 0.0
+        slope = -2 * g_dot_s
         if beta > 0:  # d = beta d_prev - s, in the previous direction's memory
             dir_obj, dir_probe = prev_obj, prev_probe
             dir_obj *= beta
@@ -553,15 +554,27 @@ class Reconstructor:
             if update:
                 dir_probe *= beta
                 dir_probe -= step_probe
-        else:
-            dir_obj, dir_probe = steepest()
+            slope = 2 * (beta * dots[2] - g_dot_s)
         del previous
-        slope = 2 * dot(grad_obj, dir_obj, grad_probe, dir_probe)
-        if slope >= 0:  # not a descent direction: restart
+        if beta <= 0 or slope >= 0:  # steepest descent, or a restart: not a descent direction
             dir_obj, dir_probe = steepest()
             slope = -2 * g_dot_s
         self._previous = (dir_obj, dir_probe, g_dot_s, step_obj, step_probe)
         return dir_obj, dir_probe, slope
+
+    def _real_dots(
+        self, grad_obj: Any, grad_probe: Any, pairs: list[tuple[Any, Any]]
+    ) -> list[float]:
+        """``Re <g_O, a> + Re <g_P, b>`` for each (a, b) of ``pairs`` (the probe term only
+        with ``grad_probe``), in one device-to-host transfer."""
+        xp = self.xp
+        values = []
+        for obj, probe in pairs:
+            value = xp.vdot(grad_obj, obj).real
+            if grad_probe is not None:
+                value = value + xp.vdot(grad_probe, probe).real
+            values.append(value)
+        return [float(v) for v in to_host(xp.stack(values))]
 
     # -------------------------------------------------------------- snapshots
     def snapshot(self, live: bool = True) -> Snapshot:
