@@ -21,6 +21,7 @@ bounded whatever the number of frames.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from .frames import FrameStore
@@ -52,6 +53,8 @@ class FramePasses:
         self._direction: tuple[Any, Any, Any | None] | None = None  # (dobj, dtaps, stacks)
 
     def _chunk(self, name: str, frames: slice) -> Any:
+        """The work stack ``name`` for the chunk ``frames`` (chunk-sized, kept between
+        iterations)."""
         store = self.store
         size = frames.stop - frames.start
         capacity = chunk_pixels(store.n, store.frame_shape) // (
@@ -59,7 +62,7 @@ class FramePasses:
         )
         return store.work.get(name, size, capacity)
 
-    def _chunks(self) -> Any:
+    def _chunks(self) -> Iterator[slice]:
         return frame_chunks(0, self.store.n, self.store.frame_shape)
 
     def gradient(self, probe_terms: bool) -> tuple[Any, Any, Any, Any, Any]:
