@@ -175,4 +175,4 @@ def ramps(
     cycle = xp.asarray(np.asarray(cycles, np.float64))
     rows = (xp.arange(shape[0])[None, :, None] + start[:, 0, None, None]) * cycle[:, 0, None, None]
     cols = (xp.arange(shape[1])[None, None, :] + start[:, 1, None, None]) * cycle[:, 1, None, None]
-    return xp.exp(2j * np.pi * (rows + cols)).astype(dtype)
+    return xp.exp(2j * np.pi * rows).astype(dtype) * xp.exp(2j * np.pi * cols).astype(dtype)
