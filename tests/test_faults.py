@@ -23,7 +23,7 @@ from fault_support import IMAGE, assert_same, feed, step_run
 from ptycho_support import WAIT_S, Recorder, check_derived_run, stop_of
 
 from bluesky_ptycho.callback import PtychoCallback
-from bluesky_ptycho.callback.memory import estimate_bytes, frames_within
+from bluesky_ptycho.callback.memory import MemoryModel
 from bluesky_ptycho.sim.beamline import make_beamline
 
 N = 40
@@ -404,7 +404,7 @@ def test_a_declared_scan_over_the_budget_is_refused(beamline, make_callback, rec
 
 
 def test_frames_over_the_budget_are_skipped_and_reported(beamline, make_callback, recorder):
-    budget = estimate_bytes(20, (32, 32))  # room for 20 frames
+    budget = MemoryModel().estimate_bytes(20, (32, 32))  # room for 20 frames
     callback = make_callback(memory_budget_bytes=budget)
     docs = step_run(beamline, N)
     docs[0] = ("start", _without(docs[0][1], "num_points"))
@@ -489,6 +489,6 @@ def test_the_memory_estimate_covers_the_engine(beamline):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    estimate = estimate_bytes(n, (32, 32))
+    estimate = MemoryModel().estimate_bytes(n, (32, 32))
     assert 0.5 * estimate < peak <= estimate, (peak, estimate)
-    assert frames_within(estimate, (32, 32)) == n
+    assert MemoryModel().frames_within(estimate, (32, 32)) == n

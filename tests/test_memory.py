@@ -117,11 +117,11 @@ def test_callback_gpu_model_covers_the_engine_estimate(storage):
     rec = Reconstructor(config, backend="numpy")
     rec.add_frames(scan.frames.astype(np.float32) + 0.5, scan.x_motor, scan.y_motor)  # wide counts
     assert rec._stores[0].counts.dtype == np.float32
-    model = {"dtype": "complex64", "gpu": True, "storage": storage}
-    reserved = memory.estimate_bytes(400, (64, 64), reserved=True, **model)
+    model = memory.MemoryModel(gpu=True, reserved=True, storage=storage)
+    reserved = model.estimate_bytes(400, (64, 64))
     assert reserved >= rec.memory_estimate(400)
     per_pixel = memory.gpu_bytes_per_pixel("complex64", storage)
     one_frame = math.ceil((1 + memory.GPU_MARGIN) * per_pixel)
-    fixed = memory.estimate_bytes(0, (64, 64), reserved=True, **model) - one_frame * 64 * 64
-    growing = memory.estimate_bytes(400, (64, 64), **model)
+    fixed = model.estimate_bytes(0, (64, 64)) - one_frame * 64 * 64
+    growing = memory.MemoryModel(gpu=True, storage=storage).estimate_bytes(400, (64, 64))
     assert growing - fixed == 2 * (reserved - fixed)  # doubling stacks without num_points

@@ -20,7 +20,7 @@ counts, in case they do not fit uint16) plus :data:`GPU_MARGIN` for the object
 arrays, twice that when the scan's length is not declared (the stacks then
 grow by doubling; with ``num_points`` the callback reserves them at once), plus
 :data:`GPU_FIXED_BYTES`.
-:func:`check_budget` refuses a run whose declared shape and frame count exceed
+:meth:`MemoryModel.check` refuses a run whose declared shape and frame count exceed
 ``memory_budget_bytes`` (default :func:`default_budget_bytes`: with the CuPy
 backend 90 % of the GPU's memory, else half the host's physical memory).
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 #: frames' worth of object, probe and work arrays on top of the frame buffers
 WORK_FRAMES = 16
@@ -75,67 +76,54 @@ def default_budget_bytes(backend: str = "numpy") -> int:
         return 4 << 30
 
 
-def _per_frame_and_fixed(
-    dtype: str, gpu: bool, reserved: bool, storage: str
-) -> tuple[int, int]:
-    """Bytes per pixel per frame and per pixel in all (module docstring)."""
-    stored = STORED_BYTES_PER_PIXEL[dtype]
-    if gpu:
-        per_frame = math.ceil((1 + GPU_MARGIN) * gpu_bytes_per_pixel(dtype, storage))
-        return per_frame * (1 if reserved else 2), 0
-    return 2 * stored + ITERATION_BYTES_PER_PIXEL[dtype], WORK_FRAMES * stored
+@dataclass(frozen=True)
+class MemoryModel:
+    """The engine whose memory is estimated (module docstring).
 
-
-def estimate_bytes(
-    n_frames: int,
-    frame_shape: tuple[int, int],
-    dtype: str = "complex64",
-    gpu: bool = False,
-    reserved: bool = False,
-    storage: str = "farfields",
-) -> int:
-    """Bytes the engine needs for ``n_frames`` frames of ``frame_shape`` (module docstring).
-
-    gpu : the engine runs on CuPy; reserved : its stacks are reserved for the scan;
-    storage : its ``ReconConfig.frame_storage`` (GPU model only).
+    dtype : its working precision; gpu : it runs on CuPy; reserved : its stacks are
+    reserved for the scan; storage : its ``ReconConfig.frame_storage`` (GPU only).
     """
-    pixels = int(frame_shape[0]) * int(frame_shape[1])
-    per_frame, fixed = _per_frame_and_fixed(dtype, gpu, reserved, storage)
-    return pixels * (max(int(n_frames), 1) * per_frame + fixed) + (GPU_FIXED_BYTES if gpu else 0)
 
+    dtype: str = "complex64"
+    gpu: bool = False
+    reserved: bool = False
+    storage: str = "farfields"
 
-def frames_within(
-    budget_bytes: int,
-    frame_shape: tuple[int, int],
-    dtype: str = "complex64",
-    gpu: bool = False,
-    reserved: bool = False,
-    storage: str = "farfields",
-) -> int:
-    """The most frames of ``frame_shape`` whose estimate fits ``budget_bytes`` (0: none)."""
-    pixels = int(frame_shape[0]) * int(frame_shape[1])
-    per_frame, fixed = _per_frame_and_fixed(dtype, gpu, reserved, storage)
-    room = budget_bytes - (GPU_FIXED_BYTES if gpu else 0)
-    return max(0, (room // pixels - fixed) // per_frame)
+    def _per_pixel(self) -> tuple[int, int]:
+        """Bytes per pixel per frame, and per pixel in all."""
+        stored = STORED_BYTES_PER_PIXEL[self.dtype]
+        if self.gpu:
+            per_frame = math.ceil((1 + GPU_MARGIN) * gpu_bytes_per_pixel(self.dtype, self.storage))
+            return per_frame * (1 if self.reserved else 2), 0
+        return 2 * stored + ITERATION_BYTES_PER_PIXEL[self.dtype], WORK_FRAMES * stored
 
+    @property
+    def _fixed_bytes(self) -> int:
+        return GPU_FIXED_BYTES if self.gpu else 0
 
-def check_budget(
-    n_frames: int,
-    frame_shape: tuple[int, int],
-    budget_bytes: int,
-    where: str,
-    dtype: str = "complex64",
-    gpu: bool = False,
-    reserved: bool = False,
-    storage: str = "farfields",
-) -> None:
-    """MemoryRefused when ``n_frames`` of ``frame_shape`` exceed ``budget_bytes``."""
-    needed = estimate_bytes(n_frames, frame_shape, dtype, gpu, reserved, storage)
-    if needed > budget_bytes:
-        raise MemoryRefused(
-            f"{where}: {n_frames} frame(s) of {frame_shape[0]} x {frame_shape[1]} pixels "
-            f"need about {needed / 2**30:.3g} GiB, over memory_budget_bytes="
-            f"{budget_bytes} ({budget_bytes / 2**30:.3g} GiB); crop or bin the frames "
-            f"(frame_shape), keep less per frame (frame_storage='counts'), or raise "
-            f"PtychoCallback(memory_budget_bytes=...)"
-        )
+    def estimate_bytes(self, n_frames: int, frame_shape: tuple[int, int]) -> int:
+        """Bytes the engine needs for ``n_frames`` frames of ``frame_shape``."""
+        pixels = int(frame_shape[0]) * int(frame_shape[1])
+        per_frame, fixed = self._per_pixel()
+        return pixels * (max(int(n_frames), 1) * per_frame + fixed) + self._fixed_bytes
+
+    def frames_within(self, budget_bytes: int, frame_shape: tuple[int, int]) -> int:
+        """The most frames of ``frame_shape`` whose estimate fits ``budget_bytes`` (0: none)."""
+        pixels = int(frame_shape[0]) * int(frame_shape[1])
+        per_frame, fixed = self._per_pixel()
+        room = budget_bytes - self._fixed_bytes
+        return max(0, (room // pixels - fixed) // per_frame)
+
+    def check(
+        self, n_frames: int, frame_shape: tuple[int, int], budget_bytes: int, where: str
+    ) -> None:
+        """MemoryRefused when ``n_frames`` of ``frame_shape`` exceed ``budget_bytes``."""
+        needed = self.estimate_bytes(n_frames, frame_shape)
+        if needed > budget_bytes:
+            raise MemoryRefused(
+                f"{where}: {n_frames} frame(s) of {frame_shape[0]} x {frame_shape[1]} pixels "
+                f"need about {needed / 2**30:.3g} GiB, over memory_budget_bytes="
+                f"{budget_bytes} ({budget_bytes / 2**30:.3g} GiB); crop or bin the frames "
+                f"(frame_shape), keep less per frame (frame_storage='counts'), or raise "
+                f"PtychoCallback(memory_budget_bytes=...)"
+            )

@@ -33,7 +33,7 @@ from ..engine.reconstructor import Reconstructor, Snapshot
 from ..outputs import Progress, SnapshotPublisher
 from . import ingest as items
 from .handlers import Handler
-from .memory import check_budget, default_budget_bytes, frames_within
+from .memory import MemoryModel, default_budget_bytes
 from .options import CallbackOptions
 from .paths import PathPolicy
 from .settings import RunSettings, json_safe, merge
@@ -210,21 +210,22 @@ class RunReconstruction:
             self._phase = Phase.REFINING
         return joined
 
-    def _memory_model(self) -> tuple[str, bool, bool, str]:
-        """(dtype, on the GPU, stacks reserved, frame_storage) of the memory model."""
+    def _memory_model(self) -> MemoryModel:
+        """The engine this run would make, for its memory estimate."""
         recon = self.settings.recon if self.settings is not None else {}
-        dtype = str(recon.get("dtype", "complex64"))
-        storage = str(recon.get("frame_storage", "farfields"))
-        return dtype, self._on_gpu, self._declared_points > 0, storage
+        return MemoryModel(
+            dtype=str(recon.get("dtype", "complex64")),
+            gpu=self._on_gpu,
+            reserved=self._declared_points > 0,
+            storage=str(recon.get("frame_storage", "farfields")),
+        )
 
     def _check_memory(
         self, n_frames: int, where: str, shape: tuple[int, int] | None = None
     ) -> None:
         assert self.settings is not None and self.assembler is not None
         frame_shape = shape or self.settings.recon.get("frame_shape") or self.assembler.frame_shape
-        check_budget(
-            n_frames, tuple(frame_shape), self._budget_bytes, where, *self._memory_model()
-        )
+        self._memory_model().check(n_frames, tuple(frame_shape), self._budget_bytes, where)
 
     def _ingest(self) -> int:
         assembler = self.assembler
@@ -263,7 +264,7 @@ class RunReconstruction:
             self._check_memory(max(self._declared_points, 1), "first frames", shape)
         held = sum(len(frames) for frames, _, _ in self._held)
         have = (self.engine.n_frames if self.engine is not None else 0) + held
-        room = frames_within(self._budget_bytes, shape, *self._memory_model()) - have
+        room = self._memory_model().frames_within(self._budget_bytes, shape) - have
         if room >= len(batch[0]):
             return batch
         skipped = len(batch[0]) - max(room, 0)
