@@ -88,6 +88,7 @@ FIELD_CHECKS: dict[str, validation.Check] = {
     "position_scale_m": _POSITIVE,
     "dtype": validation.choice(DTYPES),
     "probe_hold_iterations": validation.integer("an integer >= 0", lambda v: v >= 0),
+    "amplitude_iterations": validation.integer("an integer >= 0", lambda v: v >= 0),
     "probe": validation.anything(),
     "probe_path": validation.optional(validation.path()),
     "probe_propagation_m": validation.real("a finite distance in metres"),
@@ -133,6 +134,9 @@ class ReconConfig:
     position_scale_m : metres per motor unit (default 1e-6: motors in micrometres).
     dtype : "complex64" (default) or "complex128" for object and probe.
     probe_hold_iterations : iterations with the probe held fixed (default 2).
+    amplitude_iterations : first iterations that fit the amplitude model (Gaussian
+        noise on sqrt(counts), better conditioned far from the solution) before the
+        Poisson likelihood (default 10; 0: Poisson from the start).
     probe : warm-start probe (complex, frame_shape; first mode of a stack).
     probe_path : ``.npy`` or HDF5/CXI file holding a warm-start probe.
     probe_propagation_m : propagate the initial probe by this distance (m).
@@ -168,6 +172,7 @@ class ReconConfig:
     position_scale_m: float = 1e-6
     dtype: str = "complex64"
     probe_hold_iterations: int = 2
+    amplitude_iterations: int = 10
     probe: Any = field(default=None, compare=False, repr=False)
     probe_path: str | None = None
     probe_propagation_m: float = 0.0

@@ -75,10 +75,11 @@ __device__ inline R pixel_nll(R intensity, R count) {
   return intensity - count - count * log(intensity / count);
 }
 
-// grad = scale m (1 - n / I) a;  nll += sum m (I - n - n ln(I / n)).
+// grad = scale m (1 - n / I) a, or with `amplitude` scale m (1 - sqrt(n / I)) a
+// (engine/poisson.py); nll += sum m (I - n - n ln(I / n)) (Poisson's either way).
 template <typename R, typename C>
 __global__ void poisson_gradient(const complex<R>* farfield, const C* counts, complex<R>* grad,
-                                 double* nll, index_t size, R eps, R scale) {
+                                 double* nll, index_t size, R eps, R scale, int amplitude) {
   double local = 0;
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
@@ -86,7 +87,8 @@ __global__ void poisson_gradient(const complex<R>* farfield, const C* counts, co
     const R n = count_value<R>(counts[i]);
     const R intensity = a.real() * a.real() + a.imag() * a.imag() + eps;
     local += pixel_nll(intensity, n);
-    grad[i] = n < 0 ? complex<R>(0, 0) : (scale * (R(1) - n / intensity)) * a;
+    const R ratio = amplitude ? sqrt(n / intensity) : n / intensity;
+    grad[i] = n < 0 ? complex<R>(0, 0) : (scale * (R(1) - ratio)) * a;
   }
   block_accumulate(local, nll);
 }
@@ -95,15 +97,21 @@ __global__ void poisson_gradient(const complex<R>* farfield, const C* counts, co
 __device__ inline float reciprocal(float x) { return __fdividef(1.f, x); }
 __device__ inline double reciprocal(double x) { return 1.0 / x; }
 
+// 1 / sqrt(x): the hardware approximation in single precision, exact in double.
+__device__ inline float reciprocal_sqrt(float x) { return rsqrtf(x); }
+__device__ inline double reciprocal_sqrt(double x) { return 1.0 / sqrt(x); }
+
 // At each of the LINE_SEARCH_SAMPLES steps t_s (set by the host to
 // len(poisson.LINE_SEARCH_SAMPLES)): out[2 s] += L'(t_s), out[2 s + 1] += L''(t_s)
 // along a(t) = a + t b + t^2 c (c may be null): one read of the stacks for all steps.
+// L is Poisson's or, with `amplitude`, the amplitude model's (engine/poisson.py:
+// weight 1 - sqrt(n / I), curvature coefficient sqrt(n) / (2 I^1.5)).
 // A thread sums its grid-stride share (a few hundred pixels) in the real type,
 // then the block sums in double.
 template <typename R, typename C>
 __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* linear,
                                   const complex<R>* quadratic, const C* counts, const R* steps,
-                                  double* out, index_t size, R eps) {
+                                  double* out, index_t size, R eps, int amplitude) {
   R tau[LINE_SEARCH_SAMPLES], slope[LINE_SEARCH_SAMPLES], curvature[LINE_SEARCH_SAMPLES];
 #pragma unroll
   for (int s = 0; s < LINE_SEARCH_SAMPLES; ++s) {
@@ -114,19 +122,29 @@ __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* 
        i += (index_t)blockDim.x * gridDim.x) {
     const R n = count_value<R>(counts[i]);
     if (n < 0) continue;
+    const R root = sqrt(n);  // amplitude model only
     const complex<R> a = farfield[i], b = linear[i];
     const complex<R> c = quadratic == nullptr ? complex<R>(0, 0) : quadratic[i];
 #pragma unroll
     for (int s = 0; s < LINE_SEARCH_SAMPLES; ++s) {
       const complex<R> model = a + tau[s] * b + (tau[s] * tau[s]) * c;
       const complex<R> velocity = b + (R(2) * tau[s]) * c;
-      const R inverse = reciprocal(model.real() * model.real() + model.imag() * model.imag() + eps);
+      const R intensity = model.real() * model.real() + model.imag() * model.imag() + eps;
       const R d1 = R(2) * (model.real() * velocity.real() + model.imag() * velocity.imag());
       const R d2 = R(2) * (velocity.real() * velocity.real() + velocity.imag() * velocity.imag()) +
                    R(4) * (model.real() * c.real() + model.imag() * c.imag());
-      const R ratio = n * inverse;
+      R ratio, second;
+      if (amplitude) {
+        const R inverse_root = reciprocal_sqrt(intensity);
+        ratio = root * inverse_root;
+        second = R(0.5) * ratio * inverse_root * inverse_root;
+      } else {
+        const R inverse = reciprocal(intensity);
+        ratio = n * inverse;
+        second = ratio * inverse;
+      }
       slope[s] += (R(1) - ratio) * d1;
-      curvature[s] += (R(1) - ratio) * d2 + ratio * inverse * d1 * d1;
+      curvature[s] += (R(1) - ratio) * d2 + second * d1 * d1;
     }
   }
 #pragma unroll

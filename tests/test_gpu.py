@@ -95,8 +95,9 @@ def test_farfields_and_direction_farfields(pair):
             assert close(quad_f, quad_a, real)
 
 
+@pytest.mark.parametrize("model", poisson.NOISE_MODELS)
 @pytest.mark.parametrize("compact", [False, True])
-def test_poisson_gradient_and_line_search_terms(pair, compact):
+def test_poisson_gradient_and_line_search_terms(pair, compact, model):
     import cupy
 
     from bluesky_ptycho.engine import counts as count_store
@@ -108,14 +109,14 @@ def test_poisson_gradient_and_line_search_terms(pair, compact):
     counts[0, :2] = -1
     if compact:
         counts = count_store.encode(counts, count_store.COMPACT_DTYPE)
-    nll_f, chi_f = fused.nll_and_chi(a, counts)
-    nll_a, chi_a = array.nll_and_chi(a, counts)
+    nll_f, chi_f = fused.nll_and_chi(a, counts, noise_model=model)
+    nll_a, chi_a = array.nll_and_chi(a, counts, noise_model=model)
     assert abs(nll_f - nll_a) <= 1e-5 * abs(nll_a)
     assert close(chi_f, chi_a, real, scale=float(cupy.abs(chi_a).max()) * 10)
     for quad in (None, c):
         steps = [0.3 * sample for sample in poisson.LINE_SEARCH_SAMPLES]
-        terms_f = fused.line_search_sums(a, b, quad, counts, steps).get()
-        terms_a = array.line_search_sums(a, b, quad, counts, steps).get()
+        terms_f = fused.line_search_sums(a, b, quad, counts, steps, model).get()
+        terms_a = array.line_search_sums(a, b, quad, counts, steps, model).get()
         np.testing.assert_allclose(terms_f, terms_a, rtol=1e-4)
 
 

@@ -125,3 +125,51 @@ def test_callback_gpu_model_covers_the_engine_estimate(storage):
     fixed = model.estimate_bytes(0, (64, 64)) - one_frame * 64 * 64
     growing = memory.MemoryModel(gpu=True, storage=storage).estimate_bytes(400, (64, 64))
     assert growing - fixed == 2 * (reserved - fixed)  # doubling stacks without num_points
+
+
+def test_compact_storage_works_in_smaller_chunks_to_the_same_result(monkeypatch):
+    """``"counts"`` chunks hold at most ``passes.CHUNK_PIXELS["counts"]`` pixels (its
+    chunk stacks stay that small) and compute what whole-stack chunks compute."""
+    from bluesky_ptycho.engine import passes
+
+    scan = simulate_scan(n_frames=40, seed=5)
+    config = scan.config.replace(dtype="complex128", frame_storage="counts")
+    results = {}
+    for frames_a_chunk in (None, 6):
+        if frames_a_chunk is not None:
+            monkeypatch.setitem(passes.CHUNK_PIXELS, "counts", frames_a_chunk * 64 * 64)
+        rec = Reconstructor(config, backend="numpy")
+        rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+        rec.iterate(4)
+        results[frames_a_chunk] = rec
+    whole, chunked = results[None], results[6]
+    assert {b.shape[0] for b in chunked._stores[0].work._buffers.values()} == {6}
+    assert {b.shape[0] for b in whole._stores[0].work._buffers.values()} == {40}
+    assert np.abs(chunked.object - whole.object).max() <= 1e-9 * np.abs(whole.object).max()
+    assert np.abs(chunked.probe - whole.probe).max() <= 1e-9 * np.abs(whole.probe).max()
+    chunk_bytes = 3 * 16 * 64 * 64  # the three chunk stacks, complex128
+    assert whole.memory_estimate(40) - chunked.memory_estimate(40) >= (40 - 6) * chunk_bytes
+
+
+def test_frames_added_in_parts_as_in_one_batch(monkeypatch):
+    """add_frames preprocesses a large batch in parts of ``ADD_CHUNK_PIXELS``: the
+    engine ends up with the same frames, pattern statistics and iterates."""
+    from bluesky_ptycho.engine import reconstructor
+
+    scan = simulate_scan(n_frames=50, seed=6, hot_pixels=3)
+    config = scan.config.replace(dtype="complex128", saturation_counts=1e5)  # the hot pixels
+    results = []
+    for part_frames in (None, 7):
+        if part_frames is not None:
+            monkeypatch.setattr(reconstructor, "ADD_CHUNK_PIXELS", part_frames * 64 * 64)
+        rec = Reconstructor(config, backend="numpy")
+        rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+        rec.iterate(3)
+        results.append(rec)
+    one, parts = results
+    store_one, store_parts = one._stores[0], parts._stores[0]
+    np.testing.assert_array_equal(store_parts.counts[:50], store_one.counts[:50])
+    np.testing.assert_array_equal(store_parts.positions_px[:50], store_one.positions_px[:50])
+    assert parts._excluded_pixels == one._excluded_pixels > 0
+    np.testing.assert_allclose(parts._photons_per_frame, one._photons_per_frame, rtol=1e-12)
+    np.testing.assert_allclose(parts.object, one.object, rtol=1e-9, atol=1e-12)

@@ -25,26 +25,28 @@ def terms_of(a, b, c, counts):
     return lambda steps: poisson.line_search_terms(a, b, c, counts, steps)
 
 
-def nll_along(a, b, c, counts, t):
-    return poisson.negative_log_likelihood(a + t * b + t * t * c, counts)
+def nll_along(a, b, c, counts, t, model="poisson"):
+    return poisson.negative_log_likelihood(a + t * b + t * t * c, counts, model)
 
 
-def test_gradient_matches_finite_differences():
+@pytest.mark.parametrize("model", poisson.NOISE_MODELS)
+def test_gradient_matches_finite_differences(model):
     a, b, _, counts = fields()
-    grad = poisson.farfield_gradient(a, counts)
+    grad = poisson.farfield_gradient(a, counts, model)
     step = 1e-6
-    numeric = (nll_along(a, b, 0 * b, counts, step) - nll_along(a, b, 0 * b, counts, -step)) / (
-        2 * step
-    )
+    numeric = (
+        nll_along(a, b, 0 * b, counts, step, model) - nll_along(a, b, 0 * b, counts, -step, model)
+    ) / (2 * step)
     analytic = 2 * np.vdot(grad, b).real
     assert abs(numeric - analytic) < 1e-5 * abs(analytic)
 
 
-def test_line_search_terms_match_finite_differences():
+@pytest.mark.parametrize("model", poisson.NOISE_MODELS)
+def test_line_search_terms_match_finite_differences(model):
     a, b, c, counts = fields(1)
     tau, step = 0.3, 1e-5
-    (slope,), (curvature,) = poisson.line_search_terms(a, b, c, counts, [tau])
-    values = [nll_along(a, b, c, counts, tau + k * step) for k in (-1, 0, 1)]
+    (slope,), (curvature,) = poisson.line_search_terms(a, b, c, counts, [tau], model)
+    values = [nll_along(a, b, c, counts, tau + k * step, model) for k in (-1, 0, 1)]
     assert abs((values[2] - values[0]) / (2 * step) - slope) < 1e-5 * abs(slope)
     numeric_curvature = (values[2] - 2 * values[1] + values[0]) / step**2
     assert abs(numeric_curvature - curvature) < 1e-3 * abs(curvature)
@@ -150,3 +152,16 @@ def test_poisson_terms_read_compact_counts():
         poisson.line_search_terms(a, b, c, stored, [0.2, 0.4]),
         poisson.line_search_terms(a, b, c, counts, [0.2, 0.4]),
     )
+
+
+def test_the_models_differ_most_far_from_the_solution():
+    """Where the model intensity is far below the counts (a first guess's dark field)
+    the amplitude model's weight grows like sqrt(n / I), Poisson's like n / I."""
+    counts = np.array([100.0, 100.0])
+    farfield = np.array([10.0, 0.1]) + 0j  # at the solution, and 100 x too dim
+    poisson_weight = poisson.farfield_gradient(farfield, counts).real / farfield.real
+    amplitude_weight = poisson.farfield_gradient(farfield, counts, "amplitude").real / farfield.real
+    np.testing.assert_allclose(poisson_weight, [0, 1 - 1e4], rtol=1e-3, atol=1e-6)  # eps
+    np.testing.assert_allclose(amplitude_weight, [0, 1 - 1e2], rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="noise model"):
+        poisson.farfield_gradient(farfield, counts, "gaussian")

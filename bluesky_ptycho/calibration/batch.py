@@ -272,8 +272,11 @@ class TrialBatch:
             self._hold_beam_axis(chosen, tilt[chosen])
             self._farfield[xp.asarray(chosen)] = self._farfields(chosen)
         update_probe = self.iteration >= cfg.probe_hold_iterations
+        model = "amplitude" if self.iteration < cfg.amplitude_iterations else "poisson"
+        if self.iteration == cfg.amplitude_iterations:
+            self._continues[:] = False  # the objective changed: restart, as the engine does
 
-        nll, chi = terms.nll_and_gradient(self._farfield, self._counts)
+        nll, chi = terms.nll_and_gradient(self._farfield, self._counts, model)
         chi = xp.fft.ifft2(chi, norm="ortho")
         probes = self._probes(self.probe, self._weights)
         grad_obj = self._scatter(xp.conj(probes) * chi)
@@ -309,7 +312,7 @@ class TrialBatch:
         if cfg.object_smoothness:
             prior = self._prior_terms(dir_obj, mu)
         tau = terms.line_search(
-            self._farfield, linear, quadratic, self._counts, slope, self._last_step, prior
+            self._farfield, linear, quadratic, self._counts, slope, self._last_step, prior, model
         )
         moved = tau > 0
         self._last_step = np.where(moved, tau, self._last_step)

@@ -55,8 +55,11 @@ def batched_weighted_sum(weights: Any, stack: Any) -> Any:
     return out.view(flat.dtype) if flat.dtype.kind == "c" else out
 
 
-def nll_and_gradient(farfield: Any, counts: Any) -> tuple[Any, Any]:
-    """(K,) Poisson NLL per trial (on the device) and ``dL/da*`` of (K, n, M, N) far fields.
+def nll_and_gradient(
+    farfield: Any, counts: Any, noise_model: str = "poisson"
+) -> tuple[Any, Any]:
+    """(K,) Poisson NLL per trial (on the device) and ``dL/da*`` of (K, n, M, N) far fields
+    (``L`` of the ``noise_model``).
 
     ``counts`` : (K or 1, n, M, N) real, negative where excluded.
     """
@@ -65,17 +68,22 @@ def nll_and_gradient(farfield: Any, counts: Any) -> tuple[Any, Any]:
     safe = xp.maximum(counts, 1e-30)
     pixel = intensity - counts - xp.where(counts > 0, counts * xp.log(intensity / safe), 0)
     nll = per_trial_sum(xp.where(counts >= 0, pixel, 0))
-    return nll, poisson.farfield_gradient(farfield, counts)
+    return nll, poisson.farfield_gradient(farfield, counts, noise_model)
 
 
 def line_search_terms(
-    farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: np.ndarray
+    farfield: Any,
+    linear: Any,
+    quadratic: Any | None,
+    counts: Any,
+    steps: np.ndarray,
+    noise_model: str = "poisson",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(K, S) ``L'(t), L''(t)`` per trial at its own steps ``t = steps[k, s]``,
-    along ``a + t b + t^2 c`` (one transfer to the host)."""
+    """(K, S) ``L'(t), L''(t)`` of the ``noise_model`` per trial at its own steps
+    ``t = steps[k, s]``, along ``a + t b + t^2 c`` (one transfer to the host)."""
     xp = array_module_of(farfield)
     real = farfield.real.dtype
-    ratio_numerator = xp.where(counts >= 0, counts, 0)
+    numerator = poisson.ratio_numerator(counts, noise_model)
     sums = []
     for tau in np.asarray(steps, np.float64).T:  # one step of every trial at a time
 
@@ -92,7 +100,7 @@ def line_search_terms(
         d2 = 2 * power(slope_field)
         if quadratic is not None:
             d2 += 4 * (model.real * quadratic.real + model.imag * quadratic.imag)
-        ratio = ratio_numerator / intensity
+        ratio = poisson.weight_ratio(numerator, intensity, noise_model)
         weight = xp.where(counts >= 0, 1 - ratio, 0)
         sums += [per_trial_sum(weight * d1), per_trial_sum(weight * d2 + ratio / intensity * d1**2)]
     slope_curvature = to_host(xp.stack(sums, axis=1)).reshape(len(steps), -1, 2)
@@ -107,6 +115,7 @@ def line_search(
     slope_at_zero: np.ndarray,
     first_step: np.ndarray,
     prior: tuple[np.ndarray, np.ndarray] | None = None,
+    noise_model: str = "poisson",
 ) -> np.ndarray:
     """(K,) steps of :func:`~bluesky_ptycho.engine.poisson.line_search`, one per trial.
 
@@ -132,6 +141,7 @@ def line_search(
             None if quadratic is None else quadratic[pick],
             counts if counts.shape[0] == 1 else counts[pick],
             steps,
+            noise_model,
         )
         if prior is not None:
             slope = slope + prior[0][chosen, None] + steps * prior[1][chosen, None]

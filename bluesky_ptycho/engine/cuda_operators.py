@@ -54,6 +54,15 @@ def _optional(array: Any) -> Any:
     return NULL if array is None else array
 
 
+def _amplitude_flag(noise_model: str) -> np.int32:
+    """The kernels' ``amplitude`` argument for a noise model of :mod:`.poisson`."""
+    if noise_model not in poisson.NOISE_MODELS:
+        raise ValueError(
+            f"noise model: expected one of {poisson.NOISE_MODELS}, got {noise_model!r}"
+        )
+    return np.int32(noise_model == "amplitude")
+
+
 def kernel_source() -> str:
     """Source of kernels/ptycho.cu: package data when installed, else the checkout's."""
     packaged = resources.files("bluesky_ptycho") / "_kernels" / KERNEL_FILE
@@ -110,12 +119,18 @@ class CudaOperators:
     """Fused-kernel implementation of :class:`~.operators.EngineOperators` on CuPy."""
 
     def __init__(
-        self, xp: ModuleType, frame_shape: tuple[int, int], real_dtype: str, interpolation: str
+        self,
+        xp: ModuleType,
+        frame_shape: tuple[int, int],
+        real_dtype: str,
+        interpolation: str,
+        max_chunk_pixels: int | None = None,
     ) -> None:
         self.xp = xp
         self.frame_shape = frame_shape
         self.real_dtype = real_dtype
         self.interpolation = interpolation
+        self.max_chunk_pixels = max_chunk_pixels
         self._complex = np.result_type(real_dtype, np.complex64)
         self._kernels, self.vector_atomics = _module(real_dtype)
         self._real = np.dtype(real_dtype).type
@@ -171,11 +186,11 @@ class CudaOperators:
         )
 
     def _forward(self, stack: Any) -> None:
-        for chunk in frame_chunks(0, stack.shape[0], self.frame_shape):
+        for chunk in frame_chunks(0, stack.shape[0], self.frame_shape, self.max_chunk_pixels):
             transform(self.xp, stack[chunk], norm="backward")  # unnormalised: scale in kernel
 
     def _inverse(self, stack: Any) -> None:
-        for chunk in frame_chunks(0, stack.shape[0], self.frame_shape):
+        for chunk in frame_chunks(0, stack.shape[0], self.frame_shape, self.max_chunk_pixels):
             transform(self.xp, stack[chunk], inverse=True, norm="forward")  # unnormalised
 
     def _accumulator(self, shape: tuple[int, ...]) -> Any:
@@ -204,7 +219,9 @@ class CudaOperators:
         self._forward(out)
         return out
 
-    def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[Any, Any]:
+    def nll_and_chi(
+        self, farfield: Any, counts: Any, out: Any = None, noise_model: str = "poisson"
+    ) -> tuple[Any, Any]:
         out = stack_buffer(self.xp, out, farfield.shape[0], self.frame_shape, self._complex)
         self._sums.fill(0)
         self._launch(
@@ -218,6 +235,7 @@ class CudaOperators:
                 np.int64(farfield.size),
                 self._real(poisson.EPS_PHOTONS),
                 self._scale,
+                _amplitude_flag(noise_model),
             ),
             counts,
         )
@@ -288,7 +306,13 @@ class CudaOperators:
         return linear, quadratic
 
     def line_search_sums(
-        self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
+        self,
+        farfield: Any,
+        linear: Any,
+        quadratic: Any | None,
+        counts: Any,
+        steps: Any,
+        noise_model: str = "poisson",
     ) -> Any:
         if len(steps) != len(poisson.LINE_SEARCH_SAMPLES):
             raise ValueError(
@@ -308,6 +332,7 @@ class CudaOperators:
                 self._sums,
                 np.int64(farfield.size),
                 self._real(poisson.EPS_PHOTONS),
+                _amplitude_flag(noise_model),
             ),
             counts,
         )
@@ -324,6 +349,7 @@ class CudaOperators:
         # cuFFT's work area for a chunk (at most one chunk-sized complex stack), and
         # the probe gradient's tap accumulator (K x M x N x 4 reals).
         complex_size = np.dtype(self._complex).itemsize
-        fft_area = chunk_pixels(chunk_frames, self.frame_shape) * complex_size
+        pixels = chunk_pixels(chunk_frames, self.frame_shape, self.max_chunk_pixels)
+        fft_area = pixels * complex_size
         taps = len(shift.taps(self.interpolation)) * self.frame_shape[0] * self.frame_shape[1]
         return fft_area + taps * 4 * np.dtype(self.real_dtype).itemsize

@@ -26,7 +26,8 @@ import numpy as np
 
 from . import patches, poisson, shift
 
-#: pixels per chunk of frames processed together (2**25: 512 frames of 256 x 256)
+#: pixels per chunk of frames processed together (2**25: 512 frames of 256 x 256);
+#: an implementation made with ``max_chunk_pixels`` uses that instead
 CHUNK_PIXELS = 2**25
 
 
@@ -44,6 +45,7 @@ class EngineOperators(Protocol):
     frame_shape: tuple[int, int]
     real_dtype: str
     interpolation: str
+    max_chunk_pixels: int | None  # pixels a chunk of frames holds at most (None: CHUNK_PIXELS)
 
     def set_geometry(
         self, corners: np.ndarray, fractions: np.ndarray, object_shape: tuple[int, int]
@@ -56,9 +58,12 @@ class EngineOperators(Protocol):
     def farfields(self, taps: Any, obj: Any, frames: slice, out: Any = None) -> Any:
         """Model far fields ``FFT_ortho(P_j O_j)`` of ``frames``."""
 
-    def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[Any, Any]:
+    def nll_and_chi(
+        self, farfield: Any, counts: Any, out: Any = None, noise_model: str = "poisson"
+    ) -> tuple[Any, Any]:
         """Poisson NLL and the exit-wave gradient ``chi = IFFT_ortho(dL/da*)`` of a
-        stack; ``out`` may be ``farfield`` itself (computed in place).
+        stack, ``L`` of the ``noise_model`` (:mod:`.poisson`; the NLL reported is
+        Poisson's either way); ``out`` may be ``farfield`` itself (computed in place).
 
         The NLL may be a one-element float64 device array, read only once needed
         (``float(nll)``), so several devices' work can be queued first."""
@@ -85,11 +90,17 @@ class EngineOperators(Protocol):
         + dP O)`` and ``c = F(dP dO)`` (None when ``dtaps`` is None); ``out`` = (b, c)."""
 
     def line_search_sums(
-        self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
+        self,
+        farfield: Any,
+        linear: Any,
+        quadratic: Any | None,
+        counts: Any,
+        steps: Any,
+        noise_model: str = "poisson",
     ) -> Any:
-        """``[L'(t), L''(t)]`` at each step ``t`` along ``a + t b + t^2 c``: a
-        (len(steps), 2) float64 array, on the device (not synchronised; valid
-        until the next call)."""
+        """``[L'(t), L''(t)]`` of the ``noise_model`` at each step ``t`` along
+        ``a + t b + t^2 c``: a (len(steps), 2) float64 array, on the device (not
+        synchronised; valid until the next call)."""
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         """``a += tau b + tau^2 c`` in place."""
@@ -98,17 +109,20 @@ class EngineOperators(Protocol):
         """Most bytes of temporaries one operation on ``chunk_frames`` frames allocates."""
 
 
-def frame_chunks(start: int, stop: int, frame_shape: tuple[int, int]) -> Iterator[slice]:
-    """Slices of frames ``start:stop`` with about ``CHUNK_PIXELS`` pixels each."""
-    step = max(1, CHUNK_PIXELS // (frame_shape[0] * frame_shape[1]))
+def frame_chunks(
+    start: int, stop: int, frame_shape: tuple[int, int], max_pixels: int | None = None
+) -> Iterator[slice]:
+    """Slices of frames ``start:stop`` with about ``max_pixels`` (None: ``CHUNK_PIXELS``)
+    pixels each."""
+    step = max(1, (max_pixels or CHUNK_PIXELS) // (frame_shape[0] * frame_shape[1]))
     for first in range(start, stop, step):
         yield slice(first, min(first + step, stop))
 
 
-def chunk_pixels(n_frames: int, frame_shape: tuple[int, int]) -> int:
+def chunk_pixels(n_frames: int, frame_shape: tuple[int, int], max_pixels: int | None = None) -> int:
     """Pixels in the largest chunk of :func:`frame_chunks` for ``n_frames`` frames."""
     pixels = frame_shape[0] * frame_shape[1]
-    return min(n_frames, max(1, CHUNK_PIXELS // pixels)) * pixels
+    return min(n_frames, max(1, (max_pixels or CHUNK_PIXELS) // pixels)) * pixels
 
 
 def transform(xp: ModuleType, stack: Any, inverse: bool = False, norm: str = "ortho") -> Any:
@@ -149,9 +163,7 @@ def gradients(
     )
 
 
-def direction_buffers(
-    ops: Any, out: Any, n_frames: int, quadratic: bool
-) -> tuple[Any, Any | None]:
+def direction_buffers(ops: Any, out: Any, n_frames: int, quadratic: bool) -> tuple[Any, Any | None]:
     """The (b, c) stacks of ``direction_farfields``: ``out``'s (checked) or new ones."""
     out_linear, out_quadratic = out if out is not None else (None, None)
     args = (n_frames, ops.frame_shape, ops._complex)
@@ -168,12 +180,18 @@ class ArrayOperators:
     """Generic array-module implementation of :class:`EngineOperators` (the reference)."""
 
     def __init__(
-        self, xp: ModuleType, frame_shape: tuple[int, int], real_dtype: str, interpolation: str
+        self,
+        xp: ModuleType,
+        frame_shape: tuple[int, int],
+        real_dtype: str,
+        interpolation: str,
+        max_chunk_pixels: int | None = None,
     ) -> None:
         self.xp = xp
         self.frame_shape = frame_shape
         self.real_dtype = real_dtype
         self.interpolation = interpolation
+        self.max_chunk_pixels = max_chunk_pixels
         self._complex = np.result_type(real_dtype, np.complex64)
         self.weights: Any = None
         self.object_shape: tuple[int, int] = (0, 0)
@@ -201,7 +219,7 @@ class ArrayOperators:
     def _chunks(self, frames: slice) -> Iterator[tuple[slice, slice]]:
         """(geometry frames, stack frames) of each chunk of ``frames``."""
         first, stop, _ = frames.indices(self.n_frames)
-        for chunk in frame_chunks(first, stop, self.frame_shape):
+        for chunk in frame_chunks(first, stop, self.frame_shape, self.max_chunk_pixels):
             yield chunk, slice(chunk.start - first, chunk.stop - first)
 
     def _probes(self, taps: Any, frames: slice) -> Any:
@@ -216,14 +234,16 @@ class ArrayOperators:
             transform(xp, out[local])
         return out
 
-    def nll_and_chi(self, farfield: Any, counts: Any, out: Any = None) -> tuple[float, Any]:
+    def nll_and_chi(
+        self, farfield: Any, counts: Any, out: Any = None, noise_model: str = "poisson"
+    ) -> tuple[float, Any]:
         xp = self.xp
         n = farfield.shape[0]
         out = stack_buffer(xp, out, n, self.frame_shape, self._complex)
         nll = 0.0
-        for chunk in frame_chunks(0, n, self.frame_shape):
+        for chunk in frame_chunks(0, n, self.frame_shape, self.max_chunk_pixels):
             nll += poisson.negative_log_likelihood(farfield[chunk], counts[chunk])
-            out[chunk] = poisson.farfield_gradient(farfield[chunk], counts[chunk])
+            out[chunk] = poisson.farfield_gradient(farfield[chunk], counts[chunk], noise_model)
             transform(xp, out[chunk], inverse=True)
         return nll, out
 
@@ -283,22 +303,29 @@ class ArrayOperators:
         return linear, quadratic
 
     def line_search_sums(
-        self, farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Any
+        self,
+        farfield: Any,
+        linear: Any,
+        quadratic: Any | None,
+        counts: Any,
+        steps: Any,
+        noise_model: str = "poisson",
     ) -> Any:
         sums = np.zeros((len(steps), 2))
-        for chunk in frame_chunks(0, farfield.shape[0], self.frame_shape):
+        for chunk in frame_chunks(0, farfield.shape[0], self.frame_shape, self.max_chunk_pixels):
             part = poisson.line_search_terms(
                 farfield[chunk],
                 linear[chunk],
                 None if quadratic is None else quadratic[chunk],
                 counts[chunk],
                 steps,
+                noise_model,
             )
             sums += np.stack(part, axis=1)
         return self.xp.asarray(sums)
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
-        for chunk in frame_chunks(0, farfield.shape[0], self.frame_shape):
+        for chunk in frame_chunks(0, farfield.shape[0], self.frame_shape, self.max_chunk_pixels):
             farfield[chunk] += tau * linear[chunk]
             if quadratic is not None:
                 farfield[chunk] += (tau * tau) * quadratic[chunk]
@@ -306,7 +333,7 @@ class ArrayOperators:
     def workspace_bytes(self, chunk_frames: int) -> int:
         # add_object_gradient: probes, product, views and conj(views) * chi (complex),
         # powers (real), per-tap sums; scatter_add's bincount works in float64.
-        pixels = chunk_pixels(chunk_frames, self.frame_shape)
+        pixels = chunk_pixels(chunk_frames, self.frame_shape, self.max_chunk_pixels)
         complex_size = np.dtype(self._complex).itemsize
         return pixels * (5 * complex_size + 2 * 8 + 8)
 

@@ -15,8 +15,9 @@ pixel in their compact form):
 * ``"counts"``: counts only (2 bytes a pixel, 0.13 MB a frame); ``a`` is also
   recomputed in each line-search pass: five transforms an iteration.
 
-Chunks hold about ``operators.CHUNK_PIXELS`` pixels, so the temporaries are
-bounded whatever the number of frames.
+Chunks hold about ``operators.CHUNK_PIXELS`` pixels (``CHUNK_PIXELS`` here: fewer
+for ``"counts"``, whose point is memory), so the temporaries are bounded
+whatever the number of frames.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from .operators import chunk_pixels, frame_chunks
 FRAME_STORAGE_STACKS = {"stacks": 3, "farfields": 1, "counts": 0}
 #: chunk-sized complex temporaries of an iteration in each storage
 CHUNK_STACKS = {"stacks": 0, "farfields": 2, "counts": 3}
+#: pixels a chunk holds at most, where not ``operators.CHUNK_PIXELS``: the compact
+#: storage's chunk stacks, cuFFT work area and operator temporaries (about five
+#: chunk-sized complex stacks) stay at 0.3 GB in single precision
+CHUNK_PIXELS = {"counts": 2**23}
 
 
 class FramePasses:
@@ -39,7 +44,8 @@ class FramePasses:
     ``gradient`` returns the NLL and gradient sums of the store's frames;
     ``set_direction`` takes the search direction (object and probe, on the
     store's device); ``line_search_sums(steps)`` returns ``[L'(t), L''(t)]`` at
-    the steps; ``advance(tau)`` follows the step taken.
+    the steps; ``advance(tau)`` follows the step taken. ``noise_model`` arguments name
+    the noise model of :mod:`.poisson` the gradient and the line search fit.
     """
 
     def __init__(self, store: FrameStore, storage: str) -> None:
@@ -57,15 +63,18 @@ class FramePasses:
         iterations)."""
         store = self.store
         size = frames.stop - frames.start
-        capacity = chunk_pixels(store.n, store.frame_shape) // (
+        capacity = chunk_pixels(store.n, store.frame_shape, store.ops.max_chunk_pixels) // (
             store.frame_shape[0] * store.frame_shape[1]
         )
         return store.work.get(name, size, capacity)
 
     def _chunks(self) -> Iterator[slice]:
-        return frame_chunks(0, self.store.n, self.store.frame_shape)
+        store = self.store
+        return frame_chunks(0, store.n, store.frame_shape, store.ops.max_chunk_pixels)
 
-    def gradient(self, probe_terms: bool) -> tuple[Any, Any, Any, Any, Any]:
+    def gradient(
+        self, probe_terms: bool, noise_model: str = "poisson"
+    ) -> tuple[Any, Any, Any, Any, Any]:
         """(NLL as a one-element float64 array, g_O, illumination, g_P, probe power)."""
         store, ops = self.store, self.store.ops
         xp, n = store.xp, store.n
@@ -86,7 +95,7 @@ class FramePasses:
                     chi = self._chunk("b", frames)
                 else:  # the direction's b stack is free until set_direction
                     chi = store.work.get("linear", n, store.capacity)[frames]
-            part, chi = ops.nll_and_chi(farfield, store.counts[frames], chi)
+            part, chi = ops.nll_and_chi(farfield, store.counts[frames], chi, noise_model)
             nll += xp.asarray(part, "float64").reshape(1)
             ops.add_object_gradient(sums, chi, taps, store.object, frames)
         return (nll, *ops.gradients(sums))
@@ -106,13 +115,15 @@ class FramePasses:
             )
         self._direction = (dobj, dtaps, stacks)
 
-    def line_search_sums(self, steps: list[float]) -> Any:
+    def line_search_sums(self, steps: list[float], noise_model: str = "poisson") -> Any:
         """(len(steps), 2) float64 device array of L' and L'' over the store's frames."""
         store, ops = self.store, self.store.ops
         dobj, dtaps, stacks = self._require_direction()
         n = store.n
         if stacks is not None:
-            return ops.line_search_sums(store.farfield[:n], *stacks, store.counts[:n], steps)
+            return ops.line_search_sums(
+                store.farfield[:n], *stacks, store.counts[:n], steps, noise_model
+            )
         total = store.xp.zeros((len(steps), 2), "float64")
         for frames in self._chunks():
             quadratic = None if dtaps is None else self._chunk("c", frames)
@@ -123,7 +134,9 @@ class FramePasses:
                 farfield = ops.farfields(self._taps, store.object, frames, self._chunk("a", frames))
             else:
                 farfield = store.farfield[frames]
-            total += ops.line_search_sums(farfield, linear, quadratic, store.counts[frames], steps)
+            total += ops.line_search_sums(
+                farfield, linear, quadratic, store.counts[frames], steps, noise_model
+            )
         return total
 
     def advance(self, tau: float) -> None:

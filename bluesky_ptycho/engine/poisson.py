@@ -1,4 +1,4 @@
-"""Poisson likelihood of far-field models against photon counts.
+"""Poisson likelihood of far-field models against photon counts, and the amplitude model.
 
 ``counts`` hold photons with DC at the corner; excluded pixels (mask, saturated)
 carry a negative value and contribute nothing (counts stored in the compact
@@ -10,6 +10,17 @@ uint16 form of :mod:`.counts` are accepted too). For model far field ``a``:
 
 ``L`` differs from ``sum m (I - n ln I)`` by a constant, so it has the same
 minimiser; it is ~0.5 per pixel at the noise level, which makes it readable.
+
+The ``"amplitude"`` model fits amplitudes instead (Gaussian noise on ``sqrt(n)``,
+the variance-stabilised form of Poisson noise):
+
+    L_A = sum m (sqrt(I) - sqrt(n))^2
+    dL_A/da* = m (1 - sqrt(n / I)) a
+
+Far from the solution (model intensities far below the counts, as in the dark
+field of a first object guess) its weights grow like ``sqrt(n / I)`` where the
+Poisson ones grow like ``n / I``, so it is better conditioned there: the engine
+fits it for its first ``ReconConfig.amplitude_iterations`` iterations.
 
 Along a search direction with far fields ``b`` (linear term) and ``c``
 (quadratic term) the model is ``a(t) = a + t b + t^2 c`` exactly;
@@ -28,6 +39,8 @@ import numpy as np
 from . import counts as count_store
 from .backend import array_module_of
 
+#: noise models of :func:`farfield_gradient` and :func:`line_search_terms`
+NOISE_MODELS = ("poisson", "amplitude")
 #: floor added to model intensities (photons) so n ln I stays finite
 EPS_PHOTONS = 1e-6
 #: steps of one line-search pass, as multiples of the pass's scale (first pass: the
@@ -48,52 +61,93 @@ def _pixel_nll(intensity: Any, counts: Any) -> Any:
     return xp.where(counts >= 0, terms, 0)
 
 
-def negative_log_likelihood(farfield: Any, counts: Any) -> float:
-    """Poisson NLL relative to the saturated model, summed over valid pixels."""
+def negative_log_likelihood(farfield: Any, counts: Any, noise_model: str = "poisson") -> float:
+    """Poisson NLL relative to the saturated model (or, with ``noise_model="amplitude"``,
+    ``L_A``), summed over valid pixels."""
     intensity = farfield.real**2 + farfield.imag**2 + EPS_PHOTONS
     counts = count_store.decode(counts, intensity.dtype)
+    if _check_model(noise_model) == "amplitude":
+        xp = array_module_of(intensity)
+        misfit = (xp.sqrt(intensity) - xp.sqrt(xp.maximum(counts, 0))) ** 2
+        return float(xp.where(counts >= 0, misfit, 0).sum(dtype="float64"))
     return float(_pixel_nll(intensity, counts).sum(dtype="float64"))
 
 
-def farfield_gradient(farfield: Any, counts: Any) -> Any:
-    """dL/da*: ``m (1 - n / I) a`` with the mask taken from negative counts."""
+def farfield_gradient(farfield: Any, counts: Any, noise_model: str = "poisson") -> Any:
+    """dL/da*: ``m (1 - n / I) a`` (``m (1 - sqrt(n / I)) a`` for the amplitude model)
+    with the mask taken from negative counts."""
     xp = array_module_of(farfield)
     intensity = farfield.real**2 + farfield.imag**2 + EPS_PHOTONS
     counts = count_store.decode(counts, intensity.dtype)
-    factor = xp.where(counts >= 0, 1 - counts / intensity, 0).astype(farfield.real.dtype)
+    ratio = counts / intensity
+    if _check_model(noise_model) == "amplitude":
+        ratio = xp.sqrt(xp.maximum(ratio, 0))
+    factor = xp.where(counts >= 0, 1 - ratio, 0).astype(farfield.real.dtype)
     return factor * farfield
 
 
 def line_search_terms(
-    farfield: Any, linear: Any, quadratic: Any | None, counts: Any, steps: Sequence[float]
+    farfield: Any,
+    linear: Any,
+    quadratic: Any | None,
+    counts: Any,
+    steps: Sequence[float],
+    noise_model: str = "poisson",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``L'(t), L''(t)`` at each ``t`` in ``steps`` for ``a(t) = a + t b + t^2 c``.
 
-    Returns two float64 NumPy arrays of ``len(steps)`` values (one read of the
-    stacks in the fused kernel; here one vectorised pass per step).
+    With ``I' = 2 Re(a* a')`` and ``I'' = 2 |a'|^2 + 4 Re(a* c)``:
+    Poisson ``L' = sum w I'``, ``L'' = sum w I'' + n / I^2 I'^2`` with ``w = 1 - n / I``;
+    amplitude the same with ``w = 1 - sqrt(n / I)`` and ``sqrt(n) / (2 I^1.5)`` for
+    ``n / I^2``. Returns two float64 NumPy arrays of ``len(steps)`` values (one
+    read of the stacks in the fused kernel; here one vectorised pass per step).
     """
     xp = array_module_of(farfield)
-    real = farfield.real.dtype
-    counts = count_store.decode(counts, real)
+    counts = count_store.decode(counts, farfield.real.dtype)
     valid = counts >= 0
-    ratio_numerator = xp.where(valid, counts, 0)
+    numerator = ratio_numerator(counts, noise_model)
     slopes, curvatures = np.zeros(len(steps)), np.zeros(len(steps))
     for index, tau in enumerate(steps):
-        model = farfield + tau * linear
+        model_field = farfield + tau * linear
         slope_field = linear
         if quadratic is not None:
-            model += (tau * tau) * quadratic
+            model_field += (tau * tau) * quadratic
             slope_field = linear + (2 * tau) * quadratic
-        intensity = model.real**2 + model.imag**2 + EPS_PHOTONS
-        d1 = 2 * (model.real * slope_field.real + model.imag * slope_field.imag)
+        intensity = model_field.real**2 + model_field.imag**2 + EPS_PHOTONS
+        d1 = 2 * (model_field.real * slope_field.real + model_field.imag * slope_field.imag)
         d2 = 2 * (slope_field.real**2 + slope_field.imag**2)
         if quadratic is not None:
-            d2 += 4 * (model.real * quadratic.real + model.imag * quadratic.imag)
-        ratio = ratio_numerator / intensity
+            d2 += 4 * (model_field.real * quadratic.real + model_field.imag * quadratic.imag)
+        ratio = weight_ratio(numerator, intensity, noise_model)
         weight = xp.where(valid, 1 - ratio, 0)
         slopes[index] = float((weight * d1).sum(dtype="float64"))
         curvatures[index] = float((weight * d2 + ratio / intensity * d1 * d1).sum(dtype="float64"))
     return slopes, curvatures
+
+
+def ratio_numerator(counts: Any, noise_model: str) -> Any:
+    """The numerator of :func:`weight_ratio`: ``n`` (Poisson) or ``sqrt(n)`` (amplitude)
+    at valid pixels, 0 at excluded ones (real ``counts``, negative where excluded)."""
+    xp = array_module_of(counts)
+    numerator = xp.where(counts >= 0, counts, 0)
+    return xp.sqrt(numerator) if _check_model(noise_model) == "amplitude" else numerator
+
+
+def weight_ratio(numerator: Any, intensity: Any, noise_model: str) -> Any:
+    """``n / I`` (Poisson) or ``sqrt(n / I)`` (amplitude): the line search's weight is
+    ``1 - ratio``. ``intensity`` is scaled in place so that ``ratio / intensity`` is
+    the curvature's coefficient (``n / I^2``; ``sqrt(n) / (2 I^1.5)``)."""
+    if _check_model(noise_model) == "amplitude":
+        ratio = numerator / array_module_of(intensity).sqrt(intensity)
+        intensity *= 2
+        return ratio
+    return numerator / intensity
+
+
+def _check_model(noise_model: str) -> str:
+    if noise_model not in NOISE_MODELS:
+        raise ValueError(f"noise model: expected one of {NOISE_MODELS}, got {noise_model!r}")
+    return noise_model
 
 
 class StepSearch:

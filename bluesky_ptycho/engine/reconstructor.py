@@ -42,7 +42,7 @@ from . import gauge, passes, poisson, shift, smoothness, workspace
 from .backend import get_array_module, is_cupy, to_host
 from .collectives import make_collectives
 from .frames import FrameStore, route, stripe_edges
-from .operators import ArrayOperators, EngineOperators
+from .operators import ArrayOperators, EngineOperators, frame_chunks
 from .orientation import orient_frames, oriented_point
 from .probe_init import cold_start_probe, first_mode, load_probe, scale_to_photons
 from .propagation import propagate
@@ -59,6 +59,8 @@ REBALANCE_RATIO = 1.25
 #: iterations between checks of that tilt (2 ms a check at 256 x 256 on an H200, 5-12 %
 #: of an iteration), and at every refresh
 BEAM_CHECK_EVERY = 5
+#: pixels of a batch preprocessed at once by add_frames (128 frames of 256 x 256)
+ADD_CHUNK_PIXELS = 2**23
 #: illumination (relative to its maximum) below which a pixel counts as unreached
 UNREACHED_RELATIVE = 1e-9
 
@@ -121,7 +123,12 @@ class Reconstructor:
 
         def make_ops() -> EngineOperators:
             return make_operators(
-                self.xp, config.frame_shape, self._real, config.position_interpolation, operators
+                self.xp,
+                config.frame_shape,
+                self._real,
+                config.position_interpolation,
+                operators,
+                passes.CHUNK_PIXELS.get(config.frame_storage),
             )
 
         devices = _devices(self.xp, gpus, partitions)
@@ -163,7 +170,7 @@ class Reconstructor:
         self._since_refresh = 0
         # (dir_O, dir_P, <g, s>, s_O, s_P) of the last iteration, None to restart
         self._previous: tuple[Any, Any, float, Any, Any] | None = None
-        self._history: list[dict[str, float]] = []
+        self._history: list[dict[str, Any]] = []
         self._illumination: Any = None
 
     # ------------------------------------------------------------------ input
@@ -194,7 +201,6 @@ class Reconstructor:
             raise ValueError("add_frames: x and y positions must be finite numbers")
         if n_new == 0:
             return
-        counts = self._preprocess(frames)
         cfg = self.config
         centres = np.stack(
             [
@@ -203,11 +209,16 @@ class Reconstructor:
             ],
             axis=1,
         )
-        self._distribute(counts, centres)
-        valid_counts = self.xp.where(counts >= 0, counts, 0)
-        self._pattern_sum += valid_counts.sum(axis=0)
-        self._valid_frames += (counts >= 0).sum(axis=0)
-        total_valid = float(valid_counts.sum())
+        total_valid = 0.0
+        # in parts, so the preprocessing's temporaries stay small whatever the batch
+        for part in frame_chunks(0, n_new, self._shape, ADD_CHUNK_PIXELS):
+            counts = self._preprocess(frames[part])
+            self._distribute(counts, centres[part])
+            valid_counts = self.xp.where(counts >= 0, counts, 0)
+            self._pattern_sum += valid_counts.sum(axis=0)
+            self._valid_frames += (counts >= 0).sum(axis=0)
+            total_valid += float(valid_counts.sum())
+            del counts, valid_counts
         self._photons_per_frame = (self._photons_per_frame * self._n + total_valid) / (
             self._n + n_new
         )
@@ -416,12 +427,15 @@ class Reconstructor:
         if self._replicas_stale:
             self._sync_replicas()
         update_probe = self.iteration >= cfg.probe_hold_iterations
+        noise_model = "amplitude" if self.iteration < cfg.amplitude_iterations else "poisson"
+        if self.iteration == cfg.amplitude_iterations:
+            self._previous = None  # the objective changed: restart conjugate directions
         self._illumination = None  # replaced below (a snapshot in between makes its own)
         # every device's work is queued before any result is read
         parts = []
         for store, frame_passes in zip(stores, self._passes, strict=True):
             with store.active():
-                parts.append(frame_passes.gradient(update_probe))
+                parts.append(frame_passes.gradient(update_probe, noise_model))
         nll_sum, grad_obj, illum, grad_probe, power = (
             None if part[0] is None else self._collectives.reduce_sum(part)
             for part in zip(*parts, strict=True)
@@ -455,7 +469,7 @@ class Reconstructor:
             sums = []
             for store, frame_passes in zip(stores, self._passes, strict=True):
                 with store.active():
-                    sums.append(frame_passes.line_search_sums(steps))
+                    sums.append(frame_passes.line_search_sums(steps, noise_model))
             total = to_host(self._collectives.reduce_sum(sums))
             return total[:, 0], total[:, 1]
 
@@ -483,6 +497,7 @@ class Reconstructor:
             {
                 "iteration": self.iteration,
                 "poisson_nll": nll,
+                "noise_model": noise_model,
                 "step": tau,
                 "n_frames": self._n,
                 "seconds": time.perf_counter() - started,
@@ -684,6 +699,7 @@ class Reconstructor:
             store.ops.workspace_bytes(per_store),
             passes.FRAME_STORAGE_STACKS[storage],
             passes.CHUNK_STACKS[storage],
+            store.ops.max_chunk_pixels,
         )
 
     # ------------------------------------------- rollback hook (callback/run.py)
@@ -736,18 +752,24 @@ def _devices(xp: Any, gpus: Sequence[int] | None, partitions: int | None) -> lis
 
 
 def make_operators(
-    xp: Any, frame_shape: tuple[int, int], real_dtype: str, interpolation: str, kind: str = "auto"
+    xp: Any,
+    frame_shape: tuple[int, int],
+    real_dtype: str,
+    interpolation: str,
+    kind: str = "auto",
+    max_chunk_pixels: int | None = None,
 ) -> EngineOperators:
-    """The operator implementation for ``xp``: "fused", "array" or "auto"."""
+    """The operator implementation for ``xp``: "fused", "array" or "auto"; chunks of
+    at most ``max_chunk_pixels`` pixels (None: ``operators.CHUNK_PIXELS``)."""
     if kind not in ("auto", "fused", "array"):
         raise ValueError(f"operators: expected 'auto', 'fused' or 'array', got {kind!r}")
     if kind == "fused" and not is_cupy(xp):
         raise ValueError("operators='fused' needs backend='cupy' (CUDA kernels)")
     if kind == "array" or not is_cupy(xp):
-        return ArrayOperators(xp, frame_shape, real_dtype, interpolation)
+        return ArrayOperators(xp, frame_shape, real_dtype, interpolation, max_chunk_pixels)
     from .cuda_operators import CudaOperators
 
-    return CudaOperators(xp, frame_shape, real_dtype, interpolation)
+    return CudaOperators(xp, frame_shape, real_dtype, interpolation, max_chunk_pixels)
 
 
 def _with_prior(terms: Any, obj: Any, direction: Any, mu: float) -> Any:

@@ -59,16 +59,18 @@ def memory_estimate(
     workspace_bytes: int,
     stacks_per_frame: int,
     chunk_stacks: int,
+    max_chunk_pixels: int | None = None,
 ) -> int:
     """Bytes an engine iterating over ``n_frames`` frames holds at its peak (module doc).
 
     ``stacks_per_frame`` complex stacks are kept for every frame, ``chunk_stacks``
-    for one chunk of frames (``operators.chunk_pixels``), and ``workspace_bytes``
+    for one chunk of frames (``operators.chunk_pixels`` with ``max_chunk_pixels``), and
+    ``workspace_bytes``
     of the operators' own temporaries.
     """
     pixels = frame_shape[0] * frame_shape[1]
     complex_size = np.dtype(complex_dtype).itemsize
     per_frame = pixels * (np.dtype(count_dtype).itemsize + stacks_per_frame * complex_size)
-    chunks = chunk_stacks * chunk_pixels(n_frames, frame_shape) * complex_size
+    chunks = chunk_stacks * chunk_pixels(n_frames, frame_shape, max_chunk_pixels) * complex_size
     object_bytes = OBJECT_ARRAYS * object_shape[0] * object_shape[1] * complex_size
     return n_frames * per_frame + chunks + object_bytes + workspace_bytes

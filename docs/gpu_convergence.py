@@ -1,0 +1,131 @@
+"""Convergence per iteration on the GPU: batch and live-like (docs/benchmarks.md).
+
+For each case, simulate the scan once (``simulate_scan(default_config(size), n)``),
+then run the engine and print the NRMSE every ``EVERY`` iterations:
+
+* on the device every time: the global factor removed (no shift: the simulated
+  positions are exact), over the covered region and over the well-covered
+  region (coverage >= half its maximum);
+* at the end, on the host: as delivered (shift and global factor removed,
+  covered region: the test metric) and, as a diagnostic, with the best linear
+  phase ramp also removed.
+
+Variants: ``batch`` (all frames, then iterations), ``true_probe`` (batch from
+the simulation's probe), ``live`` (frames in chunks of ``CHUNK`` with one
+iteration after each, as the callback does at 2 kHz, then refinement
+iterations) and ``live_keep`` (the same with the conjugate direction kept
+across additions that leave the canvas as it was); ``VARIANT/key=value/...``
+changes numeric ``ReconConfig`` settings. From the repository root on a GPU
+machine::
+
+    PYTHONPATH=. python docs/gpu_convergence.py [SIZE:FRAMES:VARIANT[,VARIANT]:ITERATIONS ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import cupy as cp
+import numpy as np
+
+from bluesky_ptycho import Reconstructor
+from bluesky_ptycho.metrics import COVERED_RELATIVE, crop_truth, object_nrmse
+from bluesky_ptycho.sim.sample import default_config, simulate_scan
+
+EVERY = 10
+CHUNK = 140
+CASES = (
+    "64:1000:batch:80",
+    "128:4096:batch:80",
+    "256:4096:batch,true_probe:100",
+    "256:10000:live,live_keep:60",
+)
+
+
+def errors(rec: Reconstructor, scan, full: bool = False) -> dict:
+    """NRMSE rows: on the device, global factor only (no shift removed: the simulated
+    positions are exact); ``full``: also the test metric and its diagnostics (host)."""
+    snapshot_origin = tuple(float(o * p) for o, p in zip(rec._origin_px, rec._pixel_m, strict=True))
+    truth = crop_truth(
+        scan.sample.object, scan.sample.origin_m, rec.object.shape, snapshot_origin, rec._pixel_m
+    )
+    finite = cp.asarray(np.isfinite(truth))
+    truth_dev = cp.asarray(np.nan_to_num(truth))
+    coverage = rec._illumination / rec._illumination.max()
+    row = {"iteration": rec.iteration}
+    for name, region in (("quick", coverage >= COVERED_RELATIVE), ("quick_inner", coverage >= 0.5)):
+        region &= finite
+        recon, target = rec.object[region], truth_dev[region]
+        factor = cp.vdot(recon, target) / cp.vdot(recon, recon)
+        error = cp.linalg.norm(factor * recon - target) / cp.linalg.norm(target)
+        row[name] = round(float(error), 4)
+    if full:
+        snap = rec.snapshot(live=False)
+        covered = (snap.coverage >= COVERED_RELATIVE) & np.isfinite(truth)
+        truth = np.nan_to_num(truth)
+        row["delivered"] = round(object_nrmse(snap.object, truth, covered), 4)
+        row["ramp_removed"] = round(object_nrmse(snap.object, truth, covered, remove_ramp=True), 4)
+    return row
+
+
+def run(scan, variant: str, iterations: int) -> list[dict]:
+    variant, *overrides = variant.split("/")
+    config = scan.config.replace(
+        **{key: float(value) if "." in value or "e" in value else int(value)
+           for key, value in (item.split("=") for item in overrides)}
+    )  # fmt: skip
+    if variant == "true_probe":
+        config = config.replace(probe=scan.sample.probe)
+    rec = Reconstructor(config, backend="cupy")
+    n = len(scan.x_motor)
+    rows = []
+    if variant.startswith("live"):
+        for start in range(0, n, CHUNK):
+            part = slice(start, start + CHUNK)
+            kept = rec._previous
+            shape = rec.object.shape
+            rec.add_frames(scan.frames[part], scan.x_motor[part], scan.y_motor[part])
+            if variant == "live_keep" and kept is not None and rec.object.shape == shape:
+                rec._previous = kept
+            rec.iterate(1)
+        rows.append(errors(rec, scan))
+    else:
+        rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+    started = time.perf_counter()
+    for _ in range(iterations // EVERY):
+        rec.iterate(EVERY)
+        rows.append(errors(rec, scan))
+    cp.cuda.Device().synchronize()
+    rows.append({"seconds": round(time.perf_counter() - started, 2), **errors(rec, scan, True)})
+    return rows
+
+
+def main() -> None:
+    results = []
+    for case in sys.argv[1:] or CASES:
+        size, n, variants, iterations = case.split(":")
+        scan = simulate_scan(default_config(int(size)), int(n), xp=cp)
+        for variant in variants.split(","):
+            rows = run(scan, variant, int(iterations))
+            result = {"case": case, "variant": variant, "rows": rows}
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            write(results)
+        del scan
+        cp.get_default_memory_pool().free_all_blocks()
+
+
+def write(results: list[dict]) -> None:
+    """All results so far to ``$OUT/convergence.json`` (kept when a later case is cut off)."""
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "convergence.json"), "w") as handle:
+            json.dump({"commit": os.environ.get("BLUESKY_PTYCHO_COMMIT"), "results": results},
+                      handle, indent=1)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
