@@ -134,9 +134,10 @@ class ReconConfig:
     position_scale_m : metres per motor unit (default 1e-6: motors in micrometres).
     dtype : "complex64" (default) or "complex128" for object and probe.
     probe_hold_iterations : iterations with the probe held fixed (default 2).
-    amplitude_iterations : first iterations that fit the amplitude model (Gaussian
-        noise on sqrt(counts), better conditioned far from the solution) before the
-        Poisson likelihood (default 10; 0: Poisson from the start).
+    amplitude_iterations : most iterations that fit the amplitude model (Gaussian
+        noise on sqrt(counts): better conditioned far from the solution) after frames
+        were last added, before the Poisson likelihood; they end sooner once they
+        stop lowering the Poisson NLL (default 30; 0: Poisson throughout).
     probe : warm-start probe (complex, frame_shape; first mode of a stack).
     probe_path : ``.npy`` or HDF5/CXI file holding a warm-start probe.
     probe_propagation_m : propagate the initial probe by this distance (m).
@@ -172,7 +173,7 @@ class ReconConfig:
     position_scale_m: float = 1e-6
     dtype: str = "complex64"
     probe_hold_iterations: int = 2
-    amplitude_iterations: int = 10
+    amplitude_iterations: int = 30
     probe: Any = field(default=None, compare=False, repr=False)
     probe_path: str | None = None
     probe_propagation_m: float = 0.0

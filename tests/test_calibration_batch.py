@@ -56,6 +56,15 @@ VARIANTS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def engine_without_early_poisson(monkeypatch):
+    """The batch runs all ``amplitude_iterations`` (its docstring): the engine it is
+    compared with does too."""
+    from bluesky_ptycho.engine import reconstructor
+
+    monkeypatch.setattr(reconstructor, "AMPLITUDE_STALL_RELATIVE", 0.0)
+
+
 def one_by_one(trials, iterations, variants, **common):
     # the batch keeps each trial's far fields and moves them along every step, as the
     # engine does with frame_storage="stacks"; its default storage recomputes them,

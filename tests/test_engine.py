@@ -188,3 +188,21 @@ def test_transposing_orientation_needs_square_frames():
 def test_unknown_backend_is_rejected(scan):
     with pytest.raises(ValueError, match="backend"):
         Reconstructor(scan.config, backend="torch")
+
+
+def test_amplitude_iterations_follow_each_addition_of_frames():
+    """``amplitude_iterations`` iterations of the amplitude model after frames were
+    last added, then the Poisson likelihood (the conjugate directions restart at
+    each change of objective)."""
+    scan = simulate_scan(n_frames=40, seed=7)
+    rec = Reconstructor(scan.config.replace(amplitude_iterations=3), backend="numpy")
+    rec.add_frames(scan.frames[:20], scan.x_motor[:20], scan.y_motor[:20])
+    rec.iterate(5)
+    rec.add_frames(scan.frames[20:], scan.x_motor[20:], scan.y_motor[20:])
+    rec.iterate(4)
+    models = [h["noise_model"] for h in rec.snapshot().metrics["history"]]
+    assert models == ["amplitude"] * 3 + ["poisson"] * 2 + ["amplitude"] * 3 + ["poisson"]
+    poisson_only = Reconstructor(scan.config.replace(amplitude_iterations=0), backend="numpy")
+    poisson_only.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+    poisson_only.iterate(2)
+    assert [h["noise_model"] for h in poisson_only.snapshot().metrics["history"]] == ["poisson"] * 2

@@ -272,6 +272,8 @@ class TrialBatch:
             self._hold_beam_axis(chosen, tilt[chosen])
             self._farfield[xp.asarray(chosen)] = self._farfields(chosen)
         update_probe = self.iteration >= cfg.probe_hold_iterations
+        # every trial's frames came at the start: the engine's amplitude iterations first
+        # (all of them: trials run a few iterations, so without the engine's early end)
         model = "amplitude" if self.iteration < cfg.amplitude_iterations else "poisson"
         if self.iteration == cfg.amplitude_iterations:
             self._continues[:] = False  # the objective changed: restart, as the engine does

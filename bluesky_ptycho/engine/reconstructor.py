@@ -12,12 +12,15 @@ position and ``P_j`` the probe shifted by the fractional remainder
 Each iteration: model far fields -> far-field gradient -> one inverse FFT ->
 preconditioned object and probe gradients -> Polak-Ribiere conjugate direction
 -> forward FFTs of the direction's first- and second-order exit-wave terms ->
-line search of the Poisson NLL (several steps per read of the far fields) ->
-update of object and probe. What is kept per frame between these passes, and
-so how many transforms an iteration takes, is ``ReconConfig.frame_storage``
-(:mod:`.passes`); with ``"stacks"`` the stored far fields follow the update by
-linearity and are recomputed every ``REFRESH_EVERY`` iterations to bound
-rounding drift.
+line search of the likelihood (several steps per read of the far fields) ->
+update of object and probe. The likelihood is Poisson's, except for up to
+``ReconConfig.amplitude_iterations`` iterations after frames were last added,
+which fit the better-conditioned amplitude model (:mod:`.poisson`) until it
+stops lowering the Poisson NLL (``AMPLITUDE_STALL_RELATIVE``). What is
+kept per frame between these passes, and so how many transforms an iteration
+takes, is ``ReconConfig.frame_storage`` (:mod:`.passes`); with ``"stacks"``
+the stored far fields follow the update by linearity and are recomputed every
+``REFRESH_EVERY`` iterations to bound rounding drift.
 
 A linear phase ramp moved from the probe to the object leaves every exit wave
 unchanged up to a constant phase: the data cannot fix it. The engine fixes it
@@ -61,6 +64,10 @@ REBALANCE_RATIO = 1.25
 BEAM_CHECK_EVERY = 5
 #: pixels of a batch preprocessed at once by add_frames (128 frames of 256 x 256)
 ADD_CHUNK_PIXELS = 2**23
+#: an amplitude-model iteration that lowers the Poisson NLL by less than this fraction
+#: ends the amplitude iterations: that model has converged to its own optimum, which at
+#: low counts is worse than Poisson's (0: always run all ``amplitude_iterations``)
+AMPLITUDE_STALL_RELATIVE = 3e-3
 #: illumination (relative to its maximum) below which a pixel counts as unreached
 UNREACHED_RELATIVE = 1e-9
 
@@ -168,6 +175,9 @@ class Reconstructor:
         self.iteration = 0
         self._last_step = 1.0  # first trial of the next line search
         self._since_refresh = 0
+        self._amplitude_left = 0  # iterations of the amplitude model still to run
+        self._amplitude_nll: float | None = None
+        self._noise_model = "amplitude"  # of the last iteration
         # (dir_O, dir_P, <g, s>, s_O, s_P) of the last iteration, None to restart
         self._previous: tuple[Any, Any, float, Any, Any] | None = None
         self._history: list[dict[str, Any]] = []
@@ -225,6 +235,8 @@ class Reconstructor:
         self._n += n_new
         self._fit_canvas(centres)
         self._previous = None  # the objective changed: restart conjugate directions
+        self._amplitude_left = cfg.amplitude_iterations  # (poisson.py: why amplitudes first)
+        self._amplitude_nll: float | None = None  # Poisson NLL of the last amplitude iteration
 
     def _preprocess(self, frames: Any) -> Any:
         """Orient, exclude bad pixels (-1), move DC to the corner; returns (n, M, N)."""
@@ -427,9 +439,11 @@ class Reconstructor:
         if self._replicas_stale:
             self._sync_replicas()
         update_probe = self.iteration >= cfg.probe_hold_iterations
-        noise_model = "amplitude" if self.iteration < cfg.amplitude_iterations else "poisson"
-        if self.iteration == cfg.amplitude_iterations:
-            self._previous = None  # the objective changed: restart conjugate directions
+        noise_model = "amplitude" if self._amplitude_left > 0 else "poisson"
+        if noise_model != self._noise_model:  # the objective changed: restart directions
+            self._previous = None
+        self._noise_model = noise_model
+        self._amplitude_left = max(0, self._amplitude_left - 1)
         self._illumination = None  # replaced below (a snapshot in between makes its own)
         # every device's work is queued before any result is read
         parts = []
@@ -491,6 +505,11 @@ class Reconstructor:
         else:
             self._previous = None
         nll = float(nll_sum[0])
+        if noise_model == "amplitude":
+            last, stall = self._amplitude_nll, AMPLITUDE_STALL_RELATIVE
+            if stall > 0 and last is not None and last - nll < stall * abs(nll):
+                self._amplitude_left = 0
+            self._amplitude_nll = nll
         self.iteration += 1
         self._since_refresh += 1
         self._history.append(
