@@ -65,9 +65,11 @@ BEAM_CHECK_EVERY = 5
 #: pixels of a batch preprocessed at once by add_frames (128 frames of 256 x 256)
 ADD_CHUNK_PIXELS = 2**23
 #: an amplitude-model iteration that lowers the Poisson NLL by less than this fraction
-#: ends the amplitude iterations: that model has converged to its own optimum, which at
-#: low counts is worse than Poisson's (0: always run all ``amplitude_iterations``)
-AMPLITUDE_STALL_RELATIVE = 3e-3
+#: ends the amplitude iterations: that model has reached its own optimum, which at low
+#: counts is worse than Poisson's (0: always run all ``amplitude_iterations``). The
+#: NLL's noise floor (~0.5 a pixel) dwarfs what is left to gain long before the image
+#: stops improving, so only an iteration that no longer lowers it at all counts.
+AMPLITUDE_STALL_RELATIVE = 1e-4
 #: illumination (relative to its maximum) below which a pixel counts as unreached
 UNREACHED_RELATIVE = 1e-9
 
