@@ -15,7 +15,8 @@ the simulation's probe), ``live`` (frames in chunks of ``CHUNK`` with one
 iteration after each, as the callback does at 2 kHz, then refinement
 iterations) and ``live_keep`` (the same with the conjugate direction kept
 across additions that leave the canvas as it was); ``VARIANT/key=value/...``
-changes numeric ``ReconConfig`` settings. From the repository root on a GPU
+changes numeric ``ReconConfig`` settings (``stall=X``: the engine's
+``AMPLITUDE_STALL_RELATIVE``). From the repository root on a GPU
 machine::
 
     PYTHONPATH=. python docs/gpu_convergence.py [SIZE:FRAMES:VARIANT[,VARIANT]:ITERATIONS ...]
@@ -32,10 +33,12 @@ import cupy as cp
 import numpy as np
 
 from bluesky_ptycho import Reconstructor
+from bluesky_ptycho.engine import reconstructor
 from bluesky_ptycho.metrics import COVERED_RELATIVE, crop_truth, object_nrmse
 from bluesky_ptycho.sim.sample import default_config, simulate_scan
 
 EVERY = 10
+DEFAULT_STALL = reconstructor.AMPLITUDE_STALL_RELATIVE
 CHUNK = 140
 CASES = (
     "64:1000:batch:80",
@@ -73,6 +76,11 @@ def errors(rec: Reconstructor, scan, full: bool = False) -> dict:
 
 def run(scan, variant: str, iterations: int) -> list[dict]:
     variant, *overrides = variant.split("/")
+    stall = [item for item in overrides if item.startswith("stall=")]
+    overrides = [item for item in overrides if not item.startswith("stall=")]
+    reconstructor.AMPLITUDE_STALL_RELATIVE = (
+        float(stall[0].split("=")[1]) if stall else DEFAULT_STALL
+    )
     config = scan.config.replace(
         **{key: float(value) if "." in value or "e" in value else int(value)
            for key, value in (item.split("=") for item in overrides)}
@@ -99,7 +107,14 @@ def run(scan, variant: str, iterations: int) -> list[dict]:
         rec.iterate(EVERY)
         rows.append(errors(rec, scan))
     cp.cuda.Device().synchronize()
-    rows.append({"seconds": round(time.perf_counter() - started, 2), **errors(rec, scan, True)})
+    poisson = [h["iteration"] for h in rec._history if h["noise_model"] == "poisson"]
+    rows.append(
+        {
+            "seconds": round(time.perf_counter() - started, 2),
+            "poisson_iterations": poisson,
+            **errors(rec, scan, True),
+        }
+    )
     return rows
 
 
