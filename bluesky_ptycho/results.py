@@ -47,6 +47,8 @@ def write_result(path: str | Path, snapshot: Any, config: Any, attrs: dict[str, 
             ):
                 group.create_dataset(key, data=np.asarray([h.get(key) for h in history], dtype))
             group["seconds"].attrs["units"] = "s"
+            models = [str(h.get("noise_model", "")) for h in history]
+            group.create_dataset("noise_model", data=np.asarray(models, dtype="S"))
             for name in type(config).field_names():
                 value = getattr(config, name)
                 if value is None or name in ("probe", "mask"):

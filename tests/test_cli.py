@@ -56,6 +56,9 @@ def test_reconstruct_reaches_target(simulated, tmp_path, capsys):
         assert history["poisson_nll"].shape == (ITERATIONS,)
         np.testing.assert_array_equal(history["iteration"][()], np.arange(1, ITERATIONS + 1))
         assert history["poisson_nll"][-1] < history["poisson_nll"][0]
+        models = history["noise_model"][()]
+        assert models.shape == (ITERATIONS,) and models[0] == b"amplitude"
+        assert set(models) <= {b"amplitude", b"poisson"}
         assert f.attrs["iterations"] == ITERATIONS and f.attrs["n_frames"] == FRAMES
         assert f.attrs["energy_kev"] == pytest.approx(9.0)
         assert f.attrs["dp_orient"] == "identity"
