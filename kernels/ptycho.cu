@@ -12,10 +12,11 @@
 //   * `scale` folds the unitary FFT's 1/sqrt(rows cols) into the element-wise
 //     pass next to an unnormalised cuFFT transform (no separate scaling pass);
 //   * reductions accumulate in double: block sums, then one atomicAdd per block;
-//   * the object gradient and illumination are scattered into one interleaved
-//     accumulator (re, im, illumination, unused) per object pixel: with
-//     PTYCHO_VECTOR_ATOMICS (sm_90+, single precision) one 16-byte atomic adds
-//     all three.
+//   * the object gradient (complex) and the illumination (real) are scattered
+//     into two object-sized arrays, so they need no copying out afterwards; with
+//     PTYCHO_VECTOR_ATOMICS (sm_90+, single precision) one 8-byte atomic adds a
+//     gradient pixel, and one 16-byte atomic the probe-gradient taps' interleaved
+//     (re, im, power, unused) sums.
 
 #include <cupy/complex.cuh>
 
@@ -66,6 +67,20 @@ __device__ inline void add3(double* acc, double a, double b, double c) {
   atomicAdd(acc, a);
   atomicAdd(acc + 1, b);
   atomicAdd(acc + 2, c);
+}
+
+// *acc += value: one vector atomic where the hardware has it.
+__device__ inline void add2(complex<float>* acc, complex<float> value) {
+#ifdef PTYCHO_VECTOR_ATOMICS
+  atomicAdd(reinterpret_cast<float2*>(acc), make_float2(value.real(), value.imag()));
+#else
+  atomicAdd(reinterpret_cast<float*>(acc), value.real());
+  atomicAdd(reinterpret_cast<float*>(acc) + 1, value.imag());
+#endif
+}
+__device__ inline void add2(complex<double>* acc, complex<double> value) {
+  atomicAdd(reinterpret_cast<double*>(acc), value.real());
+  atomicAdd(reinterpret_cast<double*>(acc) + 1, value.imag());
 }
 
 template <typename R>
@@ -216,7 +231,7 @@ __global__ void waves(const complex<R>* taps, const complex<R>* dtaps, const R* 
   }
 }
 
-// Object gradient and illumination into `acc` (4 reals per object pixel); with
+// Object gradient into `grad` and illumination into `illumination`; with
 // `tap_acc` non-null also this block's per-tap probe-gradient sums, added at its end
 // into tap_acc (4 reals per tap pixel: re, im of the gradient, power, unused):
 //   sum_j w_jk conj(O_j(p)) chi_j(p),  sum_j w_jk |O_j(p)|^2
@@ -225,8 +240,8 @@ __global__ void waves(const complex<R>* taps, const complex<R>* dtaps, const R* 
 template <typename R, int K>
 __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, const R* weights,
                                 const complex<R>* object, const int* corners, int n_frames,
-                                int rows, int cols, int object_cols, int frames_per_block, R* acc,
-                                R* tap_acc) {
+                                int rows, int cols, int object_cols, int frames_per_block,
+                                complex<R>* grad, R* illumination, R* tap_acc) {
   const index_t frame_size = (index_t)rows * cols;
   const int p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= frame_size) return;
@@ -246,13 +261,10 @@ __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, c
     const index_t k_obj = (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
     const complex<R> pj = shifted<R, K>(t, w);
     const R power = pj.real() * pj.real() + pj.imag() * pj.imag();
-    if (chi == nullptr) {
-      atomicAdd(acc + 4 * k_obj + 2, power);
-      continue;
-    }
+    atomicAdd(illumination + k_obj, power);
+    if (chi == nullptr) continue;
     const complex<R> x = chi[j * frame_size + p];
-    const complex<R> g = conj(pj) * x;
-    add3(acc + 4 * k_obj, g.real(), g.imag(), power);
+    add2(grad + k_obj, conj(pj) * x);
     if (tap_acc != nullptr) {
       const complex<R> o = object[k_obj];
       const complex<R> h = conj(o) * x;

@@ -197,3 +197,30 @@ def test_the_callback_budgets_the_gpu_memory_on_cupy():
     total = cupy.cuda.Device().mem_info[1]
     assert default_budget_bytes("cupy") == int(GPU_BUDGET_FRACTION * total)
     assert default_budget_bytes("numpy") != default_budget_bytes("cupy")
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_elementwise_kernels_match_numpy(dtype):
+    """engine/elementwise.py's fused kernels against the plain NumPy expressions."""
+    import cupy
+
+    from bluesky_ptycho.engine import elementwise
+
+    rng = np.random.default_rng(3)
+    shape = (301, 257)
+    a, b = (
+        (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype) for _ in range(2)
+    )
+    weight = rng.uniform(0, 2, shape).astype(np.finfo(dtype).dtype)
+    a_dev, b_dev, weight_dev = (cupy.asarray(v) for v in (a, b, weight))
+    exact = np.vdot(a.astype(np.complex128), b.astype(np.complex128)).real
+    assert float(elementwise.real_inner(a_dev, b_dev)) == pytest.approx(exact, rel=1e-9)
+    rtol = 1e-6 if dtype == "complex64" else 1e-13
+    np.testing.assert_allclose(
+        elementwise.preconditioned(a_dev, weight_dev, 0.25).get(),
+        elementwise.preconditioned(a, weight, 0.25),
+        rtol=rtol,
+    )
+    elementwise.add_scaled(a_dev, -0.75, b_dev)
+    elementwise.add_scaled(a, -0.75, b)
+    np.testing.assert_allclose(a_dev.get(), a, rtol=rtol, atol=rtol)

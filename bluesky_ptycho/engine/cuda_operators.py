@@ -41,7 +41,8 @@ COUNT_TYPES = {count_store.COMPACT_DTYPE.name: "unsigned short"}
 THREADS = 256
 #: a null pointer for optional kernel arguments
 NULL = np.uint64(0)
-#: compute capability from which one 16-byte float atomic adds gradient and illumination
+#: compute capability from which one vector atomic adds a gradient pixel (8 bytes) or a
+#: probe-gradient tap pixel (16 bytes)
 VECTOR_ATOMICS_CC = 90
 #: frames one thread block works through in the frame-loop kernels
 FRAMES_PER_BLOCK = 16
@@ -193,14 +194,15 @@ class CudaOperators:
         for chunk in frame_chunks(0, stack.shape[0], self.frame_shape, self.max_chunk_pixels):
             transform(self.xp, stack[chunk], inverse=True, norm="forward")  # unnormalised
 
-    def _accumulator(self, shape: tuple[int, ...]) -> Any:
-        """``shape`` x 4 zeros: gradient re, im, power, unused per pixel."""
-        return self.xp.zeros((*shape, 4), self.real_dtype)
+    def _tap_accumulator(self) -> Any:
+        """(K, M, N, 4) zeros: a tap's gradient re, im, power, unused per pixel."""
+        taps = (len(shift.taps(self.interpolation)), *self.frame_shape)
+        return self.xp.zeros((*taps, 4), self.real_dtype)
 
-    def _sums_of(self, acc: Any) -> tuple[Any, Any]:
-        """(complex gradient, real power) of an interleaved accumulator."""
-        grad = self.xp.ascontiguousarray(acc[..., :2]).view(self._complex)[..., 0]
-        return grad, self.xp.ascontiguousarray(acc[..., 2])
+    def _tap_sums(self, tap_acc: Any) -> tuple[Any, Any]:
+        """(complex gradient, real power) of the interleaved tap accumulator."""
+        grad = self.xp.ascontiguousarray(tap_acc[..., :2]).view(self._complex)[..., 0]
+        return grad, self.xp.ascontiguousarray(tap_acc[..., 2])
 
     # -------------------------------------------------------------- operators
     def taps(self, probe: Any) -> Any:
@@ -243,40 +245,44 @@ class CudaOperators:
         return self._sums[:1].copy(), out
 
     def gradient_sums(self, probe_terms: bool) -> list[Any]:
-        """[object accumulator (H, W, 4), tap accumulator (K, M, N, 4) or None]."""
-        taps = (len(shift.taps(self.interpolation)), *self.frame_shape)
-        tap_acc = self._accumulator(taps) if probe_terms else None
-        return [self._accumulator(self.object_shape), tap_acc]
+        """[object gradient (H, W) complex, illumination (H, W) real, tap accumulator
+        (K, M, N, 4) or None]: the first two are the results, not copied out."""
+        xp = self.xp
+        return [
+            xp.zeros(self.object_shape, self._complex),
+            xp.zeros(self.object_shape, self.real_dtype),
+            self._tap_accumulator() if probe_terms else None,
+        ]
 
     def add_object_gradient(self, sums: Any, chi: Any, taps: Any, obj: Any, frames: slice) -> None:
-        acc, tap_acc = sums
+        grad, illumination, tap_acc = sums
         n, weights, geometry = self._frame_args(frames)
         per_block = FRAMES_PER_BLOCK if tap_acc is None else PROBE_FRAMES_PER_BLOCK
         self._launch_frames(
             "object_gradient",
             n,
             per_block,
-            (chi, taps, weights, obj, *geometry, np.int32(per_block), acc, _optional(tap_acc)),
+            (chi, taps, weights, obj, *geometry, np.int32(per_block), grad, illumination,
+             _optional(tap_acc)),  # fmt: skip
         )
 
     def gradients(self, sums: Any) -> tuple[Any, Any, Any, Any]:
-        acc, tap_acc = sums
-        grad, illumination = self._sums_of(acc)
+        grad, illumination, tap_acc = sums
         tap_grad = tap_power = None
         if tap_acc is not None:
-            tap_grad, tap_power = self._sums_of(tap_acc)
+            tap_grad, tap_power = self._tap_sums(tap_acc)
         return gradients(grad, illumination, tap_grad, tap_power, self.interpolation)
 
     def illumination(self, taps: Any) -> Any:
-        acc = self._accumulator(self.object_shape)
+        out = self.xp.zeros(self.object_shape, self.real_dtype)
         n, weights, geometry = self._frame_args(slice(None))
         self._launch_frames(
             "object_gradient",
             n,
             FRAMES_PER_BLOCK,
-            (NULL, taps, weights, NULL, *geometry, np.int32(FRAMES_PER_BLOCK), acc, NULL),
+            (NULL, taps, weights, NULL, *geometry, np.int32(FRAMES_PER_BLOCK), NULL, out, NULL),
         )
-        return self.xp.ascontiguousarray(acc[..., 2])
+        return out
 
     def direction_farfields(
         self, taps: Any, dtaps: Any | None, obj: Any, dobj: Any, frames: slice, out: Any = None

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..config import ReconConfig
-from . import gauge, passes, poisson, shift, smoothness, workspace
+from . import elementwise, gauge, passes, poisson, shift, smoothness, workspace
 from .backend import get_array_module, is_cupy, to_host
 from .collectives import make_collectives
 from .frames import FrameStore, route, stripe_edges
@@ -462,10 +462,12 @@ class Reconstructor:
         if mu:
             grad_obj += smoothness.gradient(self.object, mu)
             damping += 4 * mu
-        step_obj = grad_obj / (illum + damping)
+        step_obj = elementwise.preconditioned(grad_obj, illum, damping)
         step_probe = None
         if update_probe:
-            step_probe = grad_probe / (power + cfg.alpha_relative * power.max())
+            step_probe = elementwise.preconditioned(
+                grad_probe, power, cfg.alpha_relative * power.max()
+            )
 
         dir_obj, dir_probe, slope = self._conjugate_direction(
             grad_obj, step_obj, grad_probe, step_probe
@@ -497,13 +499,13 @@ class Reconstructor:
             for index, store in enumerate(stores):
                 with store.active():
                     if index:  # replicas follow the same update (the first store's are ours)
-                        store.object += tau * obj_dirs[index]
+                        elementwise.add_scaled(store.object, tau, obj_dirs[index])
                         if probe_dirs[index] is not None:
-                            store.probe += tau * probe_dirs[index]
+                            elementwise.add_scaled(store.probe, tau, probe_dirs[index])
                     self._passes[index].advance(tau)
-            self.object += tau * dir_obj
+            elementwise.add_scaled(self.object, tau, dir_obj)
             if dir_probe is not None:
-                self.probe += tau * dir_probe
+                elementwise.add_scaled(self.probe, tau, dir_probe)
         else:
             self._previous = None
         nll = float(nll_sum[0])
@@ -568,10 +570,14 @@ class Reconstructor:
         """
         update = grad_probe is not None
 
-        def steepest() -> tuple[Any, Any]:
-            return -step_obj, -step_probe if update else None
-
         previous, self._previous = self._previous, None
+        xp = self.xp
+        spare = (None, None)  # the previous direction's memory, once it is not needed
+
+        def steepest() -> tuple[Any, Any]:
+            dir_obj = xp.negative(step_obj, out=spare[0])
+            return dir_obj, xp.negative(step_probe, out=spare[1]) if update else None
+
         pairs = [(step_obj, step_probe)]
         usable = previous is not None and (previous[1] is None) == (not update) and previous[2] > 0
         if usable:
@@ -582,6 +588,8 @@ class Reconstructor:
         del pairs
         g_dot_s = dots[0]
         beta = max(0.0, (g_dot_s - dots[1]) / prev_g_dot_s) if usable else 0.0
+        if usable:
+            spare = (prev_obj, prev_probe)
         slope = -2 * g_dot_s
         if beta > 0:  # d = beta d_prev - s, in the previous direction's memory
             dir_obj, dir_probe = prev_obj, prev_probe
@@ -606,9 +614,9 @@ class Reconstructor:
         xp = self.xp
         values = []
         for obj, probe in pairs:
-            value = xp.vdot(grad_obj, obj).real
+            value = elementwise.real_inner(grad_obj, obj)
             if grad_probe is not None:
-                value = value + xp.vdot(grad_probe, probe).real
+                value = value + elementwise.real_inner(grad_probe, probe)
             values.append(value)
         return [float(v) for v in to_host(xp.stack(values))]
 
