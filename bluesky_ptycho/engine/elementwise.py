@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import numpy as np
-
 from .backend import array_module_of, is_cupy
 
 
@@ -38,7 +36,7 @@ def _kernels() -> dict[str, Any]:
             "ptycho_preconditioned",
         ),
         "add_scaled": cupy.ElementwiseKernel(
-            "T direction, R scale",
+            "T direction, T scale",
             "T target",
             "target += scale * direction",
             "ptycho_add_scaled",
@@ -68,6 +66,6 @@ def add_scaled(target: Any, scale: float, direction: Any) -> None:
     """``target += scale * direction`` in place (``scale`` real)."""
     xp = array_module_of(target)
     if is_cupy(xp):
-        _kernels()["add_scaled"](direction, np.finfo(target.dtype).dtype.type(scale), target)
+        _kernels()["add_scaled"](direction, target.dtype.type(scale), target)
     else:
         target += scale * direction
