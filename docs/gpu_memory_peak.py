@@ -68,6 +68,8 @@ def alive_arrays() -> list[dict]:
     for item in gc.get_objects():
         if not isinstance(item, cp.ndarray) or item.base is not None or item.size == 0:
             continue
+        if getattr(item, "data", None) is None:  # an array being made in this malloc
+            continue
         if item.data.ptr not in seen:
             seen.add(item.data.ptr)
             groups[(tuple(item.shape), str(item.dtype))].append(item.nbytes)
