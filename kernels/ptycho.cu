@@ -176,7 +176,14 @@ __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* 
 // probe taps T_k(p) (engine/shift.py tap_stack, (K, rows, cols)) are loaded
 // once into registers, and each frame's sub-pixel-shifted probe is made there:
 //   P_j(p) = sum_k weights[j K + k] T_k(p)
-// so no (n, rows, cols) probe stack is ever written or read.
+// so no (n, rows, cols) probe stack is ever written or read. The frame loop is
+// unrolled FRAME_LOOP_UNROLL times (set by the host): two frames' object reads and
+// probe sums in flight at once hide the latency that 25 % occupancy leaves exposed.
+
+#ifndef FRAME_LOOP_UNROLL
+#define FRAME_LOOP_UNROLL 1
+#endif
+constexpr int frame_loop_unroll = FRAME_LOOP_UNROLL;
 
 template <typename R, int K>
 __device__ inline void load_taps(const complex<R>* taps, index_t frame_size, int p,
@@ -211,6 +218,7 @@ __global__ void waves(const complex<R>* taps, const complex<R>* dtaps, const R* 
   if (dtaps != nullptr) load_taps<R, K>(dtaps, frame_size, p, dt);
   const int first = blockIdx.y * frames_per_block;
   const int last = min(n_frames, first + frames_per_block);
+#pragma unroll frame_loop_unroll
   for (int j = first; j < last; ++j) {
     const R* w = weights + (index_t)j * K;
     const index_t k = (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
@@ -256,6 +264,7 @@ __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, c
   }
   const int first = blockIdx.y * frames_per_block;
   const int last = min(n_frames, first + frames_per_block);
+#pragma unroll frame_loop_unroll
   for (int j = first; j < last; ++j) {
     const R* w = weights + (index_t)j * K;
     const index_t k_obj = (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
@@ -280,6 +289,45 @@ __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, c
 #pragma unroll
   for (int k = 0; k < K; ++k)
     add3(tap_acc + 4 * (k * frame_size + p), gsum[k].real(), gsum[k].imag(), psum[k]);
+}
+
+// The probe's K whole-pixel shifts (engine/shift.py tap_stack), circular:
+//   out[k, r, c] = probe[r - shifts[2k], c - shifts[2k + 1]]   (modulo rows, cols)
+template <typename R>
+__global__ void shift_taps(const complex<R>* probe, const int* shifts, int n_taps, int rows,
+                           int cols, complex<R>* out) {
+  const index_t frame_size = (index_t)rows * cols, size = n_taps * frame_size;
+  for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
+       i += (index_t)blockDim.x * gridDim.x) {
+    const int k = i / frame_size, p = i - k * frame_size, r = p / cols, c = p - r * cols;
+    const int source_r = ((r - shifts[2 * k]) % rows + rows) % rows;
+    const int source_c = ((c - shifts[2 * k + 1]) % cols + cols) % cols;
+    out[i] = probe[source_r * cols + source_c];
+  }
+}
+
+// The adjoint's outer sum (engine/shift.py combine_taps) of the probe-gradient tap
+// accumulator of object_gradient ((K, rows, cols, 4): re, im, power, unused):
+//   grad[r, c] = sum_k (re, im)[k, r + shifts[2k], c + shifts[2k + 1]],  power likewise.
+template <typename R>
+__global__ void combine_taps(const R* tap_acc, const int* shifts, int n_taps, int rows,
+                             int cols, complex<R>* grad, R* power) {
+  const index_t frame_size = (index_t)rows * cols;
+  for (index_t p = blockIdx.x * (index_t)blockDim.x + threadIdx.x; p < frame_size;
+       p += (index_t)blockDim.x * gridDim.x) {
+    const int r = p / cols, c = p - r * cols;
+    R re = 0, im = 0, sum = 0;
+    for (int k = 0; k < n_taps; ++k) {
+      const int source_r = (r + shifts[2 * k] + rows) % rows;
+      const int source_c = (c + shifts[2 * k + 1] + cols) % cols;
+      const R* acc = tap_acc + 4 * (k * frame_size + source_r * cols + source_c);
+      re += acc[0];
+      im += acc[1];
+      sum += acc[2];
+    }
+    grad[p] = complex<R>(re, im);
+    power[p] = sum;
+  }
 }
 
 // a += tau b + tau^2 c (c may be null).

@@ -78,6 +78,15 @@ def test_both_implement_the_declared_interface(pair):
     assert not isinstance(fused, ArrayOperators)
 
 
+def test_taps_are_the_probe_shifted_by_each_tap(pair):
+    from bluesky_ptycho.engine import shift
+
+    fused, _, rng = pair
+    probe = rand(rng, SHAPE, fused.real_dtype)
+    want = shift.tap_stack(probe, fused.interpolation)
+    assert bool((fused.taps(probe) == want).all())
+
+
 def test_farfields_and_direction_farfields(pair):
     fused, array, rng = pair
     real = fused.real_dtype

@@ -4,7 +4,9 @@ Each method computes what its :class:`~.operators.ArrayOperators` twin computes,
 in fewer passes over the frame stack; the GPU tests compare them. The kernels
 make each frame's sub-pixel-shifted probe in registers from the K tap images of
 :func:`.shift.tap_stack` (no probe stack in memory), and sum the probe
-gradient's per-tap terms per block of frames in the same pass. The transforms
+gradient's per-tap terms per block of frames in the same pass; the tap images and
+the adjoint's sum over them are one launch each (as CuPy rolls and sums they
+were ~200 small launches an iteration, during which the GPU waited). The transforms
 are cuFFT's unnormalised ones, in place, with the unitary scale folded into the
 kernel next to each (no separate scaling pass). CuPy is imported by the caller;
 this module only touches it through ``xp``.
@@ -27,14 +29,13 @@ from .operators import (
     direction_buffers,
     frame_chunks,
     frame_count,
-    gradients,
     stack_buffer,
     transform,
 )
 
 KERNEL_FILE = "ptycho.cu"
 #: kernels templated on the real type, on (real, taps) and on (real, stored count) types
-KERNELS = ("advance",)
+KERNELS = ("advance", "shift_taps", "combine_taps")
 TAP_KERNELS = ("waves", "object_gradient")
 COUNT_KERNELS = ("poisson_gradient", "line_search_terms")
 COUNT_TYPES = {count_store.COMPACT_DTYPE.name: "unsigned short"}
@@ -46,6 +47,8 @@ NULL = np.uint64(0)
 VECTOR_ATOMICS_CC = 90
 #: frames one thread block works through in the frame-loop kernels
 FRAMES_PER_BLOCK = 16
+#: times the frame-loop kernels' frame loop is unrolled (kernels/ptycho.cu)
+FRAME_LOOP_UNROLL = 2
 #: frames a block sums the probe gradient's tap terms over before adding them to the
 #: tap accumulator (fewer: more atomics; more: fewer blocks in flight)
 PROBE_FRAMES_PER_BLOCK = 128
@@ -100,9 +103,12 @@ def _module(real: str) -> tuple[dict[tuple[str, str], Any], bool]:
     tries = [False]
     if real == "float32" and capability >= VECTOR_ATOMICS_CC:
         tries.insert(0, True)
-    samples = f"-DLINE_SEARCH_SAMPLES={len(poisson.LINE_SEARCH_SAMPLES)}"
+    defines = (
+        f"-DLINE_SEARCH_SAMPLES={len(poisson.LINE_SEARCH_SAMPLES)}",
+        f"-DFRAME_LOOP_UNROLL={FRAME_LOOP_UNROLL}",
+    )
     for vector in tries:
-        options = ("-std=c++17", samples) + (("-DPTYCHO_VECTOR_ATOMICS",) if vector else ())
+        options = ("-std=c++17", *defines) + (("-DPTYCHO_VECTOR_ATOMICS",) if vector else ())
         try:
             module = cupy.RawModule(
                 code=kernel_source(), options=options, name_expressions=list(names.values())
@@ -140,6 +146,8 @@ class CudaOperators:
         self.weights: Any = None
         self.object_shape: tuple[int, int] = (0, 0)
         self._corners: Any = None
+        #: (K, 2) whole-pixel (row, col) shifts of the interpolation's taps
+        self._shifts = xp.asarray(shift.taps(interpolation), dtype=np.int32)
         self._sums = xp.zeros(2 * len(poisson.LINE_SEARCH_SAMPLES), "float64")
         device = xp.cuda.Device()
         self._grid_limit = 32 * device.attributes["MultiProcessorCount"]
@@ -199,14 +207,17 @@ class CudaOperators:
         taps = (len(shift.taps(self.interpolation)), *self.frame_shape)
         return self.xp.zeros((*taps, 4), self.real_dtype)
 
-    def _tap_sums(self, tap_acc: Any) -> tuple[Any, Any]:
-        """(complex gradient, real power) of the interleaved tap accumulator."""
-        grad = self.xp.ascontiguousarray(tap_acc[..., :2]).view(self._complex)[..., 0]
-        return grad, self.xp.ascontiguousarray(tap_acc[..., 2])
-
     # -------------------------------------------------------------- operators
     def taps(self, probe: Any) -> Any:
-        return self.xp.ascontiguousarray(shift.tap_stack(probe, self.interpolation))
+        xp, taps = self.xp, len(self._shifts)
+        out = xp.empty((taps, *self.frame_shape), self._complex)
+        self._launch(
+            "shift_taps",
+            out.size,
+            (xp.ascontiguousarray(probe, self._complex), self._shifts, np.int32(taps),
+             *(np.int32(v) for v in self.frame_shape), out),  # fmt: skip
+        )
+        return out
 
     def farfields(self, taps: Any, obj: Any, frames: slice, out: Any = None) -> Any:
         n, weights, geometry = self._frame_args(frames)
@@ -268,10 +279,18 @@ class CudaOperators:
 
     def gradients(self, sums: Any) -> tuple[Any, Any, Any, Any]:
         grad, illumination, tap_acc = sums
-        tap_grad = tap_power = None
-        if tap_acc is not None:
-            tap_grad, tap_power = self._tap_sums(tap_acc)
-        return gradients(grad, illumination, tap_grad, tap_power, self.interpolation)
+        if tap_acc is None:
+            return grad, illumination, None, None
+        xp = self.xp
+        probe_grad = xp.empty(self.frame_shape, self._complex)
+        power = xp.empty(self.frame_shape, self.real_dtype)
+        self._launch(
+            "combine_taps",
+            probe_grad.size,
+            (tap_acc, self._shifts, np.int32(len(self._shifts)),
+             *(np.int32(v) for v in self.frame_shape), probe_grad, power),  # fmt: skip
+        )
+        return grad, illumination, probe_grad, power
 
     def illumination(self, taps: Any) -> Any:
         out = self.xp.zeros(self.object_shape, self.real_dtype)
