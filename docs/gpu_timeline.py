@@ -1,9 +1,8 @@
 """Kernel timeline of GPU iterations: where the time goes, idle gaps included (docs/benchmarks.md).
 
-For each case ``SIZE:FRAMES:STORAGE[:UNROLL]`` (``UNROLL``: the frame-loop
-kernels' ``cuda_operators.FRAME_LOOP_UNROLL``, compiled again): simulate on the
-GPU, add the frames in 1024-frame chunks, iterate ``WARM`` times, time ``TIMED``
-iterations device-synchronised without the profiler, then record ``TIMED`` with
+For each case ``SIZE:FRAMES:STORAGE``: simulate on the GPU, add the frames in
+1024-frame chunks, iterate ``WARM`` times, time ``TIMED`` iterations
+device-synchronised without the profiler, then record ``TIMED`` more with
 PyTorch's profiler (CUPTI sees every kernel and copy of the process, CuPy's
 included). Reports per iteration: wall time, the time the GPU was busy (union of
 kernel and copy intervals), the idle time (wall - busy: host work, launches and
@@ -27,7 +26,6 @@ import torch  # noqa: F401  (CUPTI through its profiler)
 from torch.profiler import ProfilerActivity, profile
 
 from bluesky_ptycho import Reconstructor
-from bluesky_ptycho.engine import cuda_operators
 from bluesky_ptycho.sim.sample import default_config, simulate_scan
 
 WARM, TIMED = 12, 10
@@ -76,11 +74,7 @@ def busy_and_gaps(events) -> tuple[float, dict[str, float]]:
 
 
 def case(text: str) -> dict:
-    size, n_frames, storage, *unroll = text.split(":")
-    default_unroll = cuda_operators.FRAME_LOOP_UNROLL
-    if unroll:
-        cuda_operators.FRAME_LOOP_UNROLL = int(unroll[0])
-        cuda_operators._module.cache_clear()
+    size, n_frames, storage = text.split(":")
     rec = engine(int(size), int(n_frames), storage)
     rec.iterate(WARM)
     cp.cuda.Device().synchronize()
@@ -88,8 +82,6 @@ def case(text: str) -> dict:
     rec.iterate(TIMED)
     cp.cuda.Device().synchronize()
     unprofiled_s = time.perf_counter() - started
-    cuda_operators.FRAME_LOOP_UNROLL = default_unroll
-    cuda_operators._module.cache_clear()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         started = time.perf_counter()
         rec.iterate(TIMED)
@@ -111,7 +103,6 @@ def case(text: str) -> dict:
     per = 1000.0 * TIMED
     row = {
         "case": text,
-        "unroll": cuda_operators.FRAME_LOOP_UNROLL if not unroll else int(unroll[0]),
         "unprofiled_ms_per_iteration": 1000 * unprofiled_s / TIMED,
         "frame_iterations_per_s": int(n_frames) * TIMED / unprofiled_s,
         "wall_ms_per_iteration": 1000 * wall_s / TIMED,

@@ -176,14 +176,7 @@ __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* 
 // probe taps T_k(p) (engine/shift.py tap_stack, (K, rows, cols)) are loaded
 // once into registers, and each frame's sub-pixel-shifted probe is made there:
 //   P_j(p) = sum_k weights[j K + k] T_k(p)
-// so no (n, rows, cols) probe stack is ever written or read. The frame loop is
-// unrolled FRAME_LOOP_UNROLL times (set by the host): two frames' object reads and
-// probe sums in flight at once hide the latency that 25 % occupancy leaves exposed.
-
-#ifndef FRAME_LOOP_UNROLL
-#define FRAME_LOOP_UNROLL 1
-#endif
-constexpr int frame_loop_unroll = FRAME_LOOP_UNROLL;
+// so no (n, rows, cols) probe stack is ever written or read.
 
 template <typename R, int K>
 __device__ inline void load_taps(const complex<R>* taps, index_t frame_size, int p,
@@ -218,7 +211,6 @@ __global__ void waves(const complex<R>* taps, const complex<R>* dtaps, const R* 
   if (dtaps != nullptr) load_taps<R, K>(dtaps, frame_size, p, dt);
   const int first = blockIdx.y * frames_per_block;
   const int last = min(n_frames, first + frames_per_block);
-#pragma unroll frame_loop_unroll
   for (int j = first; j < last; ++j) {
     const R* w = weights + (index_t)j * K;
     const index_t k = (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
@@ -264,7 +256,6 @@ __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, c
   }
   const int first = blockIdx.y * frames_per_block;
   const int last = min(n_frames, first + frames_per_block);
-#pragma unroll frame_loop_unroll
   for (int j = first; j < last; ++j) {
     const R* w = weights + (index_t)j * K;
     const index_t k_obj = (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;

@@ -47,8 +47,6 @@ NULL = np.uint64(0)
 VECTOR_ATOMICS_CC = 90
 #: frames one thread block works through in the frame-loop kernels
 FRAMES_PER_BLOCK = 16
-#: times the frame-loop kernels' frame loop is unrolled (kernels/ptycho.cu)
-FRAME_LOOP_UNROLL = 2
 #: frames a block sums the probe gradient's tap terms over before adding them to the
 #: tap accumulator (fewer: more atomics; more: fewer blocks in flight)
 PROBE_FRAMES_PER_BLOCK = 128
@@ -103,12 +101,9 @@ def _module(real: str) -> tuple[dict[tuple[str, str], Any], bool]:
     tries = [False]
     if real == "float32" and capability >= VECTOR_ATOMICS_CC:
         tries.insert(0, True)
-    defines = (
-        f"-DLINE_SEARCH_SAMPLES={len(poisson.LINE_SEARCH_SAMPLES)}",
-        f"-DFRAME_LOOP_UNROLL={FRAME_LOOP_UNROLL}",
-    )
+    samples = f"-DLINE_SEARCH_SAMPLES={len(poisson.LINE_SEARCH_SAMPLES)}"
     for vector in tries:
-        options = ("-std=c++17", *defines) + (("-DPTYCHO_VECTOR_ATOMICS",) if vector else ())
+        options = ("-std=c++17", samples) + (("-DPTYCHO_VECTOR_ATOMICS",) if vector else ())
         try:
             module = cupy.RawModule(
                 code=kernel_source(), options=options, name_expressions=list(names.values())
