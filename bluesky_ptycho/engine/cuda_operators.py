@@ -120,6 +120,9 @@ def _module(real: str) -> tuple[dict[tuple[str, str], Any], bool]:
 class CudaOperators:
     """Fused-kernel implementation of :class:`~.operators.EngineOperators` on CuPy."""
 
+    #: the kernels scatter into the gradient and illumination arrays themselves
+    object_temporaries = 0
+
     def __init__(
         self,
         xp: ModuleType,

@@ -46,6 +46,8 @@ class EngineOperators(Protocol):
     real_dtype: str
     interpolation: str
     max_chunk_pixels: int | None  # pixels a chunk of frames holds at most (None: CHUNK_PIXELS)
+    #: object-sized complex temporaries the gradient pass allocates beyond its results
+    object_temporaries: int
 
     def set_geometry(
         self, corners: np.ndarray, fractions: np.ndarray, object_shape: tuple[int, int]
@@ -178,6 +180,9 @@ def frame_count(frames: slice, n_frames: int) -> int:
 
 class ArrayOperators:
     """Generic array-module implementation of :class:`EngineOperators` (the reference)."""
+
+    #: scatter_add's float64 bincounts and their complex result
+    object_temporaries = 3
 
     def __init__(
         self,

@@ -729,6 +729,7 @@ class Reconstructor:
             passes.FRAME_STORAGE_STACKS[storage],
             passes.CHUNK_STACKS[storage],
             store.ops.max_chunk_pixels,
+            store.ops.object_temporaries,
         )
 
     # ------------------------------------------- rollback hook (callback/run.py)

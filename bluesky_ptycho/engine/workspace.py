@@ -18,9 +18,11 @@ import numpy as np
 
 from .operators import chunk_pixels
 
-#: object-sized complex arrays alive during an iteration (object, direction,
-#: previous direction and step, gradient, step, illumination, scatter accumulator x2)
-OBJECT_ARRAYS = 10
+#: object-sized complex arrays the engine holds at an iteration's peak (object,
+#: direction, previous direction and step, gradient, step; the real illumination
+#: counted as one), besides the operators' ``object_temporaries``. Measured on an H200
+#: (docs/gpu_memory_peak.py): 4 complex and one real at the peak in use.
+OBJECT_ARRAYS = 7
 
 
 class StackBuffers:
@@ -60,17 +62,19 @@ def memory_estimate(
     stacks_per_frame: int,
     chunk_stacks: int,
     max_chunk_pixels: int | None = None,
+    object_temporaries: int = 0,
 ) -> int:
     """Bytes an engine iterating over ``n_frames`` frames holds at its peak (module doc).
 
     ``stacks_per_frame`` complex stacks are kept for every frame, ``chunk_stacks``
-    for one chunk of frames (``operators.chunk_pixels`` with ``max_chunk_pixels``), and
-    ``workspace_bytes``
-    of the operators' own temporaries.
+    for one chunk of frames (``operators.chunk_pixels`` with ``max_chunk_pixels``),
+    ``workspace_bytes`` of the operators' own temporaries, and ``OBJECT_ARRAYS`` plus
+    ``object_temporaries`` object-sized complex arrays.
     """
     pixels = frame_shape[0] * frame_shape[1]
     complex_size = np.dtype(complex_dtype).itemsize
     per_frame = pixels * (np.dtype(count_dtype).itemsize + stacks_per_frame * complex_size)
     chunks = chunk_stacks * chunk_pixels(n_frames, frame_shape, max_chunk_pixels) * complex_size
-    object_bytes = OBJECT_ARRAYS * object_shape[0] * object_shape[1] * complex_size
+    object_pixels = object_shape[0] * object_shape[1]
+    object_bytes = (OBJECT_ARRAYS + object_temporaries) * object_pixels * complex_size
     return n_frames * per_frame + chunks + object_bytes + workspace_bytes
