@@ -92,13 +92,22 @@ __device__ inline R pixel_nll(R intensity, R count) {
 
 // grad = scale m (1 - n / I) a, or with `amplitude` scale m (1 - sqrt(n / I)) a
 // (engine/poisson.py); nll += sum m (I - n - n ln(I / n)) (Poisson's either way).
+// With `linear` non-null the previous step is taken first, in the same pass:
+// a += tau linear + tau^2 quadratic (quadratic may be null), written back. `grad` may
+// be `linear` itself (each pixel is read before it is written).
 template <typename R, typename C>
-__global__ void poisson_gradient(const complex<R>* farfield, const C* counts, complex<R>* grad,
+__global__ void poisson_gradient(complex<R>* farfield, const C* counts, const complex<R>* linear,
+                                 const complex<R>* quadratic, R tau, complex<R>* grad,
                                  double* nll, index_t size, R eps, R scale, int amplitude) {
   double local = 0;
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
-    const complex<R> a = farfield[i];
+    complex<R> a = farfield[i];
+    if (linear != nullptr) {
+      a += tau * linear[i];
+      if (quadratic != nullptr) a += (tau * tau) * quadratic[i];
+      farfield[i] = a;
+    }
     const R n = count_value<R>(counts[i]);
     const R intensity = a.real() * a.real() + a.imag() * a.imag() + eps;
     local += pixel_nll(intensity, n);

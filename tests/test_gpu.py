@@ -155,6 +155,28 @@ def test_advance(pair):
     assert close(a_f, a_a, real)
 
 
+@pytest.mark.parametrize("quadratic", [False, True])
+def test_gradient_pass_takes_the_last_step_first(pair, quadratic):
+    """nll_and_chi with ``step``: a += tau b + tau^2 c, then the gradient written over b."""
+    import cupy
+
+    fused, array, rng = pair
+    real = fused.real_dtype
+    a, b, c = (rand(rng, (N_FRAMES, *SHAPE), real) for _ in range(3))
+    c = c if quadratic else None
+    counts = cupy.asarray(rng.poisson(3.0, (N_FRAMES, *SHAPE)).astype(real))
+    results = []
+    for ops in (fused, array):
+        farfield, linear = a.copy(), b.copy()
+        nll, chi = ops.nll_and_chi(farfield, counts, linear, step=(linear, c, 0.7))
+        results.append((farfield, chi, float(nll)))
+    (a_f, chi_f, nll_f), (a_a, chi_a, nll_a) = results
+    assert close(a_f, a_a, real)
+    assert close(a_f, a + 0.7 * b + (0.49 * c if quadratic else 0), real)
+    assert close(chi_f, chi_a, real, scale=float(cupy.abs(chi_a).max()) * 10)
+    assert abs(nll_f - nll_a) <= 1e-5 * abs(nll_a)
+
+
 def test_chunked_operators_match_one_chunk(pair, monkeypatch):
     from bluesky_ptycho.engine import operators
 

@@ -231,9 +231,15 @@ class CudaOperators:
         return out
 
     def nll_and_chi(
-        self, farfield: Any, counts: Any, out: Any = None, noise_model: str = "poisson"
+        self,
+        farfield: Any,
+        counts: Any,
+        out: Any = None,
+        noise_model: str = "poisson",
+        step: tuple[Any, Any | None, float] | None = None,
     ) -> tuple[Any, Any]:
         out = stack_buffer(self.xp, out, farfield.shape[0], self.frame_shape, self._complex)
+        linear, quadratic, tau = step if step is not None else (None, None, 0.0)
         self._sums.fill(0)
         self._launch(
             "poisson_gradient",
@@ -241,6 +247,9 @@ class CudaOperators:
             (
                 farfield,
                 counts,
+                _optional(linear),
+                _optional(quadratic),
+                self._real(tau),
                 out,
                 self._sums,
                 np.int64(farfield.size),

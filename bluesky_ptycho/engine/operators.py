@@ -61,11 +61,18 @@ class EngineOperators(Protocol):
         """Model far fields ``FFT_ortho(P_j O_j)`` of ``frames``."""
 
     def nll_and_chi(
-        self, farfield: Any, counts: Any, out: Any = None, noise_model: str = "poisson"
+        self,
+        farfield: Any,
+        counts: Any,
+        out: Any = None,
+        noise_model: str = "poisson",
+        step: tuple[Any, Any | None, float] | None = None,
     ) -> tuple[Any, Any]:
         """Poisson NLL and the exit-wave gradient ``chi = IFFT_ortho(dL/da*)`` of a
         stack, ``L`` of the ``noise_model`` (:mod:`.poisson`; the NLL reported is
         Poisson's either way); ``out`` may be ``farfield`` itself (computed in place).
+        ``step`` = (b, c or None, tau): first ``farfield += tau b + tau^2 c`` (the last
+        line search's step, :meth:`advance` fused into this pass); ``out`` may be ``b``.
 
         The NLL may be a one-element float64 device array, read only once needed
         (``float(nll)``), so several devices' work can be queued first."""
@@ -240,12 +247,19 @@ class ArrayOperators:
         return out
 
     def nll_and_chi(
-        self, farfield: Any, counts: Any, out: Any = None, noise_model: str = "poisson"
+        self,
+        farfield: Any,
+        counts: Any,
+        out: Any = None,
+        noise_model: str = "poisson",
+        step: tuple[Any, Any | None, float] | None = None,
     ) -> tuple[float, Any]:
         xp = self.xp
         n = farfield.shape[0]
         out = stack_buffer(xp, out, n, self.frame_shape, self._complex)
         nll = 0.0
+        if step is not None:
+            self.advance(farfield, *step)
         for chunk in frame_chunks(0, n, self.frame_shape, self.max_chunk_pixels):
             nll += poisson.negative_log_likelihood(farfield[chunk], counts[chunk])
             out[chunk] = poisson.farfield_gradient(farfield[chunk], counts[chunk], noise_model)

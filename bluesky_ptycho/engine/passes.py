@@ -7,7 +7,8 @@ pixel in their compact form):
 * ``"stacks"``: counts, the model far fields ``a`` and the direction's far
   fields ``b`` and ``c`` (26 bytes a pixel, 1.70 MB a frame). Three transforms
   an iteration: ``a`` is moved along the line search by linearity
-  (``a += t b + t^2 c``) and recomputed every ``REFRESH_EVERY`` iterations.
+  (``a += t b + t^2 c``, in the next gradient pass's kernel: no pass of its own)
+  and recomputed every ``REFRESH_EVERY`` iterations.
 * ``"farfields"`` (default): counts and ``a`` (10 bytes a pixel, 0.66 MB a
   frame). ``a`` is recomputed in the gradient pass; ``b`` and ``c`` are made
   chunk by chunk in each line-search pass: four transforms an iteration (one
@@ -57,6 +58,7 @@ class FramePasses:
         self.storage = storage
         self._taps: Any = None
         self._direction: tuple[Any, Any, Any | None] | None = None  # (dobj, dtaps, stacks)
+        self._pending_step: float | None = None  # taken, not yet applied to stored a
 
     def _chunk(self, name: str, frames: slice) -> Any:
         """The work stack ``name`` for the chunk ``frames`` (chunk-sized, kept between
@@ -79,6 +81,7 @@ class FramePasses:
         store, ops = self.store, self.store.ops
         xp, n = store.xp, store.n
         self._taps = taps = ops.taps(store.probe)
+        fused = self._fused_step()
         if self.storage == "stacks" and store.n_fresh < n:
             fresh = slice(store.n_fresh, n)
             ops.farfields(taps, store.object, fresh, store.farfield[fresh])
@@ -95,7 +98,11 @@ class FramePasses:
                     chi = self._chunk("b", frames)
                 else:  # the direction's b stack is free until set_direction
                     chi = store.work.get("linear", n, store.capacity)[frames]
-            part, chi = ops.nll_and_chi(farfield, store.counts[frames], chi, noise_model)
+            step = None
+            if fused is not None:  # b is read before chi overwrites it, pixel by pixel
+                linear, quadratic, tau = fused
+                step = (linear[frames], None if quadratic is None else quadratic[frames], tau)
+            part, chi = ops.nll_and_chi(farfield, store.counts[frames], chi, noise_model, step)
             nll += xp.asarray(part, "float64").reshape(1)
             ops.add_object_gradient(sums, chi, taps, store.object, frames)
         return (nll, *ops.gradients(sums))
@@ -103,6 +110,7 @@ class FramePasses:
     def set_direction(self, dprobe: Any | None, dobj: Any) -> None:
         """The search direction; with ``"stacks"`` its far fields are made now."""
         store, ops = self.store, self.store.ops
+        self._fused_step()  # (applied by the gradient pass before; never left pending)
         dtaps = None if dprobe is None else ops.taps(dprobe)
         stacks = None
         if self.storage == "stacks":
@@ -141,10 +149,29 @@ class FramePasses:
 
     def advance(self, tau: float) -> None:
         """Follow a step ``tau`` along the direction: the stored ``a`` moves with it
-        (``"stacks"``); otherwise the next gradient pass recomputes it."""
+        (``"stacks"``: in the next gradient pass); otherwise that pass recomputes it."""
         _, _, stacks = self._require_direction()
         if stacks is not None:
-            self.store.ops.advance(self.store.farfield[: self.store.n], *stacks, tau)
+            self._pending_step = tau
+
+    def _fused_step(self) -> tuple[Any, Any | None, float] | None:
+        """The pending step as (b, c, tau) for the gradient pass to take on the way,
+        when it covers every frame whose stored ``a`` is current. Otherwise (frames
+        joined since, or a refresh recomputes some) it is taken now, by itself, on
+        the current frames (the next stack growth could move ``b``); None then."""
+        tau, self._pending_step = self._pending_step, None
+        if tau is None:
+            return None
+        store = self.store
+        linear, quadratic = self._require_direction()[2]
+        fresh = store.n_fresh
+        if fresh == store.n == linear.shape[0]:
+            return linear, quadratic, tau
+        if fresh:
+            part = slice(0, fresh)
+            quadratic = None if quadratic is None else quadratic[part]
+            store.ops.advance(store.farfield[part], linear[part], quadratic, tau)
+        return None
 
     def _require_direction(self) -> tuple[Any, Any, Any | None]:
         if self._direction is None:
