@@ -217,7 +217,7 @@ def test_kafka_two_runengines_at_once_each_run_reconstructed_whole(tmp_path, bro
     publishers = []
     try:
         wait_for(lambda: read_status(status).get("partitions"), 60, "the partitions", server)
-        second_started = threading.Event()
+        first_held, second_started = threading.Event(), threading.Event()
         uids: dict[int, str] = {}
 
         def scan(index: int) -> None:
@@ -227,14 +227,19 @@ def test_kafka_two_runengines_at_once_each_run_reconstructed_whole(tmp_path, bro
             publishers.append(publisher)
             engine = RunEngine({}, context_managers=[])  # not the main thread: no SIGINT hook
             engine.subscribe(publisher)
-            if index == 0:  # hold the first scan until the second one has started
+            if index == 0:  # hold the first scan, its first documents sent, until the second
+                # one has started: the server sees the runs interleaved however slowly each
+                # thread gets going on a loaded machine
 
                 def hold(name: str, doc: dict) -> None:
                     if name == "event" and doc["seq_num"] == 5:
+                        publisher.flush()
+                        first_held.set()
                         second_started.wait(60)
 
                 engine.subscribe(hold)
             else:
+                first_held.wait(60)
                 engine.subscribe(lambda name, doc: name == "start" and second_started.set())
             x, y = beamline.positions_um(POINTS)
             plan = bp.list_scan(
@@ -244,9 +249,8 @@ def test_kafka_two_runengines_at_once_each_run_reconstructed_whole(tmp_path, bro
             publisher.flush()
 
         threads = [threading.Thread(target=scan, args=(i,)) for i in range(2)]
-        threads[0].start()
-        time.sleep(0.5)
-        threads[1].start()
+        for thread in threads:
+            thread.start()
         for thread in threads:
             thread.join(120)
         assert len(uids) == 2
