@@ -1,7 +1,6 @@
 """Kernel timeline of GPU iterations: where the time goes, idle gaps included (docs/benchmarks.md).
 
-For each case ``SIZE:FRAMES:STORAGE[:EVERY]`` (``EVERY``: the engine's
-``ILLUMINATION_EVERY`` for that case): simulate on the GPU, add the frames in
+For each case ``SIZE:FRAMES:STORAGE``: simulate on the GPU, add the frames in
 1024-frame chunks, iterate ``WARM`` times, time ``TIMED`` iterations
 device-synchronised without the profiler, then record ``TIMED`` more with
 PyTorch's profiler (CUPTI sees every kernel and copy of the process, CuPy's
@@ -27,7 +26,6 @@ import torch  # noqa: F401  (CUPTI through its profiler)
 from torch.profiler import ProfilerActivity, profile
 
 from bluesky_ptycho import Reconstructor
-from bluesky_ptycho.engine import reconstructor
 from bluesky_ptycho.sim.sample import default_config, simulate_scan
 
 WARM, TIMED = 12, 10
@@ -76,9 +74,7 @@ def busy_and_gaps(events) -> tuple[float, dict[str, float]]:
 
 
 def case(text: str) -> dict:
-    size, n_frames, storage, *every = text.split(":")
-    default_every = reconstructor.ILLUMINATION_EVERY
-    reconstructor.ILLUMINATION_EVERY = int(every[0]) if every else default_every
+    size, n_frames, storage = text.split(":")
     rec = engine(int(size), int(n_frames), storage)
     rec.iterate(WARM)
     cp.cuda.Device().synchronize()
@@ -105,7 +101,6 @@ def case(text: str) -> dict:
         kernels[name[:80]] += end - start
         launches[name[:80]] += 1
     per = 1000.0 * TIMED
-    reconstructor.ILLUMINATION_EVERY = default_every
     row = {
         "case": text,
         "unprofiled_ms_per_iteration": 1000 * unprofiled_s / TIMED,
