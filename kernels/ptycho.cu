@@ -244,8 +244,8 @@ __global__ void waves(const complex<R>* taps, const complex<R>* dtaps, const R* 
 // `tap_acc` non-null also this block's per-tap probe-gradient sums, added at its end
 // into tap_acc (4 reals per tap pixel: re, im of the gradient, power, unused):
 //   sum_j w_jk conj(O_j(p)) chi_j(p),  sum_j w_jk |O_j(p)|^2
-// (combined by combine_taps). With `chi` null only the illumination is accumulated;
-// `illumination` may be null (not accumulated).
+// (combined and shifted back on the host side). With `chi` null only the
+// illumination is accumulated.
 template <typename R, int K>
 __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, const R* weights,
                                 const complex<R>* object, const int* corners, int n_frames,
@@ -269,8 +269,8 @@ __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, c
     const R* w = weights + (index_t)j * K;
     const index_t k_obj = (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
     const complex<R> pj = shifted<R, K>(t, w);
-    if (illumination != nullptr)
-      atomicAdd(illumination + k_obj, pj.real() * pj.real() + pj.imag() * pj.imag());
+    const R power = pj.real() * pj.real() + pj.imag() * pj.imag();
+    atomicAdd(illumination + k_obj, power);
     if (chi == nullptr) continue;
     const complex<R> x = chi[j * frame_size + p];
     add2(grad + k_obj, conj(pj) * x);

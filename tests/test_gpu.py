@@ -143,10 +143,6 @@ def test_object_gradient_and_illumination(pair, probe_terms):
             if want is not None:
                 assert close(got, want, real)
     assert close(fused.illumination(fused.taps(probe)), out_a[1], real)
-    taps, sums = fused.taps(probe), fused.gradient_sums(probe_terms, illumination=False)
-    fused.add_object_gradient(sums, chi, taps, obj, slice(None))
-    grad, illumination, *_ = fused.gradients(sums)
-    assert illumination is None and close(grad, out_a[0], real)
 
 
 def test_advance(pair):

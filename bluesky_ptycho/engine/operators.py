@@ -77,9 +77,8 @@ class EngineOperators(Protocol):
         The NLL may be a one-element float64 device array, read only once needed
         (``float(nll)``), so several devices' work can be queued first."""
 
-    def gradient_sums(self, probe_terms: bool, illumination: bool = True) -> Any:
-        """Zeroed accumulators for :meth:`add_object_gradient` (implementation's own);
-        without ``illumination`` that sum is skipped (None in :meth:`gradients`)."""
+    def gradient_sums(self, probe_terms: bool) -> Any:
+        """Zeroed accumulators for :meth:`add_object_gradient` (implementation's own)."""
 
     def add_object_gradient(self, sums: Any, chi: Any, taps: Any, obj: Any, frames: slice) -> None:
         """Add the object and (with probe terms) probe gradient terms of ``frames``,
@@ -267,13 +266,13 @@ class ArrayOperators:
             transform(xp, out[chunk], inverse=True)
         return nll, out
 
-    def gradient_sums(self, probe_terms: bool, illumination: bool = True) -> list[Any]:
+    def gradient_sums(self, probe_terms: bool) -> list[Any]:
         """[g_O, illumination, per-tap g_P, per-tap power] (the last two None without
         probe terms)."""
         xp = self.xp
         sums = [
             xp.zeros(self.object_shape, self._complex),
-            xp.zeros(self.object_shape, self.real_dtype) if illumination else None,
+            xp.zeros(self.object_shape, self.real_dtype),
             None,
             None,
         ]
@@ -288,8 +287,7 @@ class ArrayOperators:
         for chunk, local in self._chunks(frames):
             probes, indices = self._probes(taps, chunk), self._indices[chunk]
             grad += patches.scatter_add(xp.conj(probes) * chi[local], indices, self.object_shape)
-            if illumination is not None:
-                illumination += patches.scatter_add(_power(probes), indices, self.object_shape)
+            illumination += patches.scatter_add(_power(probes), indices, self.object_shape)
             if grad_taps is not None:
                 views = patches.extract(obj, indices)
                 grad_taps += shift.tap_sums(xp.conj(views) * chi[local], self.weights[chunk])

@@ -70,11 +70,6 @@ ADD_CHUNK_PIXELS = 2**23
 #: NLL's noise floor (~0.5 a pixel) dwarfs what is left to gain long before the image
 #: stops improving, so only an iteration that no longer lowers it at all counts.
 AMPLITUDE_STALL_RELATIVE = 1e-4
-#: iterations between sums of the preconditioner's illumination sum_j |P_j|^2 (the
-#: probe changes little from one iteration to the next; the other iterations' gradient
-#: pass skips one atomic add per frame pixel); frames joining, a new canvas or a
-#: restore make the next iteration sum it again
-ILLUMINATION_EVERY = 5
 #: illumination (relative to its maximum) below which a pixel counts as unreached
 UNREACHED_RELATIVE = 1e-9
 
@@ -240,7 +235,6 @@ class Reconstructor:
             self._n + n_new
         )
         self._n += n_new
-        self._illumination = None  # the new frames' share is missing from it
         self._fit_canvas(centres)
         self._previous = None  # the objective changed: restart conjugate directions
         self._amplitude_left = cfg.amplitude_iterations  # (poisson.py: why amplitudes first)
@@ -452,22 +446,16 @@ class Reconstructor:
             self._previous = None
         self._noise_model = noise_model
         self._amplitude_left = max(0, self._amplitude_left - 1)
-        kept = self._illumination
-        sum_illumination = self.iteration % ILLUMINATION_EVERY == 0
-        sum_illumination |= kept is None or kept.shape != self.object.shape
-        if sum_illumination:
-            self._illumination = kept = None  # freed before the pass makes the new one
+        self._illumination = None  # replaced below (a snapshot in between makes its own)
         # every device's work is queued before any result is read
         parts = []
         for store, frame_passes in zip(stores, self._passes, strict=True):
             with store.active():
-                parts.append(frame_passes.gradient(update_probe, noise_model, sum_illumination))
+                parts.append(frame_passes.gradient(update_probe, noise_model))
         nll_sum, grad_obj, illum, grad_probe, power = (
             None if part[0] is None else self._collectives.reduce_sum(part)
             for part in zip(*parts, strict=True)
         )
-        if illum is None:
-            illum = kept
         self._illumination = illum
         damping = cfg.alpha_relative * illum.max()
         mu = cfg.object_smoothness * float(illum.max()) if cfg.object_smoothness else 0.0
@@ -761,7 +749,6 @@ class Reconstructor:
         self.object = self.xp.asarray(object_, self._complex).copy()
         self.probe = None if probe is None else self.xp.asarray(probe, self._complex).copy()
         self._replicas_stale = True
-        self._illumination = None
         for store in self._stores:
             store.n_fresh = 0
         self._previous = None
