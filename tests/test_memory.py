@@ -176,3 +176,19 @@ def test_frames_added_in_parts_as_in_one_batch(monkeypatch):
     assert parts._excluded_pixels == one._excluded_pixels > 0
     np.testing.assert_allclose(parts._photons_per_frame, one._photons_per_frame, rtol=1e-12)
     np.testing.assert_allclose(parts.object, one.object, rtol=1e-9, atol=1e-12)
+
+
+def test_a_step_left_pending_is_taken_before_a_new_direction():
+    """With ``"stacks"`` the stored far fields take the line search's step in the next
+    gradient pass; a direction set before that pass takes it first, so they stay
+    ``FFT(P_j O_j)`` of the updated object and probe."""
+    scan = simulate_scan(n_frames=30, seed=3)
+    config = scan.config.replace(frame_storage="stacks", dtype="complex128")
+    rec = Reconstructor(config, backend="numpy")
+    rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+    rec.iterate(4)
+    frame_passes, store = rec._passes[0], rec._stores[0]
+    assert frame_passes._pending_step is not None
+    frame_passes.set_direction(None, np.zeros_like(rec.object))
+    want = store.ops.farfields(store.ops.taps(rec.probe), rec.object, slice(0, store.n))
+    assert np.abs(store.farfield[: store.n] - want).max() <= 1e-9 * np.abs(want).max()

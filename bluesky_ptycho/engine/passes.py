@@ -110,7 +110,7 @@ class FramePasses:
     def set_direction(self, dprobe: Any | None, dobj: Any) -> None:
         """The search direction; with ``"stacks"`` its far fields are made now."""
         store, ops = self.store, self.store.ops
-        self._fused_step()  # (applied by the gradient pass before; never left pending)
+        self._take_step_alone()  # (normally the gradient pass has taken it already)
         dtaps = None if dprobe is None else ops.taps(dprobe)
         stacks = None
         if self.storage == "stacks":
@@ -156,22 +156,29 @@ class FramePasses:
 
     def _fused_step(self) -> tuple[Any, Any | None, float] | None:
         """The pending step as (b, c, tau) for the gradient pass to take on the way,
-        when it covers every frame whose stored ``a`` is current. Otherwise (frames
-        joined since, or a refresh recomputes some) it is taken now, by itself, on
-        the current frames (the next stack growth could move ``b``); None then."""
-        tau, self._pending_step = self._pending_step, None
+        when it covers every frame whose stored ``a`` is current; otherwise (frames
+        joined since, or a refresh recomputes some) taken now by itself, and None."""
+        tau = self._pending_step
         if tau is None:
             return None
-        store = self.store
         linear, quadratic = self._require_direction()[2]
-        fresh = store.n_fresh
-        if fresh == store.n == linear.shape[0]:
+        if self.store.n_fresh == self.store.n == linear.shape[0]:
+            self._pending_step = None
             return linear, quadratic, tau
-        if fresh:
-            part = slice(0, fresh)
-            quadratic = None if quadratic is None else quadratic[part]
-            store.ops.advance(store.farfield[part], linear[part], quadratic, tau)
+        self._take_step_alone()
         return None
+
+    def _take_step_alone(self) -> None:
+        """Apply the pending step to the frames whose stored ``a`` is current, in a pass
+        of its own (before new frames grow the stacks, which could move ``b``)."""
+        tau, self._pending_step = self._pending_step, None
+        fresh = self.store.n_fresh
+        if tau is None or not fresh:
+            return
+        linear, quadratic = self._require_direction()[2]
+        part = slice(0, fresh)
+        quadratic = None if quadratic is None else quadratic[part]
+        self.store.ops.advance(self.store.farfield[part], linear[part], quadratic, tau)
 
     def _require_direction(self) -> tuple[Any, Any, Any | None]:
         if self._direction is None:
