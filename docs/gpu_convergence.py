@@ -16,7 +16,8 @@ iteration after each, as the callback does at 2 kHz, then refinement
 iterations) and ``live_keep`` (the same with the conjugate direction kept
 across additions that leave the canvas as it was); ``VARIANT/key=value/...``
 changes numeric ``ReconConfig`` settings (``stall=X``: the engine's
-``AMPLITUDE_STALL_RELATIVE``). From the repository root on a GPU
+``AMPLITUDE_STALL_RELATIVE``; ``true_probe``: start from the simulation's probe, as
+in ``live/true_probe``). From the repository root on a GPU
 machine::
 
     PYTHONPATH=. python docs/gpu_convergence.py [SIZE:FRAMES:VARIANT[,VARIANT]:ITERATIONS ...]
@@ -77,7 +78,8 @@ def errors(rec: Reconstructor, scan, full: bool = False) -> dict:
 def run(scan, variant: str, iterations: int) -> list[dict]:
     variant, *overrides = variant.split("/")
     stall = [item for item in overrides if item.startswith("stall=")]
-    overrides = [item for item in overrides if not item.startswith("stall=")]
+    true_probe = variant == "true_probe" or "true_probe" in overrides
+    overrides = [item for item in overrides if "=" in item and not item.startswith("stall=")]
     reconstructor.AMPLITUDE_STALL_RELATIVE = (
         float(stall[0].split("=")[1]) if stall else DEFAULT_STALL
     )
@@ -85,7 +87,7 @@ def run(scan, variant: str, iterations: int) -> list[dict]:
         **{key: float(value) if "." in value or "e" in value else int(value)
            for key, value in (item.split("=") for item in overrides)}
     )  # fmt: skip
-    if variant == "true_probe":
+    if true_probe:
         config = config.replace(probe=scan.sample.probe)
     rec = Reconstructor(config, backend="cupy")
     n = len(scan.x_motor)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bluesky_ptycho import ReconConfig, Reconstructor
+from bluesky_ptycho.engine import reconstructor
 from bluesky_ptycho.metrics import crop_truth, phase_ramp, snapshot_nrmse
 from bluesky_ptycho.sim.sample import SimulatedScan, simulate_scan
 
@@ -188,6 +189,30 @@ def test_transposing_orientation_needs_square_frames():
 def test_unknown_backend_is_rejected(scan):
     with pytest.raises(ValueError, match="backend"):
         Reconstructor(scan.config, backend="torch")
+
+
+def test_one_rise_of_the_poisson_nll_does_not_end_the_amplitude_iterations(scan, monkeypatch):
+    """On this cold start the first step that moves the probe raises the Poisson NLL
+    once while the amplitude fit goes on converging: the amplitude iterations end only
+    after ``AMPLITUDE_STALL_ITERATIONS`` stalled iterations in a row."""
+    rec = Reconstructor(scan.config, backend="numpy")
+    rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+    rec.iterate(8)
+    history = rec.snapshot().metrics["history"]
+    nll = [h["poisson_nll"] for h in history]
+    rises = [k for k in range(1, len(nll)) if nll[k] >= nll[k - 1]]
+    assert rises, nll  # the case guarded against happens on this scan
+    assert [h["noise_model"] for h in history] == ["amplitude"] * 8
+    assert nll[-1] < 0.7 * nll[rises[0] - 1], nll  # and the amplitude fit was not done
+
+    # every iteration stalls: the first has nothing to compare with, then three in a row
+    monkeypatch.setattr(reconstructor, "AMPLITUDE_STALL_RELATIVE", 1.0)
+    rec = Reconstructor(scan.config, backend="numpy")
+    rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+    rec.iterate(6)
+    stalls = reconstructor.AMPLITUDE_STALL_ITERATIONS
+    models = [h["noise_model"] for h in rec.snapshot().metrics["history"]]
+    assert models == ["amplitude"] * (1 + stalls) + ["poisson"] * (5 - stalls)
 
 
 def test_amplitude_iterations_follow_each_addition_of_frames():

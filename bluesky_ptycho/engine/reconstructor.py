@@ -16,7 +16,8 @@ line search of the likelihood (several steps per read of the far fields) ->
 update of object and probe. The likelihood is Poisson's, except for up to
 ``ReconConfig.amplitude_iterations`` iterations after frames were last added,
 which fit the better-conditioned amplitude model (:mod:`.poisson`) until it
-stops lowering the Poisson NLL (``AMPLITUDE_STALL_RELATIVE``). What is
+stops lowering the Poisson NLL (``AMPLITUDE_STALL_ITERATIONS`` iterations in a row
+that lower it by less than ``AMPLITUDE_STALL_RELATIVE``). What is
 kept per frame between these passes, and so how many transforms an iteration
 takes, is ``ReconConfig.frame_storage`` (:mod:`.passes`); with ``"stacks"``
 the stored far fields follow the update by linearity and are recomputed every
@@ -65,11 +66,17 @@ BEAM_CHECK_EVERY = 5
 #: pixels of a batch preprocessed at once by add_frames (128 frames of 256 x 256)
 ADD_CHUNK_PIXELS = 2**23
 #: an amplitude-model iteration that lowers the Poisson NLL by less than this fraction
-#: ends the amplitude iterations: that model has reached its own optimum, which at low
-#: counts is worse than Poisson's (0: always run all ``amplitude_iterations``). The
-#: NLL's noise floor (~0.5 a pixel) dwarfs what is left to gain long before the image
-#: stops improving, so only an iteration that no longer lowers it at all counts.
+#: counts as stalled; ``AMPLITUDE_STALL_ITERATIONS`` of them in a row end the amplitude
+#: iterations: that model has reached its own optimum, which at low counts is worse
+#: than Poisson's (0: always run all ``amplitude_iterations``). The NLL's noise floor
+#: (~0.5 a pixel) dwarfs what is left to gain long before the image stops improving,
+#: so only an iteration that no longer lowers it at all counts.
 AMPLITUDE_STALL_RELATIVE = 1e-4
+#: stalled amplitude iterations in a row that end them. One is not enough: the first
+#: step that moves the probe (after ``probe_hold_iterations``) often raises the Poisson
+#: NLL once while the amplitude fit goes on converging (a cold start that switched to
+#: Poisson there was at NRMSE 0.20 after 60 iterations at 256 x 256 x 4,096; docs/engine.md)
+AMPLITUDE_STALL_ITERATIONS = 3
 #: illumination (relative to its maximum) below which a pixel counts as unreached
 UNREACHED_RELATIVE = 1e-9
 
@@ -179,6 +186,7 @@ class Reconstructor:
         self._since_refresh = 0
         self._amplitude_left = 0  # iterations of the amplitude model still to run
         self._amplitude_nll: float | None = None
+        self._amplitude_stalls = 0  # stalled amplitude iterations in a row
         self._noise_model = "amplitude"  # of the last iteration
         # (dir_O, dir_P, <g, s>, s_O, s_P) of the last iteration, None to restart
         self._previous: tuple[Any, Any, float, Any, Any] | None = None
@@ -239,6 +247,7 @@ class Reconstructor:
         self._previous = None  # the objective changed: restart conjugate directions
         self._amplitude_left = cfg.amplitude_iterations  # (poisson.py: why amplitudes first)
         self._amplitude_nll: float | None = None  # Poisson NLL of the last amplitude iteration
+        self._amplitude_stalls = 0
 
     def _preprocess(self, frames: Any) -> Any:
         """Orient, exclude bad pixels (-1), move DC to the corner; returns (n, M, N)."""
@@ -511,7 +520,9 @@ class Reconstructor:
         nll = float(nll_sum[0])
         if noise_model == "amplitude":
             last, stall = self._amplitude_nll, AMPLITUDE_STALL_RELATIVE
-            if stall > 0 and last is not None and last - nll < stall * abs(nll):
+            stalled = stall > 0 and last is not None and last - nll < stall * abs(nll)
+            self._amplitude_stalls = self._amplitude_stalls + 1 if stalled else 0
+            if self._amplitude_stalls >= AMPLITUDE_STALL_ITERATIONS:
                 self._amplitude_left = 0
             self._amplitude_nll = nll
         self.iteration += 1
