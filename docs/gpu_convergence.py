@@ -16,8 +16,10 @@ iteration after each, as the callback does at 2 kHz, then refinement
 iterations) and ``live_keep`` (the same with the conjugate direction kept
 across additions that leave the canvas as it was); ``VARIANT/key=value/...``
 changes numeric ``ReconConfig`` settings (``stall=X``: the engine's
-``AMPLITUDE_STALL_RELATIVE``; ``true_probe``: start from the simulation's probe, as
-in ``live/true_probe``). From the repository root on a GPU
+``AMPLITUDE_STALL_RELATIVE``; ``chunk=N``: frames per addition of a live variant;
+``true_probe``: start from the simulation's probe, as in ``live/true_probe``). Live
+rows also give the NRMSE over the region only the last ``YOUNG_FRACTION`` of the
+frames cover (``young``) and over the rest (``old``). From the repository root on a GPU
 machine::
 
     PYTHONPATH=. python docs/gpu_convergence.py [SIZE:FRAMES:VARIANT[,VARIANT]:ITERATIONS ...]
@@ -41,6 +43,9 @@ from bluesky_ptycho.sim.sample import default_config, simulate_scan
 EVERY = 10
 DEFAULT_STALL = reconstructor.AMPLITUDE_STALL_RELATIVE
 CHUNK = 140
+#: live variants: the region covered only by this last fraction of the frames is
+#: judged apart (``young`` and ``old`` in the rows)
+YOUNG_FRACTION = 0.2
 CASES = (
     "64:1000:batch:80",
     "128:4096:batch:80",
@@ -49,9 +54,28 @@ CASES = (
 )
 
 
-def errors(rec: Reconstructor, scan, full: bool = False) -> dict:
+def young_region(rec: Reconstructor, scan, n_old: int) -> cp.ndarray:
+    """Canvas pixels the probe reaches (``COVERED_RELATIVE``) from none of the first
+    ``n_old`` frames: what only the later frames cover (whole-pixel windows)."""
+    cfg = rec.config
+    centres = np.stack(
+        [scan.y_motor * cfg.position_scale_m * cfg.y_direction / rec._pixel_m[0],
+         scan.x_motor * cfg.position_scale_m * cfg.x_direction / rec._pixel_m[1]], axis=1
+    )[:n_old]  # fmt: skip
+    corners = np.floor(centres - np.array(cfg.frame_shape) // 2).astype(int) - rec._origin_px
+    power = cp.abs(rec.probe) ** 2  # real space, centred on the window
+    reached = cp.zeros(rec.object.shape, "float32")
+    rows, cols = cfg.frame_shape
+    for r, c in corners:
+        reached[r : r + rows, c : c + cols] += power
+    return reached < COVERED_RELATIVE * float(reached.max())
+
+
+def errors(rec: Reconstructor, scan, full: bool = False, young: cp.ndarray | None = None) -> dict:
     """NRMSE rows: on the device, global factor only (no shift removed: the simulated
-    positions are exact); ``full``: also the test metric and its diagnostics (host)."""
+    positions are exact); ``full``: also the test metric and its diagnostics (host);
+    with a ``young`` region (:func:`young_region`) also the NRMSE over its covered
+    pixels and over the rest (the global factor of the whole covered region)."""
     snapshot_origin = tuple(float(o * p) for o, p in zip(rec._origin_px, rec._pixel_m, strict=True))
     truth = crop_truth(
         scan.sample.object, scan.sample.origin_m, rec.object.shape, snapshot_origin, rec._pixel_m
@@ -66,6 +90,13 @@ def errors(rec: Reconstructor, scan, full: bool = False) -> dict:
         factor = cp.vdot(recon, target) / cp.vdot(recon, recon)
         error = cp.linalg.norm(factor * recon - target) / cp.linalg.norm(target)
         row[name] = round(float(error), 4)
+        if name == "quick" and young is not None:
+            for part, where in (("young", young), ("old", ~young)):
+                where = (coverage >= COVERED_RELATIVE) & finite & where
+                rest = factor * rec.object[where] - truth_dev[where]
+                share = cp.linalg.norm(rest) / cp.linalg.norm(truth_dev[where])
+                row[part] = round(float(share), 4)
+                row[f"{part}_pixels"] = int(where.sum())
     if full:
         snap = rec.snapshot(live=False)
         covered = (snap.coverage >= COVERED_RELATIVE) & np.isfinite(truth)
@@ -79,7 +110,11 @@ def run(scan, variant: str, iterations: int) -> list[dict]:
     variant, *overrides = variant.split("/")
     stall = [item for item in overrides if item.startswith("stall=")]
     true_probe = variant == "true_probe" or "true_probe" in overrides
-    overrides = [item for item in overrides if "=" in item and not item.startswith("stall=")]
+    chunk = [int(item.split("=")[1]) for item in overrides if item.startswith("chunk=")]
+    chunk = chunk[0] if chunk else CHUNK
+    overrides = [
+        item for item in overrides if "=" in item and not item.startswith(("stall=", "chunk="))
+    ]
     reconstructor.AMPLITUDE_STALL_RELATIVE = (
         float(stall[0].split("=")[1]) if stall else DEFAULT_STALL
     )
@@ -92,29 +127,31 @@ def run(scan, variant: str, iterations: int) -> list[dict]:
     rec = Reconstructor(config, backend="cupy")
     n = len(scan.x_motor)
     rows = []
+    young = None
     if variant.startswith("live"):
-        for start in range(0, n, CHUNK):
-            part = slice(start, start + CHUNK)
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
             kept = rec._previous
             shape = rec.object.shape
             rec.add_frames(scan.frames[part], scan.x_motor[part], scan.y_motor[part])
             if variant == "live_keep" and kept is not None and rec.object.shape == shape:
                 rec._previous = kept
             rec.iterate(1)
-        rows.append(errors(rec, scan))
+        young = young_region(rec, scan, int(n * (1 - YOUNG_FRACTION)))
+        rows.append(errors(rec, scan, young=young))
     else:
         rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
     started = time.perf_counter()
     for _ in range(iterations // EVERY):
         rec.iterate(EVERY)
-        rows.append(errors(rec, scan))
+        rows.append(errors(rec, scan, young=young))
     cp.cuda.Device().synchronize()
     poisson = [h["iteration"] for h in rec._history if h["noise_model"] == "poisson"]
     rows.append(
         {
             "seconds": round(time.perf_counter() - started, 2),
             "poisson_iterations": poisson,
-            **errors(rec, scan, True),
+            **errors(rec, scan, True, young),
         }
     )
     return rows
