@@ -137,7 +137,8 @@ class ReconConfig:
     amplitude_iterations : most iterations that fit the amplitude model (Gaussian
         noise on sqrt(counts): better conditioned far from the solution) after frames
         were last added, before the Poisson likelihood; they end sooner once they
-        stop lowering the Poisson NLL (default 30; 0: Poisson throughout).
+        stop lowering the Poisson NLL (default 100, a cap: the stall usually ends
+        them first; 0: Poisson throughout).
     probe : warm-start probe (complex, frame_shape; first mode of a stack).
     probe_path : ``.npy`` or HDF5/CXI file holding a warm-start probe.
     probe_propagation_m : propagate the initial probe by this distance (m).
@@ -173,7 +174,7 @@ class ReconConfig:
     position_scale_m: float = 1e-6
     dtype: str = "complex64"
     probe_hold_iterations: int = 2
-    amplitude_iterations: int = 30
+    amplitude_iterations: int = 100
     probe: Any = field(default=None, compare=False, repr=False)
     probe_path: str | None = None
     probe_propagation_m: float = 0.0

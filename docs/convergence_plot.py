@@ -3,7 +3,8 @@
 NRMSE (global factor removed, on the device) against iterations for each
 likelihood schedule of the 256 x 256 x 4,096 batch in the JSON files of
 ``SOURCES`` (the schedules of 416199e, and the default before and after the
-amplitude iterations' early end was fixed in 98ab383). From the repository root::
+amplitude iterations' early end was fixed in 98ab383, and with their cap raised
+to 100). From the repository root::
 
     python docs/convergence_plot.py
 """
@@ -30,7 +31,9 @@ SOURCES = (
     ("2026-12-02-h200-convergence-f3b63dd.json", "batch",
      "default, f3b63dd: ended by one stalled iteration (4)"),
     ("2026-12-02-h200-convergence-98ab383.json", "batch",
-     "default since 98ab383: 3 stalled in a row"),
+     "98ab383: 3 stalled in a row, cap 30"),
+    ("2026-12-02-h200-convergence-amplitude-cap-ba2793d.json", "batch/amplitude_iterations=100",
+     "default now: 3 stalled in a row, cap 100"),
 )  # fmt: skip
 
 
@@ -42,7 +45,7 @@ def main() -> None:
             r for r in results if r["variant"] == variant and r["case"].startswith("256:4096")
         )
         rows = [row for row in result["rows"] if "seconds" not in row]
-        style = "s--" if "default" in label else "o-"
+        style = "s--" if "stalled" in label else "o-"
         axes.plot([r["iteration"] for r in rows], [r["quick"] for r in rows], style, label=label)
     axes.axhline(0.10, color="gray", linestyle=":", label="NRMSE 0.10")
     axes.set_xlabel("iteration")
