@@ -17,7 +17,10 @@ iterations) and ``live_keep`` (the same with the conjugate direction kept
 across additions that leave the canvas as it was); ``VARIANT/key=value/...``
 changes numeric ``ReconConfig`` settings (``stall=X``: the engine's
 ``AMPLITUDE_STALL_RELATIVE``; ``chunk=N``: frames per addition of a live variant;
-``true_probe``: start from the simulation's probe, as in ``live/true_probe``). Live
+``true_probe``: start from the simulation's probe, as in ``live/true_probe``;
+``calibrate``: a live variant holds the first ``CALIBRATE_FRAMES`` frames back and
+starts from the defocus they give, as the callback's ``calibrate="defocus"`` with
+``defocus_sign=1``). Live
 rows also give the NRMSE over the region only the last ``YOUNG_FRACTION`` of the
 frames cover (``young``) and over the rest (``old``). From the repository root on a GPU
 machine::
@@ -36,6 +39,7 @@ import cupy as cp
 import numpy as np
 
 from bluesky_ptycho import Reconstructor
+from bluesky_ptycho.calibration import calibrate
 from bluesky_ptycho.engine import reconstructor
 from bluesky_ptycho.metrics import COVERED_RELATIVE, crop_truth, object_nrmse
 from bluesky_ptycho.sim.sample import default_config, simulate_scan
@@ -43,6 +47,7 @@ from bluesky_ptycho.sim.sample import default_config, simulate_scan
 EVERY = 10
 DEFAULT_STALL = reconstructor.AMPLITUDE_STALL_RELATIVE
 CHUNK = 140
+CALIBRATE_FRAMES = 48  # the callback's default calibrate_frames
 #: live variants: the region covered only by this last fraction of the frames is
 #: judged apart (``young`` and ``old`` in the rows)
 YOUNG_FRACTION = 0.2
@@ -110,6 +115,7 @@ def run(scan, variant: str, iterations: int) -> list[dict]:
     variant, *overrides = variant.split("/")
     stall = [item for item in overrides if item.startswith("stall=")]
     true_probe = variant == "true_probe" or "true_probe" in overrides
+    calibrated = "calibrate" in overrides
     chunk = [int(item.split("=")[1]) for item in overrides if item.startswith("chunk=")]
     chunk = chunk[0] if chunk else CHUNK
     overrides = [
@@ -124,13 +130,24 @@ def run(scan, variant: str, iterations: int) -> list[dict]:
     )  # fmt: skip
     if true_probe:
         config = config.replace(probe=scan.sample.probe)
-    rec = Reconstructor(config, backend="cupy")
     n = len(scan.x_motor)
     rows = []
     young = None
+    edges = list(range(0, n, chunk))
+    if calibrated:
+        started = time.perf_counter()
+        held = slice(0, CALIBRATE_FRAMES)
+        frames = cp.asnumpy(scan.frames[held])
+        found = calibrate(frames, scan.x_motor[held], scan.y_motor[held], config,
+                          orientation=False, defocus_sign=1, backend="cupy")  # fmt: skip
+        config = found.config
+        rows.append({"calibration_s": round(time.perf_counter() - started, 2),
+                     "probe_propagation_m": config.probe_propagation_m})  # fmt: skip
+        edges = [0] + list(range(CALIBRATE_FRAMES, n, chunk))
+    rec = Reconstructor(config, backend="cupy")
     if variant.startswith("live"):
-        for start in range(0, n, chunk):
-            part = slice(start, start + chunk)
+        for start, stop in zip(edges, edges[1:] + [n], strict=True):
+            part = slice(start, stop)
             kept = rec._previous
             shape = rec.object.shape
             rec.add_frames(scan.frames[part], scan.x_motor[part], scan.y_motor[part])
