@@ -3,6 +3,8 @@ settings from the start document, ignored runs, consecutive runs, failures."""
 
 from __future__ import annotations
 
+import time
+
 import bluesky.plans as bp
 import pytest
 from bluesky import RunEngine
@@ -220,6 +222,24 @@ def test_two_consecutive_runs_get_fresh_reconstructions(RE, beamline, make_callb
     assert one.derived_uid != two.derived_uid
     for uid in (first, second):
         check_derived_run(recorder.of(uid))
+
+
+def test_refine_seconds_bound_the_refinement_after_the_stop(
+    RE, beamline, make_callback, recorder
+):
+    budget_s = 0.5
+    callback = make_callback(refine_iterations=100_000, refine_seconds=budget_s)
+    RE.subscribe(callback)
+    (uid,) = RE(step_scan(beamline, beamline.inline_detector(), n=40),
+                ptycho=beamline.metadata("det_image"))  # fmt: skip
+    stopped = time.monotonic()
+    result = finished(callback, recorder, uid, n=40)
+    waited_s = time.monotonic() - stopped
+    assert 1 <= result.refine_iterations_done < 100_000
+    assert waited_s < budget_s + 5.0  # the final snapshot and the derived run's end
+    md = beamline.metadata("det_image", refine_iterations=3, refine_seconds=1000.0)
+    (uid,) = RE(step_scan(beamline, beamline.inline_detector(), n=40), ptycho=md)
+    assert finished(callback, recorder, uid, n=40).refine_iterations_done == 3
 
 
 def test_preempt_policy_cuts_refinement_when_the_next_run_starts(

@@ -56,6 +56,8 @@ def test_frame_shape_from_metadata_list_wins_over_the_data():
         ({"energgy_kev": 9.0}, "energgy_kev"),
         ({"image_key": None}, "image_key"),
         ({"refine_iterations": -2}, "refine_iterations"),
+        ({"refine_seconds": 0.0}, "refine_seconds"),
+        ({"refine_seconds": "2"}, "refine_seconds"),
         ({"dp_orient": "sideways"}, "dp_orient"),
     ],
 )

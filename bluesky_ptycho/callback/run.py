@@ -9,7 +9,8 @@ iterations, iterating once ``min_frames`` are in; with ``calibrate`` the first
 ``calibrate_frames`` frames are held back, the orientation and/or probe defocus
 are found from them, and the engine starts with the result) -> ``REFINING``
 (:meth:`RunReconstruction.ingest` moves there once the stop document is in and
-every readable frame has joined: up to ``refine_iterations`` more iterations)
+every readable frame has joined: up to ``refine_iterations`` more iterations,
+fewer if ``refine_seconds`` after the stop document run out)
 -> ``DONE`` (:meth:`RunReconstruction.finish`: final snapshot published, derived
 run ended). :meth:`RunReconstruction.fail` records a reason and moves to
 ``FINISHING`` (the worker then calls ``finish``). Invalid settings fail the run
@@ -123,6 +124,7 @@ class RunReconstruction:
         self._publisher = publisher
         self._duty = 1.0  # set when the engine starts (options.duty_cycle of its backend)
         self.rest_until = 0.0  # while collecting: no iteration before this (monotonic s)
+        self._last_iteration_s = 0.0  # wall time of the last iteration (refine_seconds)
         self._last_publish = 0.0
         self.engine: Reconstructor | None = None
         self.final_snapshot: Snapshot | None = None
@@ -338,10 +340,20 @@ class RunReconstruction:
         if self.engine is None or self.settings is None:
             return False
         if self._phase is Phase.REFINING:
-            return self.refine_done < self.settings.refine_iterations or self.engine.iteration == 0
+            wanted = self.settings.refine_iterations
+            if self.engine.iteration == 0 or self.refine_done == 0 < wanted:
+                return True  # every frame is in at least one iteration
+            return self.refine_done < wanted and self._refine_time_left()
         if self.inputs_complete:
             return True
         return self.engine.n_frames >= self.settings.min_frames and self.rest_s() == 0.0
+
+    def _refine_time_left(self) -> bool:
+        """Whether one more iteration, as long as the last, ends within ``refine_seconds``."""
+        budget_s = self.settings.refine_seconds
+        if budget_s is None or self.stop_seen_at is None:
+            return True
+        return time.monotonic() + self._last_iteration_s <= self.stop_seen_at + budget_s
 
     def rest_s(self) -> float:
         """Seconds left of the pause that ``scan_duty_cycle`` imposes while collecting."""
@@ -384,6 +396,7 @@ class RunReconstruction:
         if self._phase is Phase.REFINING:
             self.refine_done += 1
         now = time.monotonic()
+        self._last_iteration_s = now - started
         if self._phase is Phase.COLLECTING and self._duty < 1.0:
             self.rest_until = now + (now - started) * (1.0 - self._duty) / self._duty
         if now - self._last_publish >= self._options.snapshot_interval_s:

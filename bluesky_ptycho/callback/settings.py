@@ -35,6 +35,10 @@ class RunKeys:
     image_key, x_key, y_key : data keys of the detector image and the positions
         (motor units); no default.
     refine_iterations : iterations after the stop document (>= 0).
+    refine_seconds : time budget of those iterations, seconds from the stop
+        document (> 0), or None: no budget. An iteration that would end past it is
+        not started (its duration is taken as the last one's); the first iteration
+        after the last frames joined always runs.
     min_frames : frames needed before the first iteration while the scan runs (>= 1).
     calibrate : data-driven calibration on the first frames
         (:func:`bluesky_ptycho.calibration.calibrate`): "off", "orientation",
@@ -49,6 +53,7 @@ class RunKeys:
     x_key: str | None = None
     y_key: str | None = None
     refine_iterations: int = 100
+    refine_seconds: float | None = None
     min_frames: int = 8
     calibrate: str = "off"
     calibrate_frames: int = 48
@@ -67,6 +72,7 @@ RUN_KEY_CHECKS: dict[str, validation.Check] = {
     "x_key": _DATA_KEY,
     "y_key": _DATA_KEY,
     "refine_iterations": validation.integer("an integer >= 0", lambda v: v >= 0),
+    "refine_seconds": validation.optional(validation.real("seconds > 0", lambda v: v > 0)),
     "min_frames": validation.integer("an integer >= 1", lambda v: v >= 1),
     "calibrate": validation.choice(CALIBRATE_CHOICES),
     "calibrate_frames": validation.integer("an integer >= 8", lambda v: v >= 8),

@@ -46,6 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="iterations after the stop document (the callback's default, 100)",
     )
     parser.add_argument(
+        "--refine-seconds",
+        type=positive_float,
+        default=None,
+        help="time budget of those iterations, seconds from the stop document (none)",
+    )
+    parser.add_argument(
         "--snapshot-interval",
         type=float,
         default=None,
@@ -95,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from ..tools.bench_live import bench_live
 
     options = {} if args.duty_cycle is None else {"scan_duty_cycle": args.duty_cycle}
-    for name in ("frame_storage", "calibrate", "defocus_sign"):
+    for name in ("frame_storage", "calibrate", "defocus_sign", "refine_seconds"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     result = bench_live(
