@@ -181,14 +181,17 @@ __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* 
 }
 
 // Frame-loop kernels: thread (blockIdx.x, threadIdx.x) owns frame pixel p and
-// blockIdx.y a group of `frames_per_block` consecutive frames. The K shifted
-// probe taps T_k(p) (engine/shift.py tap_stack, (K, rows, cols)) are loaded
-// once into registers, and each frame's sub-pixel-shifted probe is made there:
+// blockIdx.y a group of `frames_per_block` (<= MAX_BLOCK_FRAMES) consecutive frames.
+// The K shifted probe taps T_k(p) (engine/shift.py tap_stack, (K, rows, cols)) are
+// loaded once into registers, and each frame's sub-pixel-shifted probe is made there:
 //   P_j(p) = sum_k weights[j K + k] T_k(p)
-// so no (n, rows, cols) probe stack is ever written or read.
+// so no (n, rows, cols) probe stack is ever written or read. The group's window
+// offsets and weights are staged in shared memory first, and each thread reads the
+// next frame's window pixels while it works on this one: at the 25 % occupancy the
+// taps' registers allow, a frame's reads would otherwise wait on the last one's.
 
 template <typename R, int K>
-__device__ inline void load_taps(const complex<R>* taps, index_t frame_size, int p,
+__device__ inline void load_taps(const complex<R>* __restrict__ taps, index_t frame_size, int p,
                                  complex<R> (&t)[K]) {
 #pragma unroll
   for (int k = 0; k < K; ++k) t[k] = taps[k * frame_size + p];
@@ -202,39 +205,71 @@ __device__ inline complex<R> shifted(const complex<R> (&t)[K], const R* w) {
   return value;
 }
 
+// The block's frames: `offsets[f]`, the object pixel of window [0, 0] of its f-th
+// frame, and `block_weights[f K + k]`; returns how many frames the block has. Every
+// thread of the block must call it (it ends with a barrier).
+template <typename R, int K>
+__device__ inline int stage_frames(const int* __restrict__ corners, const R* __restrict__ weights,
+                                   int n_frames, int frames_per_block, int object_cols,
+                                   index_t* offsets, R* block_weights) {
+  const int first = blockIdx.y * frames_per_block;
+  const int count = min(n_frames - first, frames_per_block);
+  for (int f = threadIdx.x; f < count; f += blockDim.x)
+    offsets[f] = (index_t)corners[2 * (first + f)] * object_cols + corners[2 * (first + f) + 1];
+  for (int i = threadIdx.x; i < count * K; i += blockDim.x)
+    block_weights[i] = weights[(index_t)first * K + i];
+  __syncthreads();
+  return count;
+}
+
 // scale P_j O_j (dobject null), or the search-direction terms
 //   linear = scale (P_j dO_j + dP_j O_j),  quadratic = scale dP_j dO_j  (dtaps may be
 //   null: then linear = scale P_j dO_j and quadratic is untouched).
 // Frames first_frame.. of the geometry; outputs start at that frame.
 template <typename R, int K>
-__global__ void waves(const complex<R>* taps, const complex<R>* dtaps, const R* weights,
-                      const complex<R>* object, const complex<R>* dobject, const int* corners,
+__global__ void waves(const complex<R>* __restrict__ taps, const complex<R>* __restrict__ dtaps,
+                      const R* __restrict__ weights, const complex<R>* __restrict__ object,
+                      const complex<R>* __restrict__ dobject, const int* __restrict__ corners,
                       int n_frames, int rows, int cols, int object_cols, int frames_per_block,
-                      R scale, complex<R>* linear, complex<R>* quadratic) {
+                      R scale, complex<R>* __restrict__ linear,
+                      complex<R>* __restrict__ quadratic) {
+  __shared__ index_t offsets[MAX_BLOCK_FRAMES];
+  __shared__ R block_weights[MAX_BLOCK_FRAMES * K];
+  const int count = stage_frames<R, K>(corners, weights, n_frames, frames_per_block,
+                                       object_cols, offsets, block_weights);
   const index_t frame_size = (index_t)rows * cols;
   const int p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= frame_size) return;
-  const int r = p / cols, c = p - r * cols;
+  const int r = p / cols;
+  const index_t local = (index_t)r * object_cols + (p - r * cols);  // within a window
+  const bool direction = dobject != nullptr, probe_moves = dtaps != nullptr;
+  const bool reads_object = !direction || probe_moves;
   complex<R> t[K], dt[K];
   load_taps<R, K>(taps, frame_size, p, t);
-  if (dtaps != nullptr) load_taps<R, K>(dtaps, frame_size, p, dt);
-  const int first = blockIdx.y * frames_per_block;
-  const int last = min(n_frames, first + frames_per_block);
-  for (int j = first; j < last; ++j) {
-    const R* w = weights + (index_t)j * K;
-    const index_t k = (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
-    const index_t i = j * frame_size + p;
+  if (probe_moves) load_taps<R, K>(dtaps, frame_size, p, dt);
+  complex<R> o_next(0, 0), d_next(0, 0);  // the next frame's window pixels
+  if (reads_object) o_next = object[offsets[0] + local];
+  if (direction) d_next = dobject[offsets[0] + local];
+  const index_t first = (index_t)blockIdx.y * frames_per_block;
+  for (int f = 0; f < count; ++f) {
+    const complex<R> o = o_next, d = d_next;
+    if (f + 1 < count) {
+      const index_t k = offsets[f + 1] + local;
+      if (reads_object) o_next = object[k];
+      if (direction) d_next = dobject[k];
+    }
+    const R* w = block_weights + f * K;
+    const index_t i = (first + f) * frame_size + p;
     const complex<R> pj = shifted<R, K>(t, w);
-    if (dobject == nullptr) {
-      linear[i] = scale * (pj * object[k]);
+    if (!direction) {
+      linear[i] = scale * (pj * o);
       continue;
     }
-    const complex<R> dobj = dobject[k];
-    complex<R> lin = pj * dobj;
-    if (dtaps != nullptr) {
+    complex<R> lin = pj * d;
+    if (probe_moves) {
       const complex<R> dpj = shifted<R, K>(dt, w);
-      lin += dpj * object[k];
-      quadratic[i] = scale * (dpj * dobj);
+      lin += dpj * o;
+      quadratic[i] = scale * (dpj * d);
     }
     linear[i] = scale * lin;
   }
@@ -247,14 +282,23 @@ __global__ void waves(const complex<R>* taps, const complex<R>* dtaps, const R* 
 // (combined and shifted back on the host side). With `chi` null only the
 // illumination is accumulated.
 template <typename R, int K>
-__global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, const R* weights,
-                                const complex<R>* object, const int* corners, int n_frames,
-                                int rows, int cols, int object_cols, int frames_per_block,
-                                complex<R>* grad, R* illumination, R* tap_acc) {
+__global__ void object_gradient(const complex<R>* __restrict__ chi,
+                                const complex<R>* __restrict__ taps,
+                                const R* __restrict__ weights,
+                                const complex<R>* __restrict__ object,
+                                const int* __restrict__ corners, int n_frames, int rows, int cols,
+                                int object_cols, int frames_per_block, complex<R>* grad,
+                                R* illumination, R* tap_acc) {
+  __shared__ index_t offsets[MAX_BLOCK_FRAMES];
+  __shared__ R block_weights[MAX_BLOCK_FRAMES * K];
+  const int count = stage_frames<R, K>(corners, weights, n_frames, frames_per_block,
+                                       object_cols, offsets, block_weights);
   const index_t frame_size = (index_t)rows * cols;
   const int p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= frame_size) return;
-  const int r = p / cols, c = p - r * cols;
+  const int r = p / cols;
+  const index_t local = (index_t)r * object_cols + (p - r * cols);  // within a window
+  const bool with_chi = chi != nullptr, probe_terms = with_chi && tap_acc != nullptr;
   complex<R> t[K], gsum[K];
   R psum[K];
   load_taps<R, K>(taps, frame_size, p, t);
@@ -263,19 +307,24 @@ __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, c
     gsum[k] = complex<R>(0, 0);
     psum[k] = 0;
   }
-  const int first = blockIdx.y * frames_per_block;
-  const int last = min(n_frames, first + frames_per_block);
-  for (int j = first; j < last; ++j) {
-    const R* w = weights + (index_t)j * K;
-    const index_t k_obj = (index_t)(corners[2 * j] + r) * object_cols + corners[2 * j + 1] + c;
+  const index_t first = (index_t)blockIdx.y * frames_per_block;
+  complex<R> x_next(0, 0), o_next(0, 0);  // the next frame's chi and window pixels
+  if (with_chi) x_next = chi[first * frame_size + p];
+  if (probe_terms) o_next = object[offsets[0] + local];
+  for (int f = 0; f < count; ++f) {
+    const complex<R> x = x_next, o = o_next;
+    if (f + 1 < count) {
+      if (with_chi) x_next = chi[(first + f + 1) * frame_size + p];
+      if (probe_terms) o_next = object[offsets[f + 1] + local];
+    }
+    const R* w = block_weights + f * K;
+    const index_t k_obj = offsets[f] + local;
     const complex<R> pj = shifted<R, K>(t, w);
     const R power = pj.real() * pj.real() + pj.imag() * pj.imag();
     atomicAdd(illumination + k_obj, power);
-    if (chi == nullptr) continue;
-    const complex<R> x = chi[j * frame_size + p];
+    if (!with_chi) continue;
     add2(grad + k_obj, conj(pj) * x);
-    if (tap_acc != nullptr) {
-      const complex<R> o = object[k_obj];
+    if (probe_terms) {
       const complex<R> h = conj(o) * x;
       const R view_power = o.real() * o.real() + o.imag() * o.imag();
 #pragma unroll
@@ -285,7 +334,7 @@ __global__ void object_gradient(const complex<R>* chi, const complex<R>* taps, c
       }
     }
   }
-  if (tap_acc == nullptr) return;
+  if (!probe_terms) return;
 #pragma unroll
   for (int k = 0; k < K; ++k)
     add3(tap_acc + 4 * (k * frame_size + p), gsum[k].real(), gsum[k].imag(), psum[k]);

@@ -50,6 +50,9 @@ FRAMES_PER_BLOCK = 16
 #: frames a block sums the probe gradient's tap terms over before adding them to the
 #: tap accumulator (fewer: more atomics; more: fewer blocks in flight)
 PROBE_FRAMES_PER_BLOCK = 128
+#: frames a block may work through at most (the kernels' shared-memory staging of the
+#: group's window offsets and weights is sized for it)
+MAX_BLOCK_FRAMES = 128
 
 
 def _optional(array: Any) -> Any:
@@ -101,9 +104,12 @@ def _module(real: str) -> tuple[dict[tuple[str, str], Any], bool]:
     tries = [False]
     if real == "float32" and capability >= VECTOR_ATOMICS_CC:
         tries.insert(0, True)
-    samples = f"-DLINE_SEARCH_SAMPLES={len(poisson.LINE_SEARCH_SAMPLES)}"
+    sizes = (
+        f"-DLINE_SEARCH_SAMPLES={len(poisson.LINE_SEARCH_SAMPLES)}",
+        f"-DMAX_BLOCK_FRAMES={MAX_BLOCK_FRAMES}",
+    )
     for vector in tries:
-        options = ("-std=c++17", samples) + (("-DPTYCHO_VECTOR_ATOMICS",) if vector else ())
+        options = ("-std=c++17", *sizes) + (("-DPTYCHO_VECTOR_ATOMICS",) if vector else ())
         try:
             module = cupy.RawModule(
                 code=kernel_source(), options=options, name_expressions=list(names.values())
@@ -176,6 +182,10 @@ class CudaOperators:
         """A frame-loop kernel: one thread per frame pixel, a block per group of frames."""
         if n_frames == 0:
             return
+        if not 0 < frames_per_block <= MAX_BLOCK_FRAMES:
+            raise ValueError(
+                f"{name}: frames per block must be 1..{MAX_BLOCK_FRAMES}, got {frames_per_block}"
+            )
         rows, cols = self.frame_shape
         grid = ((rows * cols + THREADS - 1) // THREADS, -(-n_frames // frames_per_block))
         self._kernels[(name, self.interpolation)](grid, (THREADS,), args)
