@@ -133,8 +133,10 @@ __device__ inline double reciprocal_sqrt(double x) { return 1.0 / sqrt(x); }
 // A thread sums its grid-stride share (a few hundred pixels) in the real type,
 // then the block sums in double.
 template <typename R, typename C>
-__global__ void line_search_terms(const complex<R>* farfield, const complex<R>* linear,
-                                  const complex<R>* quadratic, const C* counts, const R* steps,
+__global__ void line_search_terms(const complex<R>* __restrict__ farfield,
+                                  const complex<R>* __restrict__ linear,
+                                  const complex<R>* __restrict__ quadratic,
+                                  const C* __restrict__ counts, const R* __restrict__ steps,
                                   double* out, index_t size, R eps, int amplitude) {
   R tau[LINE_SEARCH_SAMPLES], slope[LINE_SEARCH_SAMPLES], curvature[LINE_SEARCH_SAMPLES];
 #pragma unroll
@@ -142,6 +144,7 @@ __global__ void line_search_terms(const complex<R>* farfield, const complex<R>* 
     tau[s] = steps[s];
     slope[s] = curvature[s] = 0;
   }
+#pragma unroll 2
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
     const R n = count_value<R>(counts[i]);
