@@ -69,8 +69,8 @@ def test_live_nodes_change_during_the_scan_and_final_appears(tiled_server):
         derived_writer,
         backend="numpy",
         refine_iterations=30,
-        snapshot_interval_s=0.3,
-        tiled=TiledLiveNodes(server.uri, interval_s=0.2),
+        snapshot_interval_s=0.15,  # several updates even when a loaded host runs the scan fast
+        tiled=TiledLiveNodes(server.uri, interval_s=0.1),
     )
     RE.subscribe(raw_writer)
     RE.subscribe(callback)
