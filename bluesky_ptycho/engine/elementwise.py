@@ -2,9 +2,11 @@
 
 CuPy's ``vdot`` of two 1-D arrays, ``a / (b + c)`` and ``x += t * d`` each
 allocate an object-sized array (at 16,384 frames of 256 x 256 one complex
-canvas is 0.37 GB); here each is one fused kernel on CuPy. On NumPy (host
-memory) the plain expressions are kept, so the CPU results stay as they were.
-The kernels are compiled on first use.
+canvas is 0.37 GB); here each is one fused kernel on CuPy. Numbers computed on
+the device (a damping, a conjugate-gradient ``beta``) are taken as device
+arrays, so no kernel here waits for a host round trip. On NumPy (host memory)
+the plain expressions are kept, so the CPU results stay as they were. The
+kernels are compiled on first use.
 """
 
 from __future__ import annotations
@@ -30,10 +32,17 @@ def _kernels() -> dict[str, Any]:
             "ptycho_real_inner",
         ),
         "preconditioned": cupy.ElementwiseKernel(
-            "T grad, R weight, R damping",
+            "T grad, R weight, raw float64 damping",
             "T out",
-            "out = grad / (weight + damping)",
+            "out = grad / (weight + (R)damping[0])",
             "ptycho_preconditioned",
+        ),
+        "conjugate": cupy.ElementwiseKernel(
+            "T step, raw float64 beta",
+            "T previous",
+            "const double b = beta[0];"
+            " previous = b > 0 ? previous * (T::value_type)b - step : -step",
+            "ptycho_conjugate",
         ),
         "add_scaled": cupy.ElementwiseKernel(
             "T direction, T scale",
@@ -57,11 +66,32 @@ def real_inner(a: Any, b: Any) -> Any:
 
 def preconditioned(grad: Any, weight: Any, damping: Any) -> Any:
     """``grad / (weight + damping)``: a new complex array (``weight`` real, same shape;
-    ``damping`` a number or a 0-d array)."""
+    ``damping`` a number or a 0-d array, on the device: it is not read back)."""
     xp = array_module_of(grad)
     if is_cupy(xp):
-        return _kernels()["preconditioned"](grad, weight, weight.dtype.type(float(damping)))
+        return _kernels()["preconditioned"](grad, weight, _device_number(xp, damping))
     return grad / (weight + damping)
+
+
+def conjugate(previous: Any, step: Any, beta: Any) -> Any:
+    """``previous = beta * previous - step`` in place where ``beta > 0``, else
+    ``previous = -step`` (the previous direction's values unused); returns
+    ``previous``. ``beta``: a real number or 0-d array (on the device: not read back).
+    """
+    xp = array_module_of(previous)
+    if is_cupy(xp):
+        _kernels()["conjugate"](step, _device_number(xp, beta), previous)
+    elif beta > 0:
+        previous *= float(beta)
+        previous -= step
+    else:
+        xp.negative(step, out=previous)
+    return previous
+
+
+def _device_number(xp: Any, value: Any) -> Any:
+    """``value`` (a number or 0-d array) as a one-element float64 device array."""
+    return xp.asarray(value, dtype="float64").reshape(1)
 
 
 def add_scaled(target: Any, scale: float, direction: Any) -> None:

@@ -166,7 +166,7 @@ class StepSearch:
         self.result: float | None = None if slope_at_zero < 0 else 0.0
 
     def steps(self) -> list[float]:
-        return [self.scale * sample for sample in LINE_SEARCH_SAMPLES]
+        return sample_steps(self.scale)
 
     def update(self, slopes: Sequence[float], curvatures: Sequence[float]) -> None:
         known = self.known
@@ -192,6 +192,12 @@ class StepSearch:
     def _give_up_after_the_last_pass(self) -> None:
         if self.passes >= LINE_SEARCH_PASSES:  # the largest step known to descend
             self.result = max(tau for tau, (slope, _) in self.known.items() if slope < 0)
+
+
+def sample_steps(scale: float) -> list[float]:
+    """The steps of one line-search pass: :data:`LINE_SEARCH_SAMPLES` times ``scale``
+    (a line search's first pass: ``scale`` is its ``first_step``)."""
+    return [scale * sample for sample in LINE_SEARCH_SAMPLES]
 
 
 def line_search(

@@ -436,7 +436,10 @@ class Reconstructor:
         return nll
 
     def _step(self) -> float:
-        cfg, stores = self.config, self._stores
+        """One iteration. Its results are read from the device once (the slope, the NLL
+        and the line search's first pass together), plus once for each further pass
+        of the line search and every ``BEAM_CHECK_EVERY`` iterations the beam check."""
+        cfg, stores, xp = self.config, self._stores, self.xp
         started = time.perf_counter()
         self._update_geometry()
         refresh = self._since_refresh >= REFRESH_EVERY
@@ -492,12 +495,26 @@ class Reconstructor:
             with store.active():
                 frame_passes.set_direction(probe_dir, obj_dir)
 
-        def terms(steps: list[float]) -> tuple[np.ndarray, np.ndarray]:
-            sums = []
+        def sums(steps: list[float]) -> Any:
+            parts = []
             for store, frame_passes in zip(stores, self._passes, strict=True):
                 with store.active():
-                    sums.append(frame_passes.line_search_sums(steps, noise_model))
-            total = to_host(self._collectives.reduce_sum(sums))
+                    parts.append(frame_passes.line_search_sums(steps, noise_model))
+            return self._collectives.reduce_sum(parts)
+
+        # the slope, the NLL and the line search's first pass: one read from the device
+        first_steps = poisson.sample_steps(self._last_step)
+        head = to_host(
+            xp.concatenate([xp.stack([slope, nll_sum[0]]), sums(first_steps).reshape(-1)])
+        )
+        slope, nll = float(head[0]), float(head[1])
+        prefetched = {tuple(first_steps): (head[2::2], head[3::2])}
+
+        def terms(steps: list[float]) -> tuple[np.ndarray, np.ndarray]:
+            known = prefetched.pop(tuple(steps), None)
+            if known is not None:
+                return known
+            total = to_host(sums(steps))
             return total[:, 0], total[:, 1]
 
         if mu:
@@ -517,7 +534,6 @@ class Reconstructor:
                 elementwise.add_scaled(self.probe, tau, dir_probe)
         else:
             self._previous = None
-        nll = float(nll_sum[0])
         if noise_model == "amplitude":
             last, stall = self._amplitude_nll, AMPLITUDE_STALL_RELATIVE
             stalled = stall > 0 and last is not None and last - nll < stall * abs(nll)
@@ -572,64 +588,54 @@ class Reconstructor:
 
     def _conjugate_direction(
         self, grad_obj: Any, step_obj: Any, grad_probe: Any, step_probe: Any
-    ) -> tuple[Any, Any, float]:
+    ) -> tuple[Any, Any, Any]:
         """Polak-Ribiere direction on the preconditioned gradient, restarted as needed.
 
         Gradients are dL/dz*; returns (dir_obj, dir_probe or None, L'(0) along them),
-        with ``L'(0) = 2 Re <g, d>``. The inner products it needs are read from the
-        device in one transfer; ``L'(0)`` follows from them by linearity.
+        with ``L'(0) = 2 Re <g, d>`` a 0-d float64 array on the device. The inner
+        products, ``beta`` and the restart test stay on the device too; ``L'(0)``
+        follows from the inner products by linearity.
         """
         update = grad_probe is not None
-
         previous, self._previous = self._previous, None
         xp = self.xp
-        spare = (None, None)  # the previous direction's memory, once it is not needed
-
-        def steepest() -> tuple[Any, Any]:
-            dir_obj = xp.negative(step_obj, out=spare[0])
-            return dir_obj, xp.negative(step_probe, out=spare[1]) if update else None
-
         pairs = [(step_obj, step_probe)]
-        usable = previous is not None and (previous[1] is None) == (not update) and previous[2] > 0
+        usable = previous is not None and (previous[1] is None) == (not update)
         if usable:
             prev_obj, prev_probe, prev_g_dot_s, prev_step_obj, prev_step_probe = previous
             pairs += [(prev_step_obj, prev_step_probe), (prev_obj, prev_probe)]
             del prev_step_obj, prev_step_probe
         dots = self._real_dots(grad_obj, grad_probe, pairs)
-        del pairs
+        del pairs, previous
         g_dot_s = dots[0]
-        beta = max(0.0, (g_dot_s - dots[1]) / prev_g_dot_s) if usable else 0.0
+        slope = -2 * g_dot_s  # steepest descent's
         if usable:
-            spare = (prev_obj, prev_probe)
-        slope = -2 * g_dot_s
-        if beta > 0:  # d = beta d_prev - s, in the previous direction's memory
-            dir_obj, dir_probe = prev_obj, prev_probe
-            dir_obj *= beta
-            dir_obj -= step_obj
-            if update:
-                dir_probe *= beta
-                dir_probe -= step_probe
-            slope = 2 * (beta * dots[2] - g_dot_s)
-        del previous
-        if beta <= 0 or slope >= 0:  # steepest descent, or a restart: not a descent direction
-            dir_obj, dir_probe = steepest()
-            slope = -2 * g_dot_s
+            descended = prev_g_dot_s > 0
+            beta = xp.maximum((g_dot_s - dots[1]) / xp.where(descended, prev_g_dot_s, 1), 0)
+            conjugate_slope = 2 * (beta * dots[2] - g_dot_s)
+            # a restart where beta <= 0 or the direction would not descend
+            kept = descended & (beta > 0) & (conjugate_slope < 0)
+            beta = xp.where(kept, beta, 0)
+            slope = xp.where(kept, conjugate_slope, slope)
+            # d = beta d_prev - s (or -s), in the previous direction's memory
+            dir_obj = elementwise.conjugate(prev_obj, step_obj, beta)
+            dir_probe = elementwise.conjugate(prev_probe, step_probe, beta) if update else None
+        else:
+            dir_obj = xp.negative(step_obj)
+            dir_probe = xp.negative(step_probe) if update else None
         self._previous = (dir_obj, dir_probe, g_dot_s, step_obj, step_probe)
         return dir_obj, dir_probe, slope
 
-    def _real_dots(
-        self, grad_obj: Any, grad_probe: Any, pairs: list[tuple[Any, Any]]
-    ) -> list[float]:
+    def _real_dots(self, grad_obj: Any, grad_probe: Any, pairs: list[tuple[Any, Any]]) -> Any:
         """``Re <g_O, a> + Re <g_P, b>`` for each (a, b) of ``pairs`` (the probe term only
-        with ``grad_probe``), in one device-to-host transfer."""
-        xp = self.xp
+        with ``grad_probe``): a float64 array on the device."""
         values = []
         for obj, probe in pairs:
             value = elementwise.real_inner(grad_obj, obj)
             if grad_probe is not None:
                 value = value + elementwise.real_inner(grad_probe, probe)
             values.append(value)
-        return [float(v) for v in to_host(xp.stack(values))]
+        return self.xp.stack(values)
 
     # -------------------------------------------------------------- snapshots
     def snapshot(self, live: bool = True) -> Snapshot:
