@@ -104,14 +104,18 @@ def launch_bounds_sweep(rec: Reconstructor) -> dict:
             cuda_operators.kernel_source = lambda text=text: text
             cuda_operators._module.cache_clear()
             for store in rec._stores:
-                store.ops._kernels, _ = cuda_operators._module(store.ops.real_dtype)
+                store.ops._kernels, _ = cuda_operators._module(
+                    store.ops.real_dtype, tuple(cuda_operators.TAP_LANES.items())
+                )
             rec.iterate(2)  # compile
             timings[min_blocks] = 1e3 * seconds_per_iteration(rec, TIMED)
     finally:
         cuda_operators.kernel_source = source
         cuda_operators._module.cache_clear()
         for store in rec._stores:
-            store.ops._kernels, _ = cuda_operators._module(store.ops.real_dtype)
+            store.ops._kernels, _ = cuda_operators._module(
+                store.ops.real_dtype, tuple(cuda_operators.TAP_LANES.items())
+            )
     return timings
 
 

@@ -183,15 +183,30 @@ __global__ void line_search_terms(const complex<R>* __restrict__ farfield,
   }
 }
 
-// Frame-loop kernels: thread (blockIdx.x, threadIdx.x) owns frame pixel p and
+// Frame-loop kernels: LANES adjacent threads of a warp (template argument, dividing
+// K and 32) own frame pixel p = (blockIdx.x blockDim.x + threadIdx.x) / LANES, and
 // blockIdx.y a group of `frames_per_block` (<= MAX_BLOCK_FRAMES) consecutive frames.
 // The K shifted probe taps T_k(p) (engine/shift.py tap_stack, (K, rows, cols)) are
-// loaded once into registers, and each frame's sub-pixel-shifted probe is made there:
+// loaded once into registers, K / LANES per lane, and each frame's sub-pixel-shifted
+// probe is made there, its lanes' partial sums added with warp shuffles:
 //   P_j(p) = sum_k weights[j K + k] T_k(p)
-// so no (n, rows, cols) probe stack is ever written or read. The group's window
-// offsets and weights are staged in shared memory first, and each thread reads the
-// next frame's window pixels while it works on this one: at the 25 % occupancy the
-// taps' registers allow, a frame's reads would otherwise wait on the last one's.
+// so no (n, rows, cols) probe stack is ever written or read. Splitting the taps over
+// lanes divides a thread's registers for them (16 complex taps, 16 tap sums), so more
+// threads are in flight to hide the reads' latency. The group's window offsets and
+// weights are staged in shared memory first, and each thread reads the next frame's
+// window pixels while it works on this one. Every lane of a warp takes part in the
+// shuffles (lanes past the frame's last pixel read and write nothing).
+
+// The sum of `value` over the LANES lanes of a pixel (every lane gets it).
+template <int LANES, typename R>
+__device__ inline complex<R> lane_sum(complex<R> value) {
+#pragma unroll
+  for (int offset = 1; offset < LANES; offset *= 2) {
+    value += complex<R>(__shfl_xor_sync(0xffffffff, value.real(), offset),
+                        __shfl_xor_sync(0xffffffff, value.imag(), offset));
+  }
+  return value;
+}
 
 template <typename R, int K>
 __device__ inline void load_taps(const complex<R>* __restrict__ taps, index_t frame_size, int p,
@@ -229,52 +244,55 @@ __device__ inline int stage_frames(const int* __restrict__ corners, const R* __r
 //   linear = scale (P_j dO_j + dP_j O_j),  quadratic = scale dP_j dO_j  (dtaps may be
 //   null: then linear = scale P_j dO_j and quadratic is untouched).
 // Frames first_frame.. of the geometry; outputs start at that frame.
-template <typename R, int K>
+template <typename R, int K, int LANES>
 __global__ void waves(const complex<R>* __restrict__ taps, const complex<R>* __restrict__ dtaps,
                       const R* __restrict__ weights, const complex<R>* __restrict__ object,
                       const complex<R>* __restrict__ dobject, const int* __restrict__ corners,
                       int n_frames, int rows, int cols, int object_cols, int frames_per_block,
                       R scale, complex<R>* __restrict__ linear,
                       complex<R>* __restrict__ quadratic) {
+  constexpr int KL = K / LANES;  // taps a lane holds
   __shared__ index_t offsets[MAX_BLOCK_FRAMES];
   __shared__ R block_weights[MAX_BLOCK_FRAMES * K];
   const int count = stage_frames<R, K>(corners, weights, n_frames, frames_per_block,
                                        object_cols, offsets, block_weights);
   const index_t frame_size = (index_t)rows * cols;
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= frame_size) return;
-  const int r = p / cols;
-  const index_t local = (index_t)r * object_cols + (p - r * cols);  // within a window
+  const int lane = threadIdx.x % LANES;
+  const int p = (blockIdx.x * blockDim.x + threadIdx.x) / LANES;
+  const bool active = p < frame_size;
+  const int r = active ? p / cols : 0;
+  const index_t local = (index_t)r * object_cols + (active ? p - r * cols : 0);
   const bool direction = dobject != nullptr, probe_moves = dtaps != nullptr;
-  const bool reads_object = !direction || probe_moves;
-  complex<R> t[K], dt[K];
-  load_taps<R, K>(taps, frame_size, p, t);
-  if (probe_moves) load_taps<R, K>(dtaps, frame_size, p, dt);
+  const bool reads_object = active && (!direction || probe_moves);
+  const bool reads_direction = active && direction;
+  complex<R> t[KL], dt[KL];
+  if (active) load_taps<R, KL>(taps + lane * KL * frame_size, frame_size, p, t);
+  if (active && probe_moves) load_taps<R, KL>(dtaps + lane * KL * frame_size, frame_size, p, dt);
   complex<R> o_next(0, 0), d_next(0, 0);  // the next frame's window pixels
   if (reads_object) o_next = object[offsets[0] + local];
-  if (direction) d_next = dobject[offsets[0] + local];
+  if (reads_direction) d_next = dobject[offsets[0] + local];
   const index_t first = (index_t)blockIdx.y * frames_per_block;
   for (int f = 0; f < count; ++f) {
     const complex<R> o = o_next, d = d_next;
     if (f + 1 < count) {
       const index_t k = offsets[f + 1] + local;
       if (reads_object) o_next = object[k];
-      if (direction) d_next = dobject[k];
+      if (reads_direction) d_next = dobject[k];
     }
-    const R* w = block_weights + f * K;
+    const R* w = block_weights + f * K + lane * KL;
     const index_t i = (first + f) * frame_size + p;
-    const complex<R> pj = shifted<R, K>(t, w);
+    const complex<R> pj = lane_sum<LANES>(shifted<R, KL>(t, w));
     if (!direction) {
-      linear[i] = scale * (pj * o);
+      if (active && lane == 0) linear[i] = scale * (pj * o);
       continue;
     }
     complex<R> lin = pj * d;
     if (probe_moves) {
-      const complex<R> dpj = shifted<R, K>(dt, w);
+      const complex<R> dpj = lane_sum<LANES>(shifted<R, KL>(dt, w));
       lin += dpj * o;
-      quadratic[i] = scale * (dpj * d);
+      if (active && lane == LANES - 1) quadratic[i] = scale * (dpj * d);
     }
-    linear[i] = scale * lin;
+    if (active && lane == 0) linear[i] = scale * lin;
   }
 }
 
@@ -282,9 +300,9 @@ __global__ void waves(const complex<R>* __restrict__ taps, const complex<R>* __r
 // `tap_acc` non-null also this block's per-tap probe-gradient sums, added at its end
 // into tap_acc (4 reals per tap pixel: re, im of the gradient, power, unused):
 //   sum_j w_jk conj(O_j(p)) chi_j(p),  sum_j w_jk |O_j(p)|^2
-// (combined and shifted back on the host side). With `chi` null only the
-// illumination is accumulated.
-template <typename R, int K>
+// (combined and shifted back on the host side), each lane its own taps' sums. With
+// `chi` null only the illumination is accumulated.
+template <typename R, int K, int LANES>
 __global__ void object_gradient(const complex<R>* __restrict__ chi,
                                 const complex<R>* __restrict__ taps,
                                 const R* __restrict__ weights,
@@ -292,55 +310,62 @@ __global__ void object_gradient(const complex<R>* __restrict__ chi,
                                 const int* __restrict__ corners, int n_frames, int rows, int cols,
                                 int object_cols, int frames_per_block, complex<R>* grad,
                                 R* illumination, R* tap_acc) {
+  constexpr int KL = K / LANES;  // taps a lane holds
   __shared__ index_t offsets[MAX_BLOCK_FRAMES];
   __shared__ R block_weights[MAX_BLOCK_FRAMES * K];
   const int count = stage_frames<R, K>(corners, weights, n_frames, frames_per_block,
                                        object_cols, offsets, block_weights);
   const index_t frame_size = (index_t)rows * cols;
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= frame_size) return;
-  const int r = p / cols;
-  const index_t local = (index_t)r * object_cols + (p - r * cols);  // within a window
+  const int lane = threadIdx.x % LANES;
+  const int p = (blockIdx.x * blockDim.x + threadIdx.x) / LANES;
+  const bool active = p < frame_size;
+  const int r = active ? p / cols : 0;
+  const index_t local = (index_t)r * object_cols + (active ? p - r * cols : 0);
   const bool with_chi = chi != nullptr, probe_terms = with_chi && tap_acc != nullptr;
-  complex<R> t[K], gsum[K];
-  R psum[K];
-  load_taps<R, K>(taps, frame_size, p, t);
+  // a pixel's lanes share its atomics: the illumination on the first lane, the
+  // gradient on the last (one thread when LANES is 1)
+  const bool adds_illumination = active && lane == 0;
+  const bool adds_gradient = active && lane == LANES - 1;
+  complex<R> t[KL], gsum[KL];
+  R psum[KL];
+  if (active) load_taps<R, KL>(taps + lane * KL * frame_size, frame_size, p, t);
 #pragma unroll
-  for (int k = 0; k < K; ++k) {
+  for (int k = 0; k < KL; ++k) {
     gsum[k] = complex<R>(0, 0);
     psum[k] = 0;
   }
   const index_t first = (index_t)blockIdx.y * frames_per_block;
   complex<R> x_next(0, 0), o_next(0, 0);  // the next frame's chi and window pixels
-  if (with_chi) x_next = chi[first * frame_size + p];
-  if (probe_terms) o_next = object[offsets[0] + local];
+  if (active && with_chi) x_next = chi[first * frame_size + p];
+  if (active && probe_terms) o_next = object[offsets[0] + local];
   for (int f = 0; f < count; ++f) {
     const complex<R> x = x_next, o = o_next;
-    if (f + 1 < count) {
+    if (active && f + 1 < count) {
       if (with_chi) x_next = chi[(first + f + 1) * frame_size + p];
       if (probe_terms) o_next = object[offsets[f + 1] + local];
     }
-    const R* w = block_weights + f * K;
+    const R* w = block_weights + f * K + lane * KL;
     const index_t k_obj = offsets[f] + local;
-    const complex<R> pj = shifted<R, K>(t, w);
-    const R power = pj.real() * pj.real() + pj.imag() * pj.imag();
-    atomicAdd(illumination + k_obj, power);
+    const complex<R> pj = lane_sum<LANES>(shifted<R, KL>(t, w));
+    if (adds_illumination)
+      atomicAdd(illumination + k_obj, pj.real() * pj.real() + pj.imag() * pj.imag());
     if (!with_chi) continue;
-    add2(grad + k_obj, conj(pj) * x);
+    if (adds_gradient) add2(grad + k_obj, conj(pj) * x);
     if (probe_terms) {
       const complex<R> h = conj(o) * x;
       const R view_power = o.real() * o.real() + o.imag() * o.imag();
 #pragma unroll
-      for (int k = 0; k < K; ++k) {
+      for (int k = 0; k < KL; ++k) {
         gsum[k] += w[k] * h;
         psum[k] += w[k] * view_power;
       }
     }
   }
-  if (!probe_terms) return;
+  if (!probe_terms || !active) return;
 #pragma unroll
-  for (int k = 0; k < K; ++k)
-    add3(tap_acc + 4 * (k * frame_size + p), gsum[k].real(), gsum[k].imag(), psum[k]);
+  for (int k = 0; k < KL; ++k)
+    add3(tap_acc + 4 * ((lane * KL + k) * frame_size + p), gsum[k].real(), gsum[k].imag(),
+         psum[k]);
 }
 
 // The probe's K whole-pixel shifts (engine/shift.py tap_stack), circular:

@@ -145,6 +145,41 @@ def test_object_gradient_and_illumination(pair, probe_terms):
     assert close(fused.illumination(fused.taps(probe)), out_a[1], real)
 
 
+@pytest.mark.parametrize("lanes", [1, 2, 4])
+def test_frame_loop_kernels_split_the_taps_over_lanes(monkeypatch, lanes):
+    """waves and object_gradient with a pixel's taps over 1, 2 or 4 threads, on a frame
+    whose pixels do not fill the last warp (its idle lanes still join the shuffles)."""
+    import cupy
+
+    from bluesky_ptycho.engine import cuda_operators
+
+    shape, object_shape, n_frames, real = (23, 21), (61, 57), 29, "float32"
+    monkeypatch.setattr(
+        cuda_operators, "TAP_LANES", dict.fromkeys(cuda_operators.TAP_KERNELS, lanes)
+    )
+    rng = np.random.default_rng(11)
+    corners = rng.integers(0, 30, (n_frames, 2))
+    fractions = rng.uniform(0, 1, (n_frames, 2))
+    fused = cuda_operators.CudaOperators(cupy, shape, real, "cubic")
+    array = ArrayOperators(cupy, shape, real, "cubic")
+    assert set(fused.tap_lanes.values()) == {lanes}
+    for ops in (fused, array):
+        ops.set_geometry(corners, fractions, object_shape)
+    probe, dprobe = rand(rng, shape, real), rand(rng, shape, real)
+    obj, dobj = rand(rng, object_shape, real), rand(rng, object_shape, real)
+    for got, want in zip(
+        direction_farfields(fused, probe, dprobe, obj, dobj),
+        direction_farfields(array, probe, dprobe, obj, dobj),
+        strict=True,
+    ):
+        assert close(got, want, real)
+    chi = rand(rng, (n_frames, *shape), real)
+    got = object_gradient(fused, chi.copy(), probe, obj, True)
+    want = object_gradient(array, chi.copy(), probe, obj, True)
+    for part, expected in zip(got, want, strict=True):
+        assert close(part, expected, real)
+
+
 def test_advance(pair):
     fused, array, rng = pair
     real = fused.real_dtype
@@ -239,9 +274,7 @@ def test_elementwise_kernels_match_numpy(dtype):
 
     rng = np.random.default_rng(3)
     shape = (301, 257)
-    a, b = (
-        (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype) for _ in range(2)
-    )
+    a, b = ((rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype) for _ in range(2))
     weight = rng.uniform(0, 2, shape).astype(np.finfo(dtype).dtype)
     a_dev, b_dev, weight_dev = (cupy.asarray(v) for v in (a, b, weight))
     exact = np.vdot(a.astype(np.complex128), b.astype(np.complex128)).real
@@ -252,6 +285,16 @@ def test_elementwise_kernels_match_numpy(dtype):
         elementwise.preconditioned(a, weight, 0.25),
         rtol=rtol,
     )
+    damping = cupy.asarray(weight_dev.max() * 0.5)  # a 0-d device array, not read back
+    np.testing.assert_allclose(
+        elementwise.preconditioned(a_dev, weight_dev, damping).get(),
+        elementwise.preconditioned(a, weight, weight.max() * 0.5),
+        rtol=rtol,
+    )
+    for beta in (0.625, 0.0, -0.5):  # beta <= 0: the step alone (a restart)
+        want = elementwise.conjugate(b.copy(), a, beta)
+        got = elementwise.conjugate(b_dev.copy(), a_dev, cupy.asarray(beta))
+        np.testing.assert_allclose(got.get(), want, rtol=rtol, atol=rtol)
     elementwise.add_scaled(a_dev, -0.75, b_dev)
     elementwise.add_scaled(a, -0.75, b)
     np.testing.assert_allclose(a_dev.get(), a, rtol=rtol, atol=rtol)

@@ -89,6 +89,16 @@ def test_cubic_shift_matches_the_fourier_shift_of_a_band_limited_probe():
     assert errors["cubic"] < 0.003 and errors["linear"] > 5 * errors["cubic"]
 
 
+def test_tap_lanes_divide_the_taps_and_a_warp():
+    from bluesky_ptycho.engine.cuda_operators import tap_lanes
+
+    assert [tap_lanes(16, lanes) for lanes in (1, 2, 4, 8)] == [1, 2, 4, 8]
+    assert tap_lanes(4, 8) == 4 and tap_lanes(1, 2) == 1
+    for lanes in (0, 3, 64):
+        with pytest.raises(ValueError, match="TAP_LANES"):
+            tap_lanes(16, lanes)
+
+
 def test_split_positions_rounds_only_for_nearest():
     top_left = np.array([[2.7, -1.2]])
     corners, fractions = shift.split_positions(top_left, "cubic")

@@ -53,6 +53,12 @@ PROBE_FRAMES_PER_BLOCK = 128
 #: frames a block may work through at most (the kernels' shared-memory staging of the
 #: group's window offsets and weights is sized for it)
 MAX_BLOCK_FRAMES = 128
+#: threads of a warp that share a frame pixel in each frame-loop kernel, each with its
+#: share of the probe's taps (at most the taps: one for ``"nearest"``); read when the
+#: kernels are compiled. Two lanes take the object gradient from 4.56 to 3.37 ms an
+#: iteration at 256 x 256 x 4096 on an H200; `waves` is no faster with two (3.63 /
+#: 3.61 ms) and slower with four (docs/benchmarks.md, tenth session)
+TAP_LANES = {"waves": 1, "object_gradient": 2}
 
 
 def _optional(array: Any) -> Any:
@@ -76,12 +82,24 @@ def kernel_source() -> str:
     return (Path(__file__).resolve().parents[2] / "kernels" / KERNEL_FILE).read_text()
 
 
-def _names(ctype: str) -> dict[tuple[str, str], str]:
+def tap_lanes(n_taps: int, lanes: int) -> int:
+    """Threads a frame pixel's ``n_taps`` taps are split over: ``lanes``, or fewer where
+    there are fewer taps (a power of two dividing both ``n_taps`` and 32)."""
+    if lanes < 1 or lanes & (lanes - 1) or lanes > 32:
+        raise ValueError(f"TAP_LANES: expected a power of two from 1 to 32, got {lanes}")
+    while n_taps % lanes:
+        lanes //= 2
+    return lanes
+
+
+def _names(ctype: str, lanes: dict[str, int]) -> dict[tuple[str, str], str]:
     """(kernel, count dtype or interpolation or '') -> template name expression."""
     names = {(name, ""): f"{name}<{ctype}>" for name in KERNELS}
     for name in TAP_KERNELS:
         for kind in shift.INTERPOLATIONS:
-            names[(name, kind)] = f"{name}<{ctype}, {len(shift.taps(kind))}>"
+            n_taps = len(shift.taps(kind))
+            split = tap_lanes(n_taps, lanes[name])
+            names[(name, kind)] = f"{name}<{ctype}, {n_taps}, {split}>"
     for name in COUNT_KERNELS:
         for dtype, count_ctype in ((ctype, ctype), *COUNT_TYPES.items()):
             key = "" if dtype == ctype else dtype
@@ -90,8 +108,11 @@ def _names(ctype: str) -> dict[tuple[str, str], str]:
 
 
 @functools.cache
-def _module(real: str) -> tuple[dict[tuple[str, str], Any], bool]:
-    """Compiled kernels for ``real`` and whether they use vector atomics.
+def _module(
+    real: str, lanes: tuple[tuple[str, int], ...]
+) -> tuple[dict[tuple[str, str], Any], bool]:
+    """Compiled kernels for ``real`` (``lanes``: :data:`TAP_LANES`' items) and whether
+    they use vector atomics.
 
     Vector atomics (``atomicAdd(float4*)``) are tried in single precision on
     compute capability >= 9.0 and dropped if this toolkit's compiler lacks them.
@@ -99,7 +120,7 @@ def _module(real: str) -> tuple[dict[tuple[str, str], Any], bool]:
     import cupy
 
     ctype = {"float32": "float", "float64": "double"}[real]
-    names = _names(ctype)
+    names = _names(ctype, dict(lanes))
     capability = int(cupy.cuda.Device().compute_capability)
     tries = [False]
     if real == "float32" and capability >= VECTOR_ATOMICS_CC:
@@ -143,7 +164,10 @@ class CudaOperators:
         self.interpolation = interpolation
         self.max_chunk_pixels = max_chunk_pixels
         self._complex = np.result_type(real_dtype, np.complex64)
-        self._kernels, self.vector_atomics = _module(real_dtype)
+        n_taps = len(shift.taps(interpolation))
+        #: threads a frame pixel's taps are split over, per frame-loop kernel
+        self.tap_lanes = {name: tap_lanes(n_taps, TAP_LANES[name]) for name in TAP_KERNELS}
+        self._kernels, self.vector_atomics = _module(real_dtype, tuple(TAP_LANES.items()))
         self._real = np.dtype(real_dtype).type
         #: unitary FFT scale, applied inside the kernels next to each transform
         self._scale = self._real(1 / np.sqrt(frame_shape[0] * frame_shape[1]))
@@ -179,7 +203,8 @@ class CudaOperators:
         self._kernels[(name, key)]((blocks,), (THREADS,), args)
 
     def _launch_frames(self, name: str, n_frames: int, frames_per_block: int, args: tuple) -> None:
-        """A frame-loop kernel: one thread per frame pixel, a block per group of frames."""
+        """A frame-loop kernel: ``tap_lanes[name]`` threads per frame pixel, a block per
+        group of frames."""
         if n_frames == 0:
             return
         if not 0 < frames_per_block <= MAX_BLOCK_FRAMES:
@@ -187,7 +212,8 @@ class CudaOperators:
                 f"{name}: frames per block must be 1..{MAX_BLOCK_FRAMES}, got {frames_per_block}"
             )
         rows, cols = self.frame_shape
-        grid = ((rows * cols + THREADS - 1) // THREADS, -(-n_frames // frames_per_block))
+        threads = rows * cols * self.tap_lanes[name]
+        grid = ((threads + THREADS - 1) // THREADS, -(-n_frames // frames_per_block))
         self._kernels[(name, self.interpolation)](grid, (THREADS,), args)
 
     def _frame_args(self, frames: slice) -> tuple[int, Any, tuple]:
