@@ -46,7 +46,7 @@ NULL = np.uint64(0)
 #: probe-gradient tap pixel (16 bytes)
 VECTOR_ATOMICS_CC = 90
 #: frames one thread block works through in the frame-loop kernels
-FRAMES_PER_BLOCK = 16
+FRAMES_PER_BLOCK = 64
 #: frames a block sums the probe gradient's tap terms over before adding them to the
 #: tap accumulator (fewer: more atomics; more: fewer blocks in flight)
 PROBE_FRAMES_PER_BLOCK = 128
