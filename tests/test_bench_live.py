@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from subprocess_support import run_python
 
-from bluesky_ptycho.tools.bench_live import LiveBench, bench_live, frame_latencies_s
+from bluesky_ptycho.tools.bench_live import (
+    LiveBench,
+    bench_live,
+    frame_latencies_s,
+    option_flags,
+)
 
 #: 300 frames of 64 x 64 at 500 Hz, 30 refinement iterations: NRMSE 0.021-0.027 as delivered
 #: in three runs on a loaded 2-core CPU (2026-12-01); with 18 refinement iterations 0.109,
@@ -80,6 +85,16 @@ def test_result_round_trips_through_json(measured):
     assert LiveBench(**{k: v for k, v in loaded.items() if k in names}) == measured
     assert loaded["date"] and loaded["commit"] and loaded["device"]
     assert loaded["command"].startswith("bluesky-ptycho bench-live --frames 300")
+
+
+def test_recorded_command_gives_the_callback_options_again():
+    from bluesky_ptycho.cli import build_parser
+
+    options = {"refine_seconds": 2.6, "scan_duty_cycle": 0.5, "frame_storage": "stacks"}
+    flags = option_flags(options)
+    assert flags == " --refine-seconds 2.6 --duty-cycle 0.5 --frame-storage stacks"
+    args = build_parser().parse_args(["bench-live", *flags.split()])
+    assert (args.refine_seconds, args.duty_cycle, args.frame_storage) == (2.6, 0.5, "stacks")
 
 
 def test_command_runs_without_the_bluesky_stack(tmp_path):

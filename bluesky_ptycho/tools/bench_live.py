@@ -300,6 +300,7 @@ def bench_live(
             if snapshot_interval_s is not None
             else ""
         )
+        + option_flags(callback_options)
     )
     return LiveBench(
         frames_sent=n_frames,
@@ -347,6 +348,29 @@ def _versions(xp: Any) -> dict[str, str]:
         versions[xp.__name__] = str(getattr(xp, "__version__", "unknown"))
     versions["event_model"] = str(getattr(event_model, "__version__", "unknown"))
     return versions
+
+
+#: the ``bench-live`` flag of each callback keyword it passes on
+OPTION_FLAGS = {
+    "scan_duty_cycle": "--duty-cycle",
+    "frame_storage": "--frame-storage",
+    "calibrate": "--calibrate",
+    "defocus_sign": "--defocus-sign",
+    "refine_seconds": "--refine-seconds",
+}
+
+
+def option_flags(callback_options: dict[str, Any]) -> str:
+    """The ``bench-live`` flags (leading space each) that give ``callback_options``, so
+    the recorded command reproduces the run; keywords without a flag are left out
+    (they are in ``extra_options``)."""
+    return "".join(
+        f" {OPTION_FLAGS[name]} {value:g}"
+        if isinstance(value, float)
+        else f" {OPTION_FLAGS[name]} {value}"
+        for name, value in callback_options.items()
+        if name in OPTION_FLAGS
+    )
 
 
 def _json_value(value: Any) -> Any:
