@@ -87,14 +87,34 @@ def test_result_round_trips_through_json(measured):
     assert loaded["command"].startswith("bluesky-ptycho bench-live --frames 300")
 
 
-def test_recorded_command_gives_the_callback_options_again():
+def test_recorded_command_gives_the_callback_options_again(monkeypatch):
+    """Flags -> the callback keywords bench-live passes on -> the flags it records."""
     from bluesky_ptycho.cli import build_parser
+    from bluesky_ptycho.commands import bench_live as command
+    from bluesky_ptycho.tools import bench_live as tool
 
-    options = {"refine_seconds": 2.6, "scan_duty_cycle": 0.5, "frame_storage": "stacks"}
-    flags = option_flags(options)
-    assert flags == " --refine-seconds 2.6 --duty-cycle 0.5 --frame-storage stacks"
-    args = build_parser().parse_args(["bench-live", *flags.split()])
-    assert (args.refine_seconds, args.duty_cycle, args.frame_storage) == (2.6, 0.5, "stacks")
+    flags = (
+        " --duty-cycle 0.5 --frame-storage stacks --calibrate defocus --defocus-sign -1"
+        " --refine-seconds 2.6"
+    )
+    passed = {}
+
+    def record(**keywords):
+        passed.update(keywords)
+        raise SystemExit  # the options are what this test is about, not the run
+
+    monkeypatch.setattr(tool, "bench_live", record)
+    with pytest.raises(SystemExit):
+        command.run(build_parser().parse_args(["bench-live", *flags.split()]))
+    options = {name: passed[name] for name in tool.OPTION_FLAGS}
+    assert options == {
+        "scan_duty_cycle": 0.5,
+        "frame_storage": "stacks",
+        "calibrate": "defocus",
+        "defocus_sign": -1,
+        "refine_seconds": 2.6,
+    }
+    assert option_flags(options) == flags
 
 
 def test_command_runs_without_the_bluesky_stack(tmp_path):

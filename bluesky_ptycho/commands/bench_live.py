@@ -98,12 +98,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..tools.bench_live import bench_live
+    from ..tools.bench_live import OPTION_FLAGS, bench_live
 
-    options = {} if args.duty_cycle is None else {"scan_duty_cycle": args.duty_cycle}
-    for name in ("frame_storage", "calibrate", "defocus_sign", "refine_seconds"):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
+    options = {}  # the callback keywords given, each from its flag (--duty-cycle: scan_duty_cycle)
+    for name, flag in OPTION_FLAGS.items():
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value is not None:
+            options[name] = value
     result = bench_live(
         n_frames=args.frames,
         frame_size=args.frame_size,

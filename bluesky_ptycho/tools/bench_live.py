@@ -350,7 +350,8 @@ def _versions(xp: Any) -> dict[str, str]:
     return versions
 
 
-#: the ``bench-live`` flag of each callback keyword it passes on
+#: the ``bench-live`` flag of each callback keyword it passes on (the command reads
+#: them with it, and the recorded command writes them back)
 OPTION_FLAGS = {
     "scan_duty_cycle": "--duty-cycle",
     "frame_storage": "--frame-storage",
