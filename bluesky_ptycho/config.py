@@ -101,6 +101,7 @@ FIELD_CHECKS: dict[str, validation.Check] = {
     "remove_object_ramp": validation.boolean(),
     "object_smoothness": validation.real("a finite number >= 0", lambda v: v >= 0),
     "frame_storage": validation.choice(FRAME_STORAGE),
+    "line_search_frames": validation.integer("an integer >= 0", lambda v: v >= 0),
 }
 
 
@@ -162,6 +163,11 @@ class ReconConfig:
         "farfields" (default: counts and model far fields, 0.66 MB a frame, four
         transforms), "counts" (counts only, 0.13 MB, five transforms) or "stacks"
         (far fields and the search direction's too, 1.70 MB, three transforms).
+    line_search_frames : most frames the line search reads (0: all). With more
+        frames it reads every k-th (``k = ceil(n / line_search_frames)``, the offset
+        moving on each iteration) and scales its sums to all frames; the gradient and
+        the likelihood always cover every frame. With "farfields" or "counts" this
+        saves most of the search direction's two transforms an iteration.
     """
 
     energy_kev: float
@@ -187,6 +193,7 @@ class ReconConfig:
     remove_object_ramp: bool = False
     object_smoothness: float = 0.0
     frame_storage: str = "farfields"
+    line_search_frames: int = 0
 
     def __post_init__(self) -> None:
         for name in FIELD_CHECKS:

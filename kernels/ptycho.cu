@@ -131,27 +131,40 @@ __device__ inline double reciprocal_sqrt(double x) { return 1.0 / sqrt(x); }
 // L is Poisson's or, with `amplitude`, the amplitude model's (engine/poisson.py:
 // weight 1 - sqrt(n / I), curvature coefficient sqrt(n) / (2 I^1.5)).
 // A thread sums its grid-stride share (a few hundred pixels) in the real type,
-// then the block sums in double.
+// then the block sums in double. The stacks may be views of every k-th frame of
+// larger ones: frame f of the far fields, of the direction's (linear and quadratic)
+// and of the counts starts at pixel f * stride * frame_size, each with its own
+// stride in frames (1: contiguous); `size` counts the pixels of the frames viewed.
 template <typename R, typename C>
 __global__ void line_search_terms(const complex<R>* __restrict__ farfield,
                                   const complex<R>* __restrict__ linear,
                                   const complex<R>* __restrict__ quadratic,
                                   const C* __restrict__ counts, const R* __restrict__ steps,
-                                  double* out, index_t size, R eps, int amplitude) {
+                                  double* out, index_t size, index_t frame_size,
+                                  int farfield_stride, int direction_stride, int counts_stride,
+                                  R eps, int amplitude) {
   R tau[LINE_SEARCH_SAMPLES], slope[LINE_SEARCH_SAMPLES], curvature[LINE_SEARCH_SAMPLES];
 #pragma unroll
   for (int s = 0; s < LINE_SEARCH_SAMPLES; ++s) {
     tau[s] = steps[s];
     slope[s] = curvature[s] = 0;
   }
+  const bool strided = farfield_stride != 1 || direction_stride != 1 || counts_stride != 1;
 #pragma unroll 2
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
-    const R n = count_value<R>(counts[i]);
+    index_t ia = i, ib = i, in = i;
+    if (strided) {
+      const index_t f = i / frame_size, p = i - f * frame_size;
+      ia = f * farfield_stride * frame_size + p;
+      ib = f * direction_stride * frame_size + p;
+      in = f * counts_stride * frame_size + p;
+    }
+    const R n = count_value<R>(counts[in]);
     if (n < 0) continue;
     const R root = sqrt(n);  // amplitude model only
-    const complex<R> a = farfield[i], b = linear[i];
-    const complex<R> c = quadratic == nullptr ? complex<R>(0, 0) : quadratic[i];
+    const complex<R> a = farfield[ia], b = linear[ib];
+    const complex<R> c = quadratic == nullptr ? complex<R>(0, 0) : quadratic[ib];
 #pragma unroll
     for (int s = 0; s < LINE_SEARCH_SAMPLES; ++s) {
       const complex<R> model = a + tau[s] * b + (tau[s] * tau[s]) * c;

@@ -94,7 +94,8 @@ def test_recorded_command_gives_the_callback_options_again(monkeypatch):
     from bluesky_ptycho.tools import bench_live as tool
 
     flags = (
-        " --duty-cycle 0.5 --frame-storage stacks --calibrate defocus --defocus-sign -1"
+        " --duty-cycle 0.5 --frame-storage stacks --line-search-frames 512 --calibrate defocus"
+        " --defocus-sign -1"
         " --refine-seconds 2.6"
     )
     passed = {}
@@ -110,6 +111,7 @@ def test_recorded_command_gives_the_callback_options_again(monkeypatch):
     assert options == {
         "scan_duty_cycle": 0.5,
         "frame_storage": "stacks",
+        "line_search_frames": 512,
         "calibrate": "defocus",
         "defocus_sign": -1,
         "refine_seconds": 2.6,

@@ -160,6 +160,8 @@ def test_non_finite_and_negative_pixels_are_excluded_not_fatal(scan):
         ("x_direction", 2),
         ("dtype", "float16"),
         ("probe_hold_iterations", -1),
+        ("line_search_frames", -1),
+        ("line_search_frames", 2.5),
         ("mask", np.ones((3, 3))),
     ],
 )

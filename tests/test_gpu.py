@@ -92,7 +92,7 @@ def test_farfields_and_direction_farfields(pair):
     real = fused.real_dtype
     probe, dprobe = rand(rng, SHAPE, real), rand(rng, SHAPE, real)
     obj, dobj = rand(rng, OBJECT_SHAPE, real), rand(rng, OBJECT_SHAPE, real)
-    for frames in (slice(5, None), slice(3, 11)):
+    for frames in (slice(5, None), slice(3, 11), slice(2, None, 3)):
         want = array.farfields(array.taps(probe), obj, frames)
         assert close(fused.farfields(fused.taps(probe), obj, frames), want, real)
     for dp in (None, dprobe):
@@ -102,6 +102,12 @@ def test_farfields_and_direction_farfields(pair):
         assert (quad_f is None) == (quad_a is None)
         if quad_a is not None:
             assert close(quad_f, quad_a, real)
+    # every third frame (the line search's sample): those frames of all
+    taps, dtaps = fused.taps(probe), fused.taps(dprobe)
+    lin_f, quad_f = fused.direction_farfields(taps, dtaps, obj, dobj, slice(1, None, 3))
+    lin_a, quad_a = direction_farfields(array, probe, dprobe, obj, dobj)
+    assert lin_f.shape[0] == len(range(1, N_FRAMES, 3))
+    assert close(lin_f, lin_a[1::3], real) and close(quad_f, quad_a[1::3], real)
 
 
 @pytest.mark.parametrize("model", poisson.NOISE_MODELS)
@@ -127,6 +133,36 @@ def test_poisson_gradient_and_line_search_terms(pair, compact, model):
         terms_f = fused.line_search_sums(a, b, quad, counts, steps, model).get()
         terms_a = array.line_search_sums(a, b, quad, counts, steps, model).get()
         np.testing.assert_allclose(terms_f, terms_a, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["stacks", "farfields", "counts"])
+def test_line_search_terms_on_every_kth_frame(pair, layout):
+    # what each storage's sampled line search passes (frame_storage): views of every
+    # third stored frame, the direction's made for those frames alone, a made anew
+    import cupy
+
+    from bluesky_ptycho.engine import counts as count_store
+
+    fused, array, rng = pair
+    real = fused.real_dtype
+    a, b, c = (rand(rng, (N_FRAMES, *SHAPE), real) for _ in range(3))
+    counts = cupy.asarray(rng.poisson(3.0, (N_FRAMES, *SHAPE)).astype(real))
+    counts[3, :2] = -1
+    counts = count_store.encode(counts, count_store.COMPACT_DTYPE)
+    sample = slice(0, None, 3)
+    views = {
+        "stacks": (a[sample], b[sample], c[sample]),
+        "farfields": (a[sample], b[sample].copy(), c[sample].copy()),
+        "counts": (a[sample].copy(), b[sample].copy(), c[sample].copy()),
+    }[layout]
+    steps = [0.3 * value for value in poisson.LINE_SEARCH_SAMPLES]
+    for model in poisson.NOISE_MODELS:
+        got = fused.line_search_sums(*views, counts[sample], steps, model).get()
+        copies = (a[sample].copy(), b[sample].copy(), c[sample].copy(), counts[sample].copy())
+        want = array.line_search_sums(*copies, steps, model).get()
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+    with pytest.raises(ValueError, match="one frame stride"):
+        fused.line_search_sums(a[sample], b[sample], c[sample].copy(), counts[sample], steps)
 
 
 @pytest.mark.parametrize("probe_terms", [False, True])
@@ -253,6 +289,23 @@ def test_cupy_matches_numpy_and_reaches_target():
         assert diff <= 1e-3 * np.linalg.norm(want), name
     recs["cupy"].iterate(38)
     assert snapshot_nrmse(recs["cupy"].snapshot(), scan.sample.object, scan.sample.origin_m) <= 0.10
+
+
+@pytest.mark.parametrize("storage", ["stacks", "farfields"])
+def test_cupy_matches_numpy_with_the_line_search_on_every_fourth_frame(storage):
+    scan = simulate_scan(n_frames=200, seed=0)
+    config = scan.config.replace(line_search_frames=50, frame_storage=storage)
+    snaps = {}
+    for backend in ("numpy", "cupy"):
+        rec = Reconstructor(config, backend=backend)
+        rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
+        rec.iterate(2)
+        assert rec._passes[0]._sample == slice(1, 200, 4)  # the second iteration's
+        snaps[backend] = rec.snapshot(live=False)
+    for name in ("object", "probe"):
+        want = getattr(snaps["numpy"], name)
+        diff = np.linalg.norm(getattr(snaps["cupy"], name) - want)
+        assert diff <= 1e-3 * np.linalg.norm(want), name
 
 
 def test_the_callback_budgets_the_gpu_memory_on_cupy():

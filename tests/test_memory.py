@@ -74,14 +74,16 @@ def test_work_buffers_are_reused_between_iterations(storage):
     assert {name: id(buffer) for name, buffer in rec._stores[0].work._buffers.items()} == buffers
 
 
-@pytest.mark.parametrize("parts", [1, 3])
-def test_every_storage_reconstructs_the_same(parts):
+@pytest.mark.parametrize(("parts", "line_search_frames"), [(1, 0), (3, 0), (1, 25), (3, 13)])
+def test_every_storage_reconstructs_the_same(parts, line_search_frames):
     """The storages differ in what they keep, not in what they compute (in double
     precision: in single, rounding moves a conjugate-gradient path within a few
     iterations); also when frames join between iterations, where the stored far
-    fields take the last step before new frames grow their stacks (``"stacks"``)."""
+    fields take the last step before new frames grow their stacks (``"stacks"``),
+    and with the line search on every k-th frame (views of the stored stacks with
+    ``"stacks"``, chunks made of those frames alone otherwise)."""
     scan = simulate_scan(n_frames=60, seed=4)
-    config = scan.config.replace(dtype="complex128")
+    config = scan.config.replace(dtype="complex128", line_search_frames=line_search_frames)
     results = {}
     for storage in STORAGE_CASES:
         rec = Reconstructor(config.replace(frame_storage=storage), backend="numpy")

@@ -255,6 +255,28 @@ def test_chunked_stages_match_one_chunk(xp, monkeypatch):
     np.testing.assert_allclose(to_host(chunked), to_host(terms), rtol=1e-12)
 
 
+def test_stages_on_every_kth_frame_match_those_frames_of_all(xp, monkeypatch):
+    # the line search on a sample of the frames (ReconConfig.line_search_frames) works
+    # on strided frame slices, also across chunks
+    from bluesky_ptycho.engine import operators
+
+    ops, probe, obj, rng = operator_case(xp, n=11)
+    dprobe, dobj = random_complex(xp, probe.shape, "complex128", rng), obj[::-1].copy()
+    taps, dtaps = ops.taps(probe), ops.taps(dprobe)
+    farfields = ops.farfields(taps, obj, slice(None))
+    linear, quadratic = ops.direction_farfields(taps, dtaps, obj, dobj, slice(None))
+    monkeypatch.setattr(operators, "CHUNK_PIXELS", 2 * ops.frame_shape[0] * ops.frame_shape[1])
+    for frames in (slice(1, None, 3), slice(2, 10, 4)):
+        got = ops.farfields(taps, obj, frames)
+        assert got.shape[0] == len(range(*frames.indices(11)))
+        np.testing.assert_allclose(to_host(got), to_host(farfields[frames]), atol=1e-12)
+        got_linear, got_quadratic = ops.direction_farfields(taps, dtaps, obj, dobj, frames)
+        np.testing.assert_allclose(to_host(got_linear), to_host(linear[frames]), atol=1e-12)
+        np.testing.assert_allclose(to_host(got_quadratic), to_host(quadratic[frames]), atol=1e-12)
+    chunks = list(operators.strided_chunks(slice(1, None, 3), 11, ops.frame_shape))
+    assert chunks == [(slice(1, 7, 3), slice(0, 2)), (slice(7, 13, 3), slice(2, 4))]
+
+
 def test_outputs_go_into_the_buffers_given(xp):
     ops, probe, obj, _ = operator_case(xp)
     buffer = xp.zeros((9, *ops.frame_shape), "complex128")

@@ -16,6 +16,7 @@ from ._options import (
     PRECISIONS,
     default_step_fraction,
     device_list,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -94,6 +95,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="farfields",
         help="what the engine keeps per frame (ReconConfig.frame_storage; farfields)",
     )
+    parser.add_argument(
+        "--line-search-frames",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="most frames the line search reads (ReconConfig.line_search_frames; "
+        "0: all; default: the configuration's)",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     parser.set_defaults(run=run)
 
@@ -116,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         profile_iterations=args.profile,
         gpus=args.gpus,
         frame_storage=args.frame_storage,
+        line_search_frames=args.line_search_frames,
     )
     if args.json:
         path = Path(args.json)

@@ -81,6 +81,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="ReconConfig.frame_storage: what the engine keeps per frame (farfields)",
     )
     parser.add_argument(
+        "--line-search-frames",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="ReconConfig.line_search_frames: most frames the line search reads (0: all)",
+    )
+    parser.add_argument(
         "--calibrate",
         choices=CALIBRATE_CHOICES,
         default=None,

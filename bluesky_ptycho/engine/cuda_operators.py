@@ -65,6 +65,21 @@ def _optional(array: Any) -> Any:
     return NULL if array is None else array
 
 
+def _frame_stride(stack: Any) -> int:
+    """Frames from one frame of the (n, M, N) ``stack`` to the next in memory (1:
+    contiguous). Each frame must be contiguous: the kernels read it so."""
+    if stack.shape[0] <= 1:
+        return 1
+    rows, cols = stack.shape[1:]
+    frame_bytes = rows * cols * stack.itemsize
+    stride = stack.strides[0]
+    if tuple(stack.strides[1:]) != (cols * stack.itemsize, stack.itemsize) or (
+        stride <= 0 or stride % frame_bytes
+    ):
+        raise ValueError(f"expected a stack of contiguous frames, got strides {stack.strides}")
+    return stride // frame_bytes
+
+
 def _amplitude_flag(noise_model: str) -> np.int32:
     """The kernels' ``amplitude`` argument for a noise model of :mod:`.poisson`."""
     if noise_model not in poisson.NOISE_MODELS:
@@ -217,11 +232,13 @@ class CudaOperators:
         self._kernels[(name, self.interpolation)](grid, (THREADS,), args)
 
     def _frame_args(self, frames: slice) -> tuple[int, Any, tuple]:
-        """Count, weights, and (corners, count, sizes) of the geometry's ``frames``."""
+        """Count, weights, and (corners, count, sizes) of the geometry's ``frames``
+        (any step: the kernels take contiguous copies of every k-th frame's)."""
         rows, cols = self.frame_shape
         n = frame_count(frames, self.n_frames)
-        return n, self.weights[frames], (
-            self._corners[frames],
+        contiguous = self.xp.ascontiguousarray
+        return n, contiguous(self.weights[frames]), (
+            contiguous(self._corners[frames]),
             np.int32(n),
             np.int32(rows),
             np.int32(cols),
@@ -387,6 +404,9 @@ class CudaOperators:
                 f"line_search_sums: the kernel evaluates {len(poisson.LINE_SEARCH_SAMPLES)} "
                 f"steps at once, got {len(steps)}"
             )
+        direction_stride = _frame_stride(linear)
+        if quadratic is not None and _frame_stride(quadratic) != direction_stride:
+            raise ValueError("line_search_sums: linear and quadratic must have one frame stride")
         self._sums.fill(0)
         self._launch(
             "line_search_terms",
@@ -399,6 +419,10 @@ class CudaOperators:
                 self.xp.asarray(steps, dtype=self.real_dtype),
                 self._sums,
                 np.int64(farfield.size),
+                np.int64(self.frame_shape[0] * self.frame_shape[1]),
+                np.int32(_frame_stride(farfield)),
+                np.int32(direction_stride),
+                np.int32(_frame_stride(counts)),
                 self._real(poisson.EPS_PHOTONS),
                 _amplitude_flag(noise_model),
             ),

@@ -36,10 +36,12 @@ class EngineOperators(Protocol):
     """What the reconstructor needs from an operator implementation.
 
     ``taps`` arguments take :meth:`taps` of a probe (made once per iteration, not
-    per chunk); ``frames`` arguments are slices of the geometry's frames, and
-    the stacks that go with them hold just those frames; ``counts`` take the
-    stored form of :mod:`.counts`; ``out`` arguments are optional (n, M, N)
-    complex buffers the result is written into and returned.
+    per chunk); ``frames`` arguments are slices of the geometry's frames (a step
+    takes every k-th frame), and the stacks that go with them hold just those
+    frames; ``counts`` take the stored form of :mod:`.counts`; ``out`` arguments
+    are optional (n, M, N) complex buffers the result is written into and
+    returned. The stacks :meth:`line_search_sums` takes may be views of every
+    k-th frame of larger stacks (each frame contiguous).
     """
 
     frame_shape: tuple[int, int]
@@ -126,6 +128,16 @@ def frame_chunks(
     step = max(1, (max_pixels or CHUNK_PIXELS) // (frame_shape[0] * frame_shape[1]))
     for first in range(start, stop, step):
         yield slice(first, min(first + step, stop))
+
+
+def strided_chunks(
+    frames: slice, n_frames: int, frame_shape: tuple[int, int], max_pixels: int | None = None
+) -> Iterator[tuple[slice, slice]]:
+    """(frames of a stack of ``n_frames``, the same frames counted within ``frames``) of
+    each chunk of :func:`frame_chunks` over the frames ``frames`` selects (any step)."""
+    first, _, step = frames.indices(n_frames)
+    for local in frame_chunks(0, frame_count(frames, n_frames), frame_shape, max_pixels):
+        yield slice(first + local.start * step, first + local.stop * step, step), local
 
 
 def chunk_pixels(n_frames: int, frame_shape: tuple[int, int], max_pixels: int | None = None) -> int:
@@ -229,10 +241,8 @@ class ArrayOperators:
         return shift.tap_stack(probe, self.interpolation)
 
     def _chunks(self, frames: slice) -> Iterator[tuple[slice, slice]]:
-        """(geometry frames, stack frames) of each chunk of ``frames``."""
-        first, stop, _ = frames.indices(self.n_frames)
-        for chunk in frame_chunks(first, stop, self.frame_shape, self.max_chunk_pixels):
-            yield chunk, slice(chunk.start - first, chunk.stop - first)
+        """(geometry frames, stack frames) of each chunk of ``frames`` (any step)."""
+        return strided_chunks(frames, self.n_frames, self.frame_shape, self.max_chunk_pixels)
 
     def _probes(self, taps: Any, frames: slice) -> Any:
         return shift.weighted_sum(self.weights[frames], taps).reshape(-1, *self.frame_shape)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .frames import FrameStore
-from .operators import chunk_pixels, frame_chunks
+from .operators import chunk_pixels, frame_count, strided_chunks
 
 #: ReconConfig.frame_storage choices, and the complex stacks each keeps per frame
 FRAME_STORAGE_STACKS = {"stacks": 3, "farfields": 1, "counts": 0}
@@ -47,15 +47,27 @@ class FramePasses:
     store's device); ``line_search_sums(steps)`` returns ``[L'(t), L''(t)]`` at
     the steps; ``advance(tau)`` follows the step taken. ``noise_model`` arguments name
     the noise model of :mod:`.poisson` the gradient and the line search fit.
+
+    ``line_search_frames`` (``ReconConfig.line_search_frames``; 0: all) caps the
+    frames a line search reads: every k-th frame, ``k = ceil(n / line_search_frames)``,
+    from an offset that moves on by one each iteration, its sums scaled by ``n`` over
+    the frames read (the gradient, the NLL and the slope at 0 cover every frame).
     """
 
-    def __init__(self, store: FrameStore, storage: str) -> None:
+    def __init__(self, store: FrameStore, storage: str, line_search_frames: int = 0) -> None:
         if storage not in FRAME_STORAGE_STACKS:
             raise ValueError(
                 f"frame_storage: expected one of {sorted(FRAME_STORAGE_STACKS)}, got {storage!r}"
             )
+        if not isinstance(line_search_frames, int) or line_search_frames < 0:
+            raise ValueError(
+                f"line_search_frames: expected an integer >= 0, got {line_search_frames!r}"
+            )
         self.store = store
         self.storage = storage
+        self.line_search_frames = line_search_frames
+        self._searches = 0  # line searches set up so far: the sample's offset
+        self._sample = slice(None)  # the frames this iteration's line search reads
         self._taps: Any = None
         self._direction: tuple[Any, Any, Any | None] | None = None  # (dobj, dtaps, stacks)
         self._pending_step: float | None = None  # taken, not yet applied to stored a
@@ -64,15 +76,24 @@ class FramePasses:
         """The work stack ``name`` for the chunk ``frames`` (chunk-sized, kept between
         iterations)."""
         store = self.store
-        size = frames.stop - frames.start
+        size = frame_count(frames, store.n)
         capacity = chunk_pixels(store.n, store.frame_shape, store.ops.max_chunk_pixels) // (
             store.frame_shape[0] * store.frame_shape[1]
         )
         return store.work.get(name, size, capacity)
 
-    def _chunks(self) -> Iterator[slice]:
+    def _chunks(self, frames: slice = slice(None)) -> Iterator[slice]:
+        """Chunks of the store's ``frames`` (all by default; any step)."""
         store = self.store
-        return frame_chunks(0, store.n, store.frame_shape, store.ops.max_chunk_pixels)
+        chunks = strided_chunks(frames, store.n, store.frame_shape, store.ops.max_chunk_pixels)
+        for chunk, _ in chunks:
+            yield chunk
+
+    def sample(self) -> slice:
+        """The frames the next line search reads (class docstring)."""
+        n, limit = self.store.n, self.line_search_frames
+        stride = 1 if limit == 0 or n <= limit else -(-n // limit)
+        return slice(self._searches % stride, n, stride)
 
     def gradient(
         self, probe_terms: bool, noise_model: str = "poisson"
@@ -112,6 +133,8 @@ class FramePasses:
         store, ops = self.store, self.store.ops
         self._take_step_alone()  # (normally the gradient pass has taken it already)
         dtaps = None if dprobe is None else ops.taps(dprobe)
+        self._sample = self.sample()
+        self._searches += 1
         stacks = None
         if self.storage == "stacks":
             quadratic = None
@@ -124,28 +147,39 @@ class FramePasses:
         self._direction = (dobj, dtaps, stacks)
 
     def line_search_sums(self, steps: list[float], noise_model: str = "poisson") -> Any:
-        """(len(steps), 2) float64 device array of L' and L'' over the store's frames."""
+        """(len(steps), 2) float64 device array of L' and L'' over the store's frames
+        (estimated from the frames of :meth:`sample` when those are not all)."""
         store, ops = self.store, self.store.ops
         dobj, dtaps, stacks = self._require_direction()
-        n = store.n
+        sample, n = self._sample, store.n
         if stacks is not None:
-            return ops.line_search_sums(
-                store.farfield[:n], *stacks, store.counts[:n], steps, noise_model
+            linear, quadratic = stacks
+            total = ops.line_search_sums(
+                store.farfield[:n][sample],
+                linear[sample],
+                None if quadratic is None else quadratic[sample],
+                store.counts[:n][sample],
+                steps,
+                noise_model,
             )
-        total = store.xp.zeros((len(steps), 2), "float64")
-        for frames in self._chunks():
-            quadratic = None if dtaps is None else self._chunk("c", frames)
-            linear, quadratic = ops.direction_farfields(
-                self._taps, dtaps, store.object, dobj, frames, (self._chunk("b", frames), quadratic)
-            )
-            if self.storage == "counts":
-                farfield = ops.farfields(self._taps, store.object, frames, self._chunk("a", frames))
-            else:
-                farfield = store.farfield[frames]
-            total += ops.line_search_sums(
-                farfield, linear, quadratic, store.counts[frames], steps, noise_model
-            )
-        return total
+        else:
+            total = store.xp.zeros((len(steps), 2), "float64")
+            for frames in self._chunks(sample):
+                quadratic = None if dtaps is None else self._chunk("c", frames)
+                buffers = (self._chunk("b", frames), quadratic)
+                linear, quadratic = ops.direction_farfields(
+                    self._taps, dtaps, store.object, dobj, frames, buffers
+                )
+                if self.storage == "counts":
+                    a_chunk = self._chunk("a", frames)
+                    farfield = ops.farfields(self._taps, store.object, frames, a_chunk)
+                else:
+                    farfield = store.farfield[frames]
+                total += ops.line_search_sums(
+                    farfield, linear, quadratic, store.counts[frames], steps, noise_model
+                )
+        read = frame_count(sample, n)
+        return total if read == n else total * (n / read)
 
     def advance(self, tau: float) -> None:
         """Follow a step ``tau`` along the direction: the stored ``a`` moves with it

@@ -153,7 +153,10 @@ class Reconstructor:
             FrameStore(self.xp, device, config.frame_shape, self._complex, make_ops, keep_farfields)
             for device in devices
         ]
-        self._passes = [passes.FramePasses(store, config.frame_storage) for store in self._stores]
+        self._passes = [
+            passes.FramePasses(store, config.frame_storage, config.line_search_frames)
+            for store in self._stores
+        ]
         self._collectives = make_collectives(self._stores, collectives)
         self._stripe_edges: np.ndarray | None = None  # partition boundaries (object rows)
         self._balanced_frames = 0  # frames when the stripes were last drawn

@@ -99,6 +99,7 @@ def benchmark(
     profile_iterations: int = 0,
     gpus: Sequence[int] | None = None,
     frame_storage: str = "farfields",
+    line_search_frames: int | None = None,
     report: Any = print,
 ) -> dict[str, Any]:
     """Run the benchmark; ``report`` receives each printed line. Returns the results.
@@ -106,7 +107,8 @@ def benchmark(
     With ``profile_iterations`` > 0, :func:`stage_profile` runs that many more
     iterations after the timed ones (not counted in the throughput). ``gpus``:
     the frames are partitioned over these CUDA devices (``Reconstructor(gpus=...)``).
-    ``frame_storage``: ``ReconConfig.frame_storage``.
+    ``frame_storage``, ``line_search_frames``: those ``ReconConfig`` fields (None:
+    the default).
     """
     import numpy as np
 
@@ -122,6 +124,8 @@ def benchmark(
     xp = get_array_module(backend)
     config = default_config(frame_size, dtype=PRECISIONS[precision])
     config = config.replace(frame_storage=frame_storage)
+    if line_search_frames is not None:
+        config = config.replace(line_search_frames=line_search_frames)
 
     started = time.perf_counter()
     if step_fraction is None:
@@ -147,7 +151,8 @@ def benchmark(
     report(
         f"bench: {n_frames} frames of {frame_size}x{frame_size}, {scan}, backend {rec.backend} "
         f"on {device}{f' x {len(gpus)} (gpus {list(gpus)})' if gpus else ''}, "
-        f"{precision} precision, frame storage {frame_storage}"
+        f"{precision} precision, frame storage {frame_storage}, "
+        f"line search on at most {config.line_search_frames or 'all'} frames"
     )
     report(
         f"simulation {simulate_s:.2f} s, setup (engine + add_frames) {setup_s:.2f} s, "
@@ -204,6 +209,7 @@ def benchmark(
         + f" --precision {precision} --seed {seed}"
         + (f" --gpus {','.join(str(g) for g in gpus)}" if gpus else "")
         + f" --frame-storage {frame_storage}"
+        + f" --line-search-frames {config.line_search_frames}"
     )
     return {
         "command": command,
@@ -218,6 +224,7 @@ def benchmark(
         "frames": n_frames,
         "precision": precision,
         "frame_storage": frame_storage,
+        "line_search_frames": config.line_search_frames,
         "scan": scan,
         "step_fraction": step_fraction,
         "photons_per_frame": photons_per_frame,

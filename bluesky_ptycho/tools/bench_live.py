@@ -355,6 +355,7 @@ def _versions(xp: Any) -> dict[str, str]:
 OPTION_FLAGS = {
     "scan_duty_cycle": "--duty-cycle",
     "frame_storage": "--frame-storage",
+    "line_search_frames": "--line-search-frames",
     "calibrate": "--calibrate",
     "defocus_sign": "--defocus-sign",
     "refine_seconds": "--refine-seconds",
