@@ -314,7 +314,7 @@ __global__ void waves(const complex<R>* __restrict__ taps, const complex<R>* __r
 // into tap_acc (4 reals per tap pixel: re, im of the gradient, power, unused):
 //   sum_j w_jk conj(O_j(p)) chi_j(p),  sum_j w_jk |O_j(p)|^2
 // (combined and shifted back on the host side), each lane its own taps' sums. With
-// `chi` null only the illumination is accumulated; with `illumination` null it is not.
+// `chi` null only the illumination is accumulated.
 template <typename R, int K, int LANES>
 __global__ void object_gradient(const complex<R>* __restrict__ chi,
                                 const complex<R>* __restrict__ taps,
@@ -337,7 +337,7 @@ __global__ void object_gradient(const complex<R>* __restrict__ chi,
   const bool with_chi = chi != nullptr, probe_terms = with_chi && tap_acc != nullptr;
   // a pixel's lanes share its atomics: the illumination on the first lane, the
   // gradient on the last (one thread when LANES is 1)
-  const bool adds_illumination = active && lane == 0 && illumination != nullptr;
+  const bool adds_illumination = active && lane == 0;
   const bool adds_gradient = active && lane == LANES - 1;
   complex<R> t[KL], gsum[KL];
   R psum[KL];

@@ -6,18 +6,11 @@ from typing import Any
 
 
 def object_gradient(
-    ops: Any,
-    chi: Any,
-    probe: Any,
-    obj: Any,
-    probe_terms: bool,
-    chunk_frames: int | None = None,
-    illumination: bool = True,
+    ops: Any, chi: Any, probe: Any, obj: Any, probe_terms: bool, chunk_frames: int | None = None
 ) -> tuple[Any, Any, Any, Any]:
     """``(g_O, illumination, g_P, probe_power)`` over all frames, added ``chunk_frames``
-    at a time (all at once by default), as the engine's passes add them (without
-    ``illumination``: not summed, None)."""
-    taps, sums = ops.taps(probe), ops.gradient_sums(probe_terms, illumination)
+    at a time (all at once by default), as the engine's passes add them."""
+    taps, sums = ops.taps(probe), ops.gradient_sums(probe_terms)
     step = chunk_frames or ops.n_frames
     for first in range(0, ops.n_frames, step):
         frames = slice(first, min(first + step, ops.n_frames))

@@ -233,31 +233,3 @@ def test_amplitude_iterations_follow_each_addition_of_frames():
     poisson_only.add_frames(scan.frames, scan.x_motor, scan.y_motor)
     poisson_only.iterate(2)
     assert [h["noise_model"] for h in poisson_only.snapshot().metrics["history"]] == ["poisson"] * 2
-
-
-def test_the_illumination_is_summed_every_few_iterations_and_when_frames_join(monkeypatch):
-    from bluesky_ptycho.engine import passes, reconstructor
-
-    scan = simulate_scan(n_frames=40, seed=3)
-    summed = []
-    gradient = passes.FramePasses.gradient
-
-    def spy(self, probe_terms, noise_model="poisson", illumination=True):
-        summed.append(illumination)
-        return gradient(self, probe_terms, noise_model, illumination)
-
-    monkeypatch.setattr(passes.FramePasses, "gradient", spy)
-    assert reconstructor.ILLUMINATION_EVERY == 2
-    rec = Reconstructor(scan.config, backend="numpy")
-    rec.add_frames(scan.frames[:30], scan.x_motor[:30], scan.y_motor[:30])
-    rec.iterate(5)
-    rec.add_frames(scan.frames[30:], scan.x_motor[30:], scan.y_motor[30:])
-    rec.iterate(3)
-    assert summed == [True, False, True, False, True, True, False, True]
-    # the iteration that reuses one takes the one summed last: the probe's of then
-    last = rec._illumination
-    rec.iterate(1)
-    assert summed[-1] is False and rec._illumination is last
-    rec.restore(rec.object, rec.probe)
-    rec.iterate(1)
-    assert summed[-1] is True

@@ -315,13 +315,13 @@ class CudaOperators:
         self._inverse(out)
         return self._sums[:1].copy(), out
 
-    def gradient_sums(self, probe_terms: bool, illumination: bool = True) -> list[Any]:
-        """[object gradient (H, W) complex, illumination (H, W) real or None, tap
-        accumulator (K, M, N, 4) or None]: the first two are the results, not copied out."""
+    def gradient_sums(self, probe_terms: bool) -> list[Any]:
+        """[object gradient (H, W) complex, illumination (H, W) real, tap accumulator
+        (K, M, N, 4) or None]: the first two are the results, not copied out."""
         xp = self.xp
         return [
             xp.zeros(self.object_shape, self._complex),
-            xp.zeros(self.object_shape, self.real_dtype) if illumination else None,
+            xp.zeros(self.object_shape, self.real_dtype),
             self._tap_accumulator() if probe_terms else None,
         ]
 
@@ -333,8 +333,8 @@ class CudaOperators:
             "object_gradient",
             n,
             per_block,
-            (chi, taps, weights, obj, *geometry, np.int32(per_block), grad,
-             _optional(illumination), _optional(tap_acc)),  # fmt: skip
+            (chi, taps, weights, obj, *geometry, np.int32(per_block), grad, illumination,
+             _optional(tap_acc)),  # fmt: skip
         )
 
     def gradients(self, sums: Any) -> tuple[Any, Any, Any, Any]:

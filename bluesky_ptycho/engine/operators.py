@@ -79,18 +79,17 @@ class EngineOperators(Protocol):
         The NLL may be a one-element float64 device array, read only once needed
         (``float(nll)``), so several devices' work can be queued first."""
 
-    def gradient_sums(self, probe_terms: bool, illumination: bool = True) -> Any:
-        """Zeroed accumulators for :meth:`add_object_gradient` (implementation's own);
-        without ``illumination`` the illumination is not accumulated (None below)."""
+    def gradient_sums(self, probe_terms: bool) -> Any:
+        """Zeroed accumulators for :meth:`add_object_gradient` (implementation's own)."""
 
     def add_object_gradient(self, sums: Any, chi: Any, taps: Any, obj: Any, frames: slice) -> None:
         """Add the object and (with probe terms) probe gradient terms of ``frames``,
         whose exit-wave gradients ``chi`` holds, to ``sums``."""
 
     def gradients(self, sums: Any) -> tuple[Any, Any, Any, Any]:
-        """``(g_O, illumination, g_P, probe_power)`` from ``sums``; the illumination None
-        when not accumulated, the last two None without probe terms (g_P = sum shift^T
-        conj(O_j) chi_j, probe_power = sum shift^T |O_j|^2)."""
+        """``(g_O, illumination, g_P, probe_power)`` from ``sums``; the last two None
+        without probe terms (g_P = sum shift^T conj(O_j) chi_j, probe_power =
+        sum shift^T |O_j|^2)."""
 
     def illumination(self, taps: Any) -> Any:
         """``sum_j scatter_j |P_j|^2`` over all frames: object-shaped, real."""
@@ -277,13 +276,13 @@ class ArrayOperators:
             transform(xp, out[chunk], inverse=True)
         return nll, out
 
-    def gradient_sums(self, probe_terms: bool, illumination: bool = True) -> list[Any]:
-        """[g_O, illumination, per-tap g_P, per-tap power] (the illumination None
-        without ``illumination``, the last two without probe terms)."""
+    def gradient_sums(self, probe_terms: bool) -> list[Any]:
+        """[g_O, illumination, per-tap g_P, per-tap power] (the last two None without
+        probe terms)."""
         xp = self.xp
         sums = [
             xp.zeros(self.object_shape, self._complex),
-            xp.zeros(self.object_shape, self.real_dtype) if illumination else None,
+            xp.zeros(self.object_shape, self.real_dtype),
             None,
             None,
         ]
@@ -298,8 +297,7 @@ class ArrayOperators:
         for chunk, local in self._chunks(frames):
             probes, indices = self._probes(taps, chunk), self._indices[chunk]
             grad += patches.scatter_add(xp.conj(probes) * chi[local], indices, self.object_shape)
-            if illumination is not None:
-                illumination += patches.scatter_add(_power(probes), indices, self.object_shape)
+            illumination += patches.scatter_add(_power(probes), indices, self.object_shape)
             if grad_taps is not None:
                 views = patches.extract(obj, indices)
                 grad_taps += shift.tap_sums(xp.conj(views) * chi[local], self.weights[chunk])

@@ -96,10 +96,9 @@ class FramePasses:
         return slice(self._searches % stride, n, stride)
 
     def gradient(
-        self, probe_terms: bool, noise_model: str = "poisson", illumination: bool = True
+        self, probe_terms: bool, noise_model: str = "poisson"
     ) -> tuple[Any, Any, Any, Any, Any]:
-        """(NLL as a one-element float64 array, g_O, illumination or None without
-        ``illumination``, g_P, probe power)."""
+        """(NLL as a one-element float64 array, g_O, illumination, g_P, probe power)."""
         store, ops = self.store, self.store.ops
         xp, n = store.xp, store.n
         self._taps = taps = ops.taps(store.probe)
@@ -108,7 +107,7 @@ class FramePasses:
             fresh = slice(store.n_fresh, n)
             ops.farfields(taps, store.object, fresh, store.farfield[fresh])
             store.n_fresh = n
-        sums = ops.gradient_sums(probe_terms, illumination)
+        sums = ops.gradient_sums(probe_terms)
         nll = xp.zeros(1, "float64")
         for frames in self._chunks():
             if self.storage == "counts":

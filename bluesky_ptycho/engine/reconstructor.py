@@ -77,11 +77,6 @@ AMPLITUDE_STALL_RELATIVE = 1e-4
 #: NLL once while the amplitude fit goes on converging (a cold start that switched to
 #: Poisson there was at NRMSE 0.20 after 60 iterations at 256 x 256 x 4,096; docs/engine.md)
 AMPLITUDE_STALL_ITERATIONS = 3
-#: iterations one illumination sum_j |P_j|^2 (the object's preconditioner) serves before
-#: the gradient pass sums it again (1: every iteration). It changes only as the probe
-#: does; summing it is one scatter a frame pixel (a third of the object gradient's
-#: atomics). New frames or a grown canvas always sum it again.
-ILLUMINATION_EVERY = 2
 #: illumination (relative to its maximum) below which a pixel counts as unreached
 UNREACHED_RELATIVE = 1e-9
 
@@ -200,8 +195,6 @@ class Reconstructor:
         self._previous: tuple[Any, Any, float, Any, Any] | None = None
         self._history: list[dict[str, Any]] = []
         self._illumination: Any = None
-        #: (illumination, (frames, object shape) it covers, iteration it was summed at)
-        self._preconditioner: tuple[Any, tuple[int, tuple[int, ...]], int] | None = None
 
     # ------------------------------------------------------------------ input
     def add_frames(self, frames: Any, x: Any, y: Any) -> None:
@@ -469,24 +462,15 @@ class Reconstructor:
         self._noise_model = noise_model
         self._amplitude_left = max(0, self._amplitude_left - 1)
         self._illumination = None  # replaced below (a snapshot in between makes its own)
-        covers = (self._n, tuple(self.object.shape))
-        known = self._preconditioner
-        sum_illumination = (
-            known is None or known[1] != covers or self.iteration - known[2] >= ILLUMINATION_EVERY
-        )
         # every device's work is queued before any result is read
         parts = []
         for store, frame_passes in zip(stores, self._passes, strict=True):
             with store.active():
-                parts.append(frame_passes.gradient(update_probe, noise_model, sum_illumination))
+                parts.append(frame_passes.gradient(update_probe, noise_model))
         nll_sum, grad_obj, illum, grad_probe, power = (
             None if part[0] is None else self._collectives.reduce_sum(part)
             for part in zip(*parts, strict=True)
         )
-        if sum_illumination:
-            self._preconditioner = (illum, covers, self.iteration)
-        else:
-            illum = known[0]
         self._illumination = illum
         damping = cfg.alpha_relative * illum.max()
         mu = cfg.object_smoothness * float(illum.max()) if cfg.object_smoothness else 0.0
@@ -788,7 +772,6 @@ class Reconstructor:
         for store in self._stores:
             store.n_fresh = 0
         self._previous = None
-        self._preconditioner = None  # the probe's illumination is summed again
         self._last_step *= step_scale
 
 
