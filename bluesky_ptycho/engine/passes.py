@@ -59,10 +59,6 @@ class FramePasses:
             raise ValueError(
                 f"frame_storage: expected one of {sorted(FRAME_STORAGE_STACKS)}, got {storage!r}"
             )
-        if not isinstance(line_search_frames, int) or line_search_frames < 0:
-            raise ValueError(
-                f"line_search_frames: expected an integer >= 0, got {line_search_frames!r}"
-            )
         self.store = store
         self.storage = storage
         self.line_search_frames = line_search_frames
