@@ -22,3 +22,14 @@ def direction_farfields(ops: Any, probe: Any, dprobe: Any, obj: Any, dobj: Any) 
     """``(b, c)`` of all frames."""
     dtaps = None if dprobe is None else ops.taps(dprobe)
     return ops.direction_farfields(ops.taps(probe), dtaps, obj, dobj, slice(None))
+
+
+#: (dots = [Re <g, s>, Re <g, s_prev>, Re <g, d_prev>], previous Re <g, s>, the
+#: Polak-Ribiere (beta, slope) they give): kept; beta <= 0; the previous step did not
+#: descend; a conjugate slope >= 0 (the last three restart: beta 0, slope -2 Re <g, s>)
+POLAK_RIBIERE_CASES = [
+    ([2.0, 0.5, -1.0], 3.0, (0.5, -5.0)),
+    ([2.0, 2.5, -1.0], 3.0, (0.0, -4.0)),
+    ([2.0, 0.5, -1.0], -1.0, (0.0, -4.0)),
+    ([2.0, 0.5, 8.0], 3.0, (0.0, -4.0)),
+]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from operator_support import direction_farfields, object_gradient
+from operator_support import POLAK_RIBIERE_CASES, direction_farfields, object_gradient
 
 from bluesky_ptycho import Reconstructor
 from bluesky_ptycho.engine import poisson
@@ -126,13 +126,20 @@ def test_poisson_gradient_and_line_search_terms(pair, compact, model):
         counts = count_store.encode(counts, count_store.COMPACT_DTYPE)
     nll_f, chi_f = fused.nll_and_chi(a, counts, noise_model=model)
     nll_a, chi_a = array.nll_and_chi(a, counts, noise_model=model)
+    nll_f, nll_a = float(nll_f[0]), float(nll_a[0])
     assert abs(nll_f - nll_a) <= 1e-5 * abs(nll_a)
+    total = cupy.full(1, 2.5)  # the kernel adds to a given total
+    assert fused.nll_and_chi(a, counts, noise_model=model, total=total)[0] is total
+    assert abs(float(total[0]) - 2.5 - nll_a) <= 1e-5 * abs(nll_a)
     assert close(chi_f, chi_a, real, scale=float(cupy.abs(chi_a).max()) * 10)
     for quad in (None, c):
         steps = [0.3 * sample for sample in poisson.LINE_SEARCH_SAMPLES]
         terms_f = fused.line_search_sums(a, b, quad, counts, steps, model).get()
         terms_a = array.line_search_sums(a, b, quad, counts, steps, model).get()
         np.testing.assert_allclose(terms_f, terms_a, rtol=1e-4)
+        total = cupy.ones((len(steps), 2))  # added to a given total
+        assert fused.line_search_sums(a, b, quad, counts, steps, model, total) is total
+        np.testing.assert_allclose(total.get() - 1, terms_a, rtol=1e-4)
 
 
 @pytest.mark.parametrize("layout", ["stacks", "farfields", "counts"])
@@ -330,20 +337,30 @@ def test_elementwise_kernels_match_numpy(dtype):
     a, b = ((rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(dtype) for _ in range(2))
     weight = rng.uniform(0, 2, shape).astype(np.finfo(dtype).dtype)
     a_dev, b_dev, weight_dev = (cupy.asarray(v) for v in (a, b, weight))
-    exact = np.vdot(a.astype(np.complex128), b.astype(np.complex128)).real
-    assert float(elementwise.real_inner(a_dev, b_dev)) == pytest.approx(exact, rel=1e-9)
+    wide = [v.astype(np.complex128) for v in (a, b, a * b, b - a, 2 * a)]
+    exact = [np.vdot(wide[0], v).real for v in wide[1:]]
+    others = [cupy.asarray(v.astype(dtype)) for v in (b, a * b, b - a, 2 * a)]
+    for count in (1, 3, 4):  # one kernel, a full group of three, and a second group
+        got = elementwise.real_inners(a_dev, others[:count]).get()
+        np.testing.assert_allclose(got, exact[:count], rtol=1e-9)
+    total = cupy.ones(2)
+    assert elementwise.real_inners(a_dev, others[:2], total) is total
+    np.testing.assert_allclose(total.get() - 1, exact[:2], rtol=1e-9)
     rtol = 1e-6 if dtype == "complex64" else 1e-13
     np.testing.assert_allclose(
         elementwise.preconditioned(a_dev, weight_dev, 0.25).get(),
         elementwise.preconditioned(a, weight, 0.25),
         rtol=rtol,
     )
-    damping = cupy.asarray(weight_dev.max() * 0.5)  # a 0-d device array, not read back
+    peak = weight_dev.max()  # a 0-d device array of the weight's type, not read back
     np.testing.assert_allclose(
-        elementwise.preconditioned(a_dev, weight_dev, damping).get(),
-        elementwise.preconditioned(a, weight, weight.max() * 0.5),
+        elementwise.preconditioned(a_dev, weight_dev, peak, 0.5).get(),
+        elementwise.preconditioned(a, weight, weight.max(), 0.5),
         rtol=rtol,
     )
+    for dots, previous, want in POLAK_RIBIERE_CASES:
+        beta, slope = elementwise.polak_ribiere(cupy.asarray(dots), cupy.asarray(previous))
+        assert (float(beta), float(slope)) == want
     for beta in (0.625, 0.0, -0.5):  # beta <= 0: the step alone (a restart)
         want = elementwise.conjugate(b.copy(), a, beta)
         got = elementwise.conjugate(b_dev.copy(), a_dev, cupy.asarray(beta))
@@ -351,3 +368,18 @@ def test_elementwise_kernels_match_numpy(dtype):
     elementwise.add_scaled(a_dev, -0.75, b_dev)
     elementwise.add_scaled(a, -0.75, b)
     np.testing.assert_allclose(a_dev.get(), a, rtol=rtol, atol=rtol)
+
+
+def test_median3x3_kernel_matches_numpy():
+    """gauge.median3x3's one-kernel network against nine rolls and a sort, with ties,
+    on one image and on a stack (periodic edges)."""
+    import cupy
+
+    from bluesky_ptycho.engine import gauge
+
+    rng = np.random.default_rng(11)
+    for shape in ((37, 52), (3, 16, 9)):
+        image = rng.integers(0, 6, shape).astype(np.float64)
+        image[..., 0, 0] = 1e9  # a hot pixel on the corner, next to the wrapped edges
+        got = gauge.median3x3(cupy, cupy.asarray(image)).get()
+        np.testing.assert_array_equal(got, gauge.median3x3(np, image))

@@ -213,7 +213,12 @@ def test_operator_stages_match_their_definitions(xp):
     farfield = random_complex(xp, (n, *shape), "complex128", rng)
     counts = xp.asarray(rng.poisson(2.0, (n, *shape)).astype(float))
     nll, chi = ops.nll_and_chi(farfield, counts)
-    assert nll == pytest.approx(poisson.negative_log_likelihood(farfield, counts), rel=1e-12)
+    want_nll = poisson.negative_log_likelihood(farfield, counts)
+    assert float(nll[0]) == pytest.approx(want_nll, rel=1e-12)
+    total = xp.zeros(1)  # chunks add their NLL to one total, which is returned
+    for part in (slice(0, 2), slice(2, None)):
+        assert ops.nll_and_chi(farfield[part], counts[part], total=total)[0] is total
+    assert float(total[0]) == pytest.approx(want_nll, rel=1e-12)
     want_chi = xp.fft.ifft2(poisson.farfield_gradient(farfield, counts), norm="ortho")
     assert near(chi, want_chi)
     grad, illumination, grad_probe, power = object_gradient(ops, chi.copy(), probe, obj, True)
@@ -253,6 +258,14 @@ def test_chunked_stages_match_one_chunk(xp, monkeypatch):
             assert float(xp.abs(got - want).max()) <= 1e-12 * float(xp.abs(want).max())
     chunked = ops.line_search_sums(chi, chi[::-1].copy(), None, counts, [0.1, 0.2, 0.4])
     np.testing.assert_allclose(to_host(chunked), to_host(terms), rtol=1e-12)
+    total = xp.zeros((3, 2))  # a caller's chunks added to one total
+    reverse = chi[::-1].copy()
+    for part in (slice(0, 5), slice(5, None)):
+        got = ops.line_search_sums(
+            chi[part], reverse[part], None, counts[part], [0.1, 0.2, 0.4], total=total
+        )
+        assert got is total
+    np.testing.assert_allclose(to_host(total), to_host(terms), rtol=1e-12)
 
 
 def test_stages_on_every_kth_frame_match_those_frames_of_all(xp, monkeypatch):

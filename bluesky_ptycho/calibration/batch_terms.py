@@ -153,13 +153,8 @@ def line_search(
 def disc_centres(xp: ModuleType, patterns: Any) -> np.ndarray:
     """(K, 2) :func:`~bluesky_ptycho.engine.gauge.disc_centre` of (K, M, N) patterns (DC at 0)."""
     centred = xp.fft.fftshift(xp.asarray(patterns, dtype="float64"), axes=(-2, -1))
-    shifted = [xp.roll(centred, (dr, dc), axis=(-2, -1)) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
-    centred = xp.median(xp.stack(shifted), axis=0)
+    centred = gauge.blur(xp, gauge.median3x3(xp, centred))
     rows, cols = centred.shape[-2:]
-    fy = xp.fft.fftfreq(rows)[:, None]
-    fx = xp.fft.fftfreq(cols)[None, :]
-    kernel = xp.exp(-2 * (np.pi * gauge.DISC_BLUR_PX) ** 2 * (fy**2 + fx**2))
-    centred = xp.fft.ifft2(xp.fft.fft2(centred) * kernel).real
     peak = centred.max(axis=(-2, -1), keepdims=True)
     lit = peak > 0
     level = centred / xp.where(lit, peak, 1)

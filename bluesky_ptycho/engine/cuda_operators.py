@@ -290,10 +290,11 @@ class CudaOperators:
         out: Any = None,
         noise_model: str = "poisson",
         step: tuple[Any, Any | None, float] | None = None,
+        total: Any = None,
     ) -> tuple[Any, Any]:
         out = stack_buffer(self.xp, out, farfield.shape[0], self.frame_shape, self._complex)
         linear, quadratic, tau = step if step is not None else (None, None, 0.0)
-        self._sums.fill(0)
+        total = self.xp.zeros(1, "float64") if total is None else total
         self._launch(
             "poisson_gradient",
             farfield.size,
@@ -304,7 +305,7 @@ class CudaOperators:
                 _optional(quadratic),
                 self._real(tau),
                 out,
-                self._sums,
+                total,
                 np.int64(farfield.size),
                 self._real(poisson.EPS_PHOTONS),
                 self._scale,
@@ -313,7 +314,7 @@ class CudaOperators:
             counts,
         )
         self._inverse(out)
-        return self._sums[:1].copy(), out
+        return total, out
 
     def gradient_sums(self, probe_terms: bool) -> list[Any]:
         """[object gradient (H, W) complex, illumination (H, W) real, tap accumulator
@@ -398,6 +399,7 @@ class CudaOperators:
         counts: Any,
         steps: Any,
         noise_model: str = "poisson",
+        total: Any = None,
     ) -> Any:
         if len(steps) != len(poisson.LINE_SEARCH_SAMPLES):
             raise ValueError(
@@ -407,7 +409,11 @@ class CudaOperators:
         direction_stride = _frame_stride(linear)
         if quadratic is not None and _frame_stride(quadratic) != direction_stride:
             raise ValueError("line_search_sums: linear and quadratic must have one frame stride")
-        self._sums.fill(0)
+        if total is None:
+            total = self._sums.reshape(-1, 2)
+            total.fill(0)
+        if total.shape != (len(steps), 2) or total.dtype != np.float64:
+            raise ValueError(f"line_search_sums: total must be ({len(steps)}, 2) float64")
         self._launch(
             "line_search_terms",
             farfield.size,
@@ -417,7 +423,7 @@ class CudaOperators:
                 _optional(quadratic),
                 counts,
                 self.xp.asarray(steps, dtype=self.real_dtype),
-                self._sums,
+                total,
                 np.int64(farfield.size),
                 np.int64(self.frame_shape[0] * self.frame_shape[1]),
                 np.int32(_frame_stride(farfield)),
@@ -428,7 +434,7 @@ class CudaOperators:
             ),
             counts,
         )
-        return self._sums.reshape(-1, 2)
+        return total
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         self._launch(

@@ -4,9 +4,11 @@ CuPy's ``vdot`` of two 1-D arrays, ``a / (b + c)`` and ``x += t * d`` each
 allocate an object-sized array (at 16,384 frames of 256 x 256 one complex
 canvas is 0.37 GB); here each is one fused kernel on CuPy. Numbers computed on
 the device (a damping, a conjugate-gradient ``beta``) are taken as device
-arrays, so no kernel here waits for a host round trip. On NumPy (host memory)
-the plain expressions are kept, so the CPU results stay as they were. The
-kernels are compiled on first use.
+arrays, so no kernel here waits for a host round trip, and the scalar
+arithmetic between them is one launch (:func:`polak_ribiere`), not one per
+operation: each launch costs the host more than the GPU's work in it. On NumPy
+(host memory) the plain expressions are kept, so the CPU results stay as they
+were. The kernels are compiled on first use.
 """
 
 from __future__ import annotations
@@ -14,27 +16,86 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
+
 from .backend import array_module_of, is_cupy
+
+#: Re <a, b_k> of one array with up to MAX_INNERS others in one read of ``a``: per
+#: thread sums in double, then per block, then one atomicAdd per block and value
+_REAL_INNERS_SOURCE = r"""
+#include <cupy/complex.cuh>
+
+template <typename R>
+__global__ void real_inners(const complex<R>* a, const complex<R>* b0, const complex<R>* b1,
+                            const complex<R>* b2, int count, long long size, double* out) {
+  double sums[3] = {0, 0, 0};
+  const complex<R>* others[3] = {b0, b1, b2};
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < size;
+       i += (long long)blockDim.x * gridDim.x) {
+    const complex<R> x = a[i];
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      if (k < count) {
+        const complex<R> y = others[k][i];
+        sums[k] += (double)x.real() * y.real() + (double)x.imag() * y.imag();
+      }
+    }
+  }
+  __shared__ double partial[3][32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    for (int offset = 16; offset > 0; offset /= 2)
+      sums[k] += __shfl_down_sync(0xffffffff, sums[k], offset);
+    if (lane == 0) partial[k][warp] = sums[k];
+  }
+  __syncthreads();
+  if (warp == 0) {
+    for (int k = 0; k < count; ++k) {
+      double value = lane < (blockDim.x + 31) / 32 ? partial[k][lane] : 0.0;
+      for (int offset = 16; offset > 0; offset /= 2)
+        value += __shfl_down_sync(0xffffffff, value, offset);
+      if (lane == 0) atomicAdd(out + k, value);
+    }
+  }
+}
+"""
+MAX_INNERS = 3
+_THREADS = 256
+_MAX_BLOCKS = 1024
 
 
 @functools.cache
 def _kernels() -> dict[str, Any]:
     import cupy
 
+    inners = cupy.RawModule(
+        code=_REAL_INNERS_SOURCE,
+        options=("-std=c++17",),
+        name_expressions=["real_inners<float>", "real_inners<double>"],
+    )
     return {
-        "real_inner": cupy.ReductionKernel(
-            "T a, T b",
-            "float64 out",
-            "(double)a.real() * (double)b.real() + (double)a.imag() * (double)b.imag()",
-            "a + b",
-            "out = a",
-            "0",
-            "ptycho_real_inner",
+        "real_inners": {
+            "float32": inners.get_function("real_inners<float>"),
+            "float64": inners.get_function("real_inners<double>"),
+        },
+        "polak_ribiere": cupy.ElementwiseKernel(
+            "float64 g_dot_s, float64 g_dot_previous_s, float64 g_dot_previous_d,"
+            " float64 previous_g_dot_s",
+            "float64 beta, float64 slope",
+            "const bool descended = previous_g_dot_s > 0;"
+            " const double b = max((g_dot_s - g_dot_previous_s)"
+            " / (descended ? previous_g_dot_s : 1.0), 0.0);"
+            " const double conjugate_slope = 2 * (b * g_dot_previous_d - g_dot_s);"
+            " const bool kept = descended && b > 0 && conjugate_slope < 0;"
+            " beta = kept ? b : 0.0;"
+            " slope = kept ? conjugate_slope : -2 * g_dot_s",
+            "ptycho_polak_ribiere",
         ),
         "preconditioned": cupy.ElementwiseKernel(
-            "T grad, R weight, raw float64 damping",
+            "T grad, R weight, raw D damping, float64 scale",
             "T out",
-            "out = grad / (weight + (R)damping[0])",
+            "out = grad / (weight + (R)(scale * (double)damping[0]))",
             "ptycho_preconditioned",
         ),
         "conjugate": cupy.ElementwiseKernel(
@@ -53,24 +114,66 @@ def _kernels() -> dict[str, Any]:
     }
 
 
-def real_inner(a: Any, b: Any) -> Any:
-    """``Re <a, b> = Re sum conj(a) b`` of two complex arrays of one shape: a 0-d
-    array on their device (float64 sums on CuPy)."""
+def real_inners(a: Any, others: list[Any], total: Any = None) -> Any:
+    """``Re <a, b> = Re sum conj(a) b`` for each ``b`` of ``others`` (complex arrays of
+    ``a``'s shape and type): a float64 array of len(others) on their device, added to
+    ``total`` when given (and returned). On CuPy: float64 sums, one read of ``a`` for
+    up to :data:`MAX_INNERS` of them."""
     xp = array_module_of(a)
+    total = xp.zeros(len(others), "float64") if total is None else total
+    if not is_cupy(xp):
+        total += [xp.vdot(a, b).real for b in others]
+        return total
+    kernel = _kernels()["real_inners"][np.finfo(a.dtype).dtype.name]
+    blocks = max(1, min(-(-a.size // _THREADS), _MAX_BLOCKS))
+    for first in range(0, len(others), MAX_INNERS):
+        group = [xp.ascontiguousarray(b) for b in others[first : first + MAX_INNERS]]
+        pointers = group + [group[0]] * (MAX_INNERS - len(group))  # unread
+        kernel(
+            (blocks,),
+            (_THREADS,),
+            (
+                xp.ascontiguousarray(a),
+                *pointers,
+                np.int32(len(group)),
+                np.int64(a.size),
+                total[first:],
+            ),  # fmt: skip
+        )
+    return total
+
+
+def polak_ribiere(dots: Any, previous_g_dot_s: Any) -> tuple[Any, Any]:
+    """Polak-Ribiere ``beta`` and the slope ``L'(0)`` along the conjugate direction
+    ``d = beta d_prev - s``, from ``dots = [Re <g, s>, Re <g, s_prev>, Re <g, d_prev>]``
+    and the previous ``Re <g, s>`` (``g`` the gradient dL/dz*, ``s`` its preconditioned
+    step). The direction is restarted (``beta`` 0, slope ``-2 Re <g, s>``) unless the
+    previous step descended, ``beta > 0`` and the conjugate slope is negative. Two 0-d
+    float64 arrays on the device of ``dots`` (one launch on CuPy)."""
+    xp = array_module_of(dots)
     if is_cupy(xp):
-        # row sums first: a reduction to one value would run in one thread block
-        rows = _kernels()["real_inner"](a, b, axis=a.ndim - 1) if a.ndim > 1 else None
-        return rows.sum() if rows is not None else _kernels()["real_inner"](a, b)
-    return xp.vdot(a, b).real
+        return _kernels()["polak_ribiere"](dots[0], dots[1], dots[2], previous_g_dot_s)
+    g_dot_s, g_dot_previous_s, g_dot_previous_d = (float(v) for v in dots[:3])
+    previous = float(previous_g_dot_s)
+    descended = previous > 0
+    beta = max((g_dot_s - g_dot_previous_s) / (previous if descended else 1.0), 0.0)
+    conjugate_slope = 2 * (beta * g_dot_previous_d - g_dot_s)
+    kept = descended and beta > 0 and conjugate_slope < 0
+    return (
+        np.asarray(beta if kept else 0.0),
+        np.asarray(conjugate_slope if kept else -2 * g_dot_s),
+    )
 
 
-def preconditioned(grad: Any, weight: Any, damping: Any) -> Any:
-    """``grad / (weight + damping)``: a new complex array (``weight`` real, same shape;
-    ``damping`` a number or a 0-d array, on the device: it is not read back)."""
+def preconditioned(grad: Any, weight: Any, damping: Any, scale: float = 1.0) -> Any:
+    """``grad / (weight + scale * damping)``: a new complex array (``weight`` real, same
+    shape; ``damping`` a number or a 0-d array, on the device: it is not read back)."""
     xp = array_module_of(grad)
     if is_cupy(xp):
-        return _kernels()["preconditioned"](grad, weight, _device_number(xp, damping))
-    return grad / (weight + damping)
+        if not hasattr(damping, "reshape") or array_module_of(damping) is not xp:
+            damping = _device_number(xp, damping)
+        return _kernels()["preconditioned"](grad, weight, damping.reshape(1), float(scale))
+    return grad / (weight + scale * damping)
 
 
 def conjugate(previous: Any, step: Any, beta: Any) -> Any:

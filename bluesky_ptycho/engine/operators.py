@@ -69,6 +69,7 @@ class EngineOperators(Protocol):
         out: Any = None,
         noise_model: str = "poisson",
         step: tuple[Any, Any | None, float] | None = None,
+        total: Any = None,
     ) -> tuple[Any, Any]:
         """Poisson NLL and the exit-wave gradient ``chi = IFFT_ortho(dL/da*)`` of a
         stack, ``L`` of the ``noise_model`` (:mod:`.poisson`; the NLL reported is
@@ -76,8 +77,9 @@ class EngineOperators(Protocol):
         ``step`` = (b, c or None, tau): first ``farfield += tau b + tau^2 c`` (the last
         line search's step, :meth:`advance` fused into this pass); ``out`` may be ``b``.
 
-        The NLL may be a one-element float64 device array, read only once needed
-        (``float(nll)``), so several devices' work can be queued first."""
+        The NLL is added to ``total``, a one-element float64 array on the stack's
+        device (a new zero one when None), which is returned: it is read only once
+        needed (``float(nll)``), so several chunks' and devices' work is queued first."""
 
     def gradient_sums(self, probe_terms: bool) -> Any:
         """Zeroed accumulators for :meth:`add_object_gradient` (implementation's own)."""
@@ -108,10 +110,12 @@ class EngineOperators(Protocol):
         counts: Any,
         steps: Any,
         noise_model: str = "poisson",
+        total: Any = None,
     ) -> Any:
         """``[L'(t), L''(t)]`` of the ``noise_model`` at each step ``t`` along
-        ``a + t b + t^2 c``: a (len(steps), 2) float64 array, on the device (not
-        synchronised; valid until the next call)."""
+        ``a + t b + t^2 c``: a (len(steps), 2) float64 array on the device (not
+        synchronised), added to ``total`` when given (and returned); otherwise valid
+        until the next call."""
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         """``a += tau b + tau^2 c`` in place."""
@@ -263,18 +267,19 @@ class ArrayOperators:
         out: Any = None,
         noise_model: str = "poisson",
         step: tuple[Any, Any | None, float] | None = None,
-    ) -> tuple[float, Any]:
+        total: Any = None,
+    ) -> tuple[Any, Any]:
         xp = self.xp
         n = farfield.shape[0]
         out = stack_buffer(xp, out, n, self.frame_shape, self._complex)
-        nll = 0.0
+        total = xp.zeros(1, "float64") if total is None else total
         if step is not None:
             self.advance(farfield, *step)
         for chunk in frame_chunks(0, n, self.frame_shape, self.max_chunk_pixels):
-            nll += poisson.negative_log_likelihood(farfield[chunk], counts[chunk])
+            total += poisson.negative_log_likelihood(farfield[chunk], counts[chunk])
             out[chunk] = poisson.farfield_gradient(farfield[chunk], counts[chunk], noise_model)
             transform(xp, out[chunk], inverse=True)
-        return nll, out
+        return total, out
 
     def gradient_sums(self, probe_terms: bool) -> list[Any]:
         """[g_O, illumination, per-tap g_P, per-tap power] (the last two None without
@@ -339,6 +344,7 @@ class ArrayOperators:
         counts: Any,
         steps: Any,
         noise_model: str = "poisson",
+        total: Any = None,
     ) -> Any:
         sums = np.zeros((len(steps), 2))
         for chunk in frame_chunks(0, farfield.shape[0], self.frame_shape, self.max_chunk_pixels):
@@ -351,7 +357,10 @@ class ArrayOperators:
                 noise_model,
             )
             sums += np.stack(part, axis=1)
-        return self.xp.asarray(sums)
+        if total is None:
+            return self.xp.asarray(sums)
+        total += self.xp.asarray(sums)
+        return total
 
     def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
         for chunk in frame_chunks(0, farfield.shape[0], self.frame_shape, self.max_chunk_pixels):

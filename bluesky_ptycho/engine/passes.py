@@ -119,8 +119,7 @@ class FramePasses:
             if fused is not None:  # b is read before chi overwrites it, pixel by pixel
                 linear, quadratic, tau = fused
                 step = (linear[frames], None if quadratic is None else quadratic[frames], tau)
-            part, chi = ops.nll_and_chi(farfield, store.counts[frames], chi, noise_model, step)
-            nll += xp.asarray(part, "float64").reshape(1)
+            _, chi = ops.nll_and_chi(farfield, store.counts[frames], chi, noise_model, step, nll)
             ops.add_object_gradient(sums, chi, taps, store.object, frames)
         return (nll, *ops.gradients(sums))
 
@@ -171,8 +170,8 @@ class FramePasses:
                     farfield = ops.farfields(self._taps, store.object, frames, a_chunk)
                 else:
                     farfield = store.farfield[frames]
-                total += ops.line_search_sums(
-                    farfield, linear, quadratic, store.counts[frames], steps, noise_model
+                ops.line_search_sums(
+                    farfield, linear, quadratic, store.counts[frames], steps, noise_model, total
                 )
         read = frame_count(sample, n)
         return total if read == n else total * (n / read)

@@ -472,16 +472,17 @@ class Reconstructor:
             for part in zip(*parts, strict=True)
         )
         self._illumination = illum
-        damping = cfg.alpha_relative * illum.max()
-        mu = cfg.object_smoothness * float(illum.max()) if cfg.object_smoothness else 0.0
+        peak = illum.max()
+        damping, damping_scale = peak, cfg.alpha_relative  # alpha max(illumination)
+        mu = cfg.object_smoothness * float(peak) if cfg.object_smoothness else 0.0
         if mu:
             grad_obj += smoothness.gradient(self.object, mu)
-            damping += 4 * mu
-        step_obj = elementwise.preconditioned(grad_obj, illum, damping)
+            damping, damping_scale = cfg.alpha_relative * peak + 4 * mu, 1.0
+        step_obj = elementwise.preconditioned(grad_obj, illum, damping, damping_scale)
         step_probe = None
         if update_probe:
             step_probe = elementwise.preconditioned(
-                grad_probe, power, cfg.alpha_relative * power.max()
+                grad_probe, power, power.max(), cfg.alpha_relative
             )
 
         dir_obj, dir_probe, slope = self._conjugate_direction(
@@ -611,19 +612,13 @@ class Reconstructor:
         dots = self._real_dots(grad_obj, grad_probe, pairs)
         del pairs, previous
         g_dot_s = dots[0]
-        slope = -2 * g_dot_s  # steepest descent's
-        if usable:
-            descended = prev_g_dot_s > 0
-            beta = xp.maximum((g_dot_s - dots[1]) / xp.where(descended, prev_g_dot_s, 1), 0)
-            conjugate_slope = 2 * (beta * dots[2] - g_dot_s)
-            # a restart where beta <= 0 or the direction would not descend
-            kept = descended & (beta > 0) & (conjugate_slope < 0)
-            beta = xp.where(kept, beta, 0)
-            slope = xp.where(kept, conjugate_slope, slope)
+        if usable:  # (restarted where beta <= 0 or the direction would not descend)
+            beta, slope = elementwise.polak_ribiere(dots, prev_g_dot_s)
             # d = beta d_prev - s (or -s), in the previous direction's memory
             dir_obj = elementwise.conjugate(prev_obj, step_obj, beta)
             dir_probe = elementwise.conjugate(prev_probe, step_probe, beta) if update else None
         else:
+            slope = -2 * g_dot_s  # steepest descent's
             dir_obj = xp.negative(step_obj)
             dir_probe = xp.negative(step_probe) if update else None
         self._previous = (dir_obj, dir_probe, g_dot_s, step_obj, step_probe)
@@ -632,13 +627,10 @@ class Reconstructor:
     def _real_dots(self, grad_obj: Any, grad_probe: Any, pairs: list[tuple[Any, Any]]) -> Any:
         """``Re <g_O, a> + Re <g_P, b>`` for each (a, b) of ``pairs`` (the probe term only
         with ``grad_probe``): a float64 array on the device."""
-        values = []
-        for obj, probe in pairs:
-            value = elementwise.real_inner(grad_obj, obj)
-            if grad_probe is not None:
-                value = value + elementwise.real_inner(grad_probe, probe)
-            values.append(value)
-        return self.xp.stack(values)
+        dots = elementwise.real_inners(grad_obj, [obj for obj, _ in pairs])
+        if grad_probe is not None:
+            elementwise.real_inners(grad_probe, [probe for _, probe in pairs], dots)
+        return dots
 
     # -------------------------------------------------------------- snapshots
     def snapshot(self, live: bool = True) -> Snapshot:
