@@ -138,7 +138,7 @@ def real_inners(a: Any, others: list[Any], total: Any = None) -> Any:
                 np.int32(len(group)),
                 np.int64(a.size),
                 total[first:],
-            ),  # fmt: skip
+            ),
         )
     return total
 
@@ -170,9 +170,8 @@ def preconditioned(grad: Any, weight: Any, damping: Any, scale: float = 1.0) -> 
     shape; ``damping`` a number or a 0-d array, on the device: it is not read back)."""
     xp = array_module_of(grad)
     if is_cupy(xp):
-        if not hasattr(damping, "reshape") or array_module_of(damping) is not xp:
-            damping = _device_number(xp, damping)
-        return _kernels()["preconditioned"](grad, weight, damping.reshape(1), float(scale))
+        damping = xp.asarray(damping).reshape(1)  # a device value stays as it is
+        return _kernels()["preconditioned"](grad, weight, damping, float(scale))
     return grad / (weight + scale * damping)
 
 

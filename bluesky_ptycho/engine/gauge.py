@@ -69,7 +69,8 @@ def _median3x3_kernel() -> Any:
 def median3x3(xp: ModuleType, image: Any) -> Any:
     """3 x 3 median filter with periodic edges (removes isolated hot or dead pixels) of
     a real image, or of each of a (..., rows, cols) stack; on CuPy one kernel
-    (:data:`MEDIAN9_NETWORK`), not nine rolled copies and a sort."""
+    (:data:`MEDIAN9_NETWORK`), not nine rolled copies and a sort. For finite values
+    (the network's min/max pass over a NaN where NumPy's median returns it)."""
     rows, cols = image.shape[-2:]
     if is_cupy(xp):
         image = xp.ascontiguousarray(image)
