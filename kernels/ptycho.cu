@@ -93,12 +93,15 @@ __device__ inline R pixel_nll(R intensity, R count) {
 // grad = scale m (1 - n / I) a, or with `amplitude` scale m (1 - sqrt(n / I)) a
 // (engine/poisson.py); nll += sum m (I - n - n ln(I / n)) (Poisson's either way).
 // With `linear` non-null the previous step is taken first, in the same pass:
-// a += tau linear + tau^2 quadratic (quadratic may be null), written back. `grad` may
-// be `linear` itself (each pixel is read before it is written).
+// a += tau linear + tau^2 quadratic (quadratic may be null), written back, with tau
+// read from the device (`step[0]`, the line search's; unread without `linear`). `grad`
+// may be `linear` itself (each pixel is read before it is written).
 template <typename R, typename C>
 __global__ void poisson_gradient(complex<R>* farfield, const C* counts, const complex<R>* linear,
-                                 const complex<R>* quadratic, R tau, complex<R>* grad,
-                                 double* nll, index_t size, R eps, R scale, int amplitude) {
+                                 const complex<R>* quadratic, const double* step,
+                                 complex<R>* grad, double* nll, index_t size, R eps, R scale,
+                                 int amplitude) {
+  const R tau = linear != nullptr ? R(step[0]) : R(0);
   double local = 0;
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
@@ -126,7 +129,8 @@ __device__ inline float reciprocal_sqrt(float x) { return rsqrtf(x); }
 __device__ inline double reciprocal_sqrt(double x) { return 1.0 / sqrt(x); }
 
 // At each of the LINE_SEARCH_SAMPLES steps t_s (set by the host to
-// len(poisson.LINE_SEARCH_SAMPLES)): out[2 s] += L'(t_s), out[2 s + 1] += L''(t_s)
+// len(poisson.LINE_SEARCH_SAMPLES); `steps` on the device, in double: the line
+// search's state): out[2 s] += L'(t_s), out[2 s + 1] += L''(t_s)
 // along a(t) = a + t b + t^2 c (c may be null): one read of the stacks for all steps.
 // L is Poisson's or, with `amplitude`, the amplitude model's (engine/poisson.py:
 // weight 1 - sqrt(n / I), curvature coefficient sqrt(n) / (2 I^1.5)).
@@ -139,14 +143,14 @@ template <typename R, typename C>
 __global__ void line_search_terms(const complex<R>* __restrict__ farfield,
                                   const complex<R>* __restrict__ linear,
                                   const complex<R>* __restrict__ quadratic,
-                                  const C* __restrict__ counts, const R* __restrict__ steps,
+                                  const C* __restrict__ counts, const double* __restrict__ steps,
                                   double* out, index_t size, index_t frame_size,
                                   int farfield_stride, int direction_stride, int counts_stride,
                                   R eps, int amplitude) {
   R tau[LINE_SEARCH_SAMPLES], slope[LINE_SEARCH_SAMPLES], curvature[LINE_SEARCH_SAMPLES];
 #pragma unroll
   for (int s = 0; s < LINE_SEARCH_SAMPLES; ++s) {
-    tau[s] = steps[s];
+    tau[s] = R(steps[s]);
     slope[s] = curvature[s] = 0;
   }
   const bool strided = farfield_stride != 1 || direction_stride != 1 || counts_stride != 1;
@@ -420,10 +424,11 @@ __global__ void combine_taps(const R* tap_acc, const int* shifts, int n_taps, in
   }
 }
 
-// a += tau b + tau^2 c (c may be null).
+// a += tau b + tau^2 c (c may be null), tau = step[0] read from the device.
 template <typename R>
 __global__ void advance(complex<R>* farfield, const complex<R>* linear,
-                        const complex<R>* quadratic, R tau, index_t size) {
+                        const complex<R>* quadratic, const double* step, index_t size) {
+  const R tau = R(step[0]);
   for (index_t i = blockIdx.x * (index_t)blockDim.x + threadIdx.x; i < size;
        i += (index_t)blockDim.x * gridDim.x) {
     complex<R> a = farfield[i] + tau * linear[i];

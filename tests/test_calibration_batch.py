@@ -21,7 +21,7 @@ from bluesky_ptycho.calibration import (
     search_probe_propagation,
 )
 from bluesky_ptycho.calibration.batch import TrialBatch, run_trials
-from bluesky_ptycho.engine import gauge, poisson
+from bluesky_ptycho.engine import elementwise, gauge, poisson
 from bluesky_ptycho.engine.backend import cupy_device_available
 from bluesky_ptycho.engine.reconstructor import Reconstructor
 from bluesky_ptycho.sim.sample import BEAMLINE_LIKE, HOT_PIXEL_COUNTS, default_config, simulate_scan
@@ -144,13 +144,16 @@ def test_batch_terms_equal_their_engine_twins():
     # each trial's line search is the engine's on that trial
     slopes = np.array([2 * np.vdot(-b[k], a[k]).real for k in range(3)])  # any negative slope
     slopes = -np.abs(slopes)
-    steps = terms.line_search(a, b, c, counts, slopes, np.ones(3))
+    scales = np.array([0.5, 1.0, 4.0])
+    steps, next_scales = terms.line_search(a, b, c, counts, slopes, scales)
     for k in range(3):
-        def engine_terms(steps, k=k):
-            return poisson.line_search_terms(a[k], b[k], c[k], counts[k], steps)
-
-        expected = poisson.line_search(engine_terms, float(slopes[k]))
-        assert steps[k] == pytest.approx(expected, rel=1e-12)
+        state = elementwise.line_search_state(np, scales[k])
+        sums = np.stack(
+            poisson.line_search_terms(a[k], b[k], c[k], counts[k], list(state[2:])), axis=1
+        )
+        engine = elementwise.line_search_step(np.asarray(slopes[k]), sums, state)
+        assert steps[k] > 0
+        assert [steps[k], next_scales[k]] == pytest.approx(engine[:2], rel=1e-12)
     # disc centres and ramps
     patterns = np.abs(rng.standard_normal((3, 16, 14))) + 5 * (
         np.hypot(*np.meshgrid(np.fft.fftfreq(16) * 16, np.fft.fftfreq(14) * 14, indexing="ij")) < 4

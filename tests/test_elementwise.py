@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from operator_support import POLAK_RIBIERE_CASES
+from operator_support import POLAK_RIBIERE_CASES, line_search_step_cases
 
-from bluesky_ptycho.engine import elementwise
+from bluesky_ptycho.engine import elementwise, poisson
 
 
-@pytest.mark.parametrize(("dots", "previous", "want"), POLAK_RIBIERE_CASES)
-def test_polak_ribiere_keeps_or_restarts_the_direction(dots, previous, want):
-    beta, slope = elementwise.polak_ribiere(np.asarray(dots), np.asarray(previous))
+@pytest.mark.parametrize(("dots", "previous", "previous_step", "want"), POLAK_RIBIERE_CASES)
+def test_polak_ribiere_keeps_or_restarts_the_direction(dots, previous, previous_step, want):
+    beta, slope = elementwise.polak_ribiere(
+        np.asarray(dots), np.asarray(previous), np.asarray(previous_step)
+    )
     assert (float(beta), float(slope)) == want
+
+
+def test_line_search_step_is_the_rule_in_a_state():
+    """The state after a pass holds the rule's step and scale, and the next pass's steps."""
+    for slope, sums, scale in line_search_step_cases():
+        state = elementwise.line_search_state(np, scale)
+        assert list(state[2:]) == poisson.sample_steps(scale) and state[0] == 0
+        out = elementwise.line_search_step(np.asarray(slope), sums, state)
+        step, next_scale = poisson.line_search_step(slope, sums[:, 0], sums[:, 1], scale)
+        assert out[0] == step and out[1] == next_scale
+        assert list(out[2:]) == poisson.sample_steps(next_scale)
 
 
 def test_real_inners_are_the_real_parts_of_vdot_added_to_a_total():

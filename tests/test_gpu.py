@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from operator_support import POLAK_RIBIERE_CASES, direction_farfields, object_gradient
+from operator_support import (
+    POLAK_RIBIERE_CASES,
+    direction_farfields,
+    line_search_step_cases,
+    object_gradient,
+)
 
 from bluesky_ptycho import Reconstructor
 from bluesky_ptycho.engine import poisson
@@ -227,10 +232,14 @@ def test_advance(pair):
     fused, array, rng = pair
     real = fused.real_dtype
     a, b, c = (rand(rng, (N_FRAMES, *SHAPE), real) for _ in range(3))
-    a_f, a_a = a.copy(), a.copy()
-    fused.advance(a_f, b, c, 0.7)
-    array.advance(a_a, b, c, 0.7)
-    assert close(a_f, a_a, real)
+    import cupy
+
+    for tau in (0.7, cupy.asarray([0.7])):  # a number, or the line search's device value
+        a_f, a_a = a.copy(), a.copy()
+        fused.advance(a_f, b, c, tau)
+        array.advance(a_a, b, c, tau)
+        assert close(a_f, a_a, real)
+        assert close(a_f, a + 0.7 * b + 0.49 * c, real)
 
 
 @pytest.mark.parametrize("quadratic", [False, True])
@@ -246,7 +255,8 @@ def test_gradient_pass_takes_the_last_step_first(pair, quadratic):
     results = []
     for ops in (fused, array):
         farfield, linear = a.copy(), b.copy()
-        nll, chi = ops.nll_and_chi(farfield, counts, linear, step=(linear, c, 0.7))
+        tau = cupy.asarray([0.7])  # the line search's step stays on the device
+        nll, chi = ops.nll_and_chi(farfield, counts, linear, step=(linear, c, tau))
         results.append((farfield, chi, float(cupy.asarray(nll).reshape(-1)[0])))
     (a_f, chi_f, nll_f), (a_a, chi_a, nll_a) = results
     assert close(a_f, a_a, real)
@@ -358,15 +368,25 @@ def test_elementwise_kernels_match_numpy(dtype):
         elementwise.preconditioned(a, weight, weight.max(), 0.5),
         rtol=rtol,
     )
-    for dots, previous, want in POLAK_RIBIERE_CASES:
-        beta, slope = elementwise.polak_ribiere(cupy.asarray(dots), cupy.asarray(previous))
+    for dots, previous, previous_step, want in POLAK_RIBIERE_CASES:
+        beta, slope = elementwise.polak_ribiere(
+            cupy.asarray(dots), cupy.asarray(previous), cupy.asarray(previous_step)
+        )
         assert (float(beta), float(slope)) == want
+    for slope, sums, scale in line_search_step_cases():  # the kernel against its twin
+        state = elementwise.line_search_state(np, scale)
+        want = elementwise.line_search_step(np.asarray(slope), sums, state)
+        got = elementwise.line_search_step(
+            cupy.asarray(slope), cupy.asarray(sums), cupy.asarray(state)
+        )
+        np.testing.assert_allclose(got.get(), want, rtol=1e-12, atol=0)
     for beta in (0.625, 0.0, -0.5):  # beta <= 0: the step alone (a restart)
         want = elementwise.conjugate(b.copy(), a, beta)
         got = elementwise.conjugate(b_dev.copy(), a_dev, cupy.asarray(beta))
         np.testing.assert_allclose(got.get(), want, rtol=rtol, atol=rtol)
     elementwise.add_scaled(a_dev, -0.75, b_dev)
-    elementwise.add_scaled(a, -0.75, b)
+    elementwise.add_scaled(a_dev, cupy.asarray([0.5]), b_dev)  # a device scale
+    elementwise.add_scaled(a, -0.25, b)
     np.testing.assert_allclose(a_dev.get(), a, rtol=rtol, atol=rtol)
 
 

@@ -20,11 +20,6 @@ def fields(seed: int = 0, shape=(3, 8, 8)):
     return a, b, c, counts
 
 
-def terms_of(a, b, c, counts):
-    """The line search's ``terms(steps)`` along ``a + t b + t^2 c``."""
-    return lambda steps: poisson.line_search_terms(a, b, c, counts, steps)
-
-
 def nll_along(a, b, c, counts, t, model="poisson"):
     return poisson.negative_log_likelihood(a + t * b + t * t * c, counts, model)
 
@@ -52,15 +47,28 @@ def test_line_search_terms_match_finite_differences(model):
     assert abs(numeric_curvature - curvature) < 1e-3 * abs(curvature)
 
 
-def test_line_search_finds_the_minimum_along_the_path():
-    a, b, c, counts = fields(2)
+def one_pass(a, b, c, counts, slope, scale):
+    """The engine's line search along ``a + t b + t^2 c``: (step, next scale)."""
+    slopes, curvatures = poisson.line_search_terms(a, b, c, counts, poisson.sample_steps(scale))
+    return poisson.line_search_step(slope, slopes, curvatures, scale)
+
+
+def descent_path(seed=2, quadratic=1e-3):
+    a, _, c, counts = fields(seed)
     direction = -poisson.farfield_gradient(a, counts)
-    (slope,), _ = poisson.line_search_terms(a, direction, c * 1e-3, counts, [0.0])
-    tau = poisson.line_search(terms_of(a, direction, c * 1e-3, counts), slope, first_step=0.01)
+    (slope,), _ = poisson.line_search_terms(a, direction, c * quadratic, counts, [0.0])
+    return a, direction, c * quadratic, counts, slope
+
+
+def test_line_search_finds_the_minimum_along_the_path():
+    a, direction, c, counts, slope = descent_path()
+    tau, next_scale = one_pass(a, direction, c, counts, slope, 0.01)  # beyond the samples
+    for _ in range(3):  # line searches that follow start at the last step
+        tau, next_scale = one_pass(a, direction, c, counts, slope, next_scale)
     grid = np.linspace(0, 3 * tau, 301)
-    values = [nll_along(a, direction, c * 1e-3, counts, t) for t in grid]
+    values = [nll_along(a, direction, c, counts, t) for t in grid]
     best = grid[int(np.argmin(values))]
-    assert tau > 0 and abs(tau - best) <= 0.05 * tau
+    assert tau > 0 and abs(tau - best) <= 0.05 * tau and next_scale == tau
 
 
 def minimiser_by_bisection(a, b, c, counts, high):
@@ -74,30 +82,58 @@ def minimiser_by_bisection(a, b, c, counts, high):
 
 
 @pytest.mark.parametrize("start_ratio", [0.3, 1.0, 5.0])
-def test_a_start_near_the_minimum_needs_one_pass(start_ratio):
-    a, b, c, counts = fields(2)
-    direction = -poisson.farfield_gradient(a, counts)
-    (slope,), _ = poisson.line_search_terms(a, direction, c * 1e-3, counts, [0.0])
-    exact = minimiser_by_bisection(a, direction, c * 1e-3, counts, 10.0)
-    passes = []
-
-    def counted(steps):
-        passes.append(steps)
-        return poisson.line_search_terms(a, direction, c * 1e-3, counts, steps)
-
-    tau = poisson.line_search(counted, slope, first_step=start_ratio * exact)
-    assert len(passes) == 1 and len(passes[0]) == len(poisson.LINE_SEARCH_SAMPLES)
-    assert abs(tau - exact) <= 0.01 * exact
+def test_a_bracket_inside_the_samples_gives_the_minimiser(start_ratio):
+    """A minimiser between two samples (the usual case): the Hermite root, to 1 %."""
+    a, direction, c, counts, slope = descent_path()
+    exact = minimiser_by_bisection(a, direction, c, counts, 10.0)
+    tau, next_scale = one_pass(a, direction, c, counts, slope, start_ratio * exact)
+    assert abs(tau - exact) <= 0.01 * exact and next_scale == tau
 
 
 @pytest.mark.parametrize("start_ratio", [1e-4, 1e3])
-def test_a_start_far_from_the_minimum_still_finds_it(start_ratio):
-    a, b, c, counts = fields(7)
-    direction = -poisson.farfield_gradient(a, counts)
-    (slope,), _ = poisson.line_search_terms(a, direction, c, counts, [0.0])
+def test_a_start_far_from_the_minimum_descends_and_rescales(start_ratio):
+    """A minimiser beyond every sample (or below the smallest): a step that lowers L
+    and a next scale nearer the minimiser; the line searches that follow reach it."""
+    a, direction, c, counts, slope = descent_path(7, quadratic=1.0)
     exact = minimiser_by_bisection(a, direction, c, counts, 10.0)
-    tau = poisson.line_search(terms_of(a, direction, c, counts), slope, start_ratio * exact)
+    scale = start_ratio * exact
+    tau, next_scale = one_pass(a, direction, c, counts, slope, scale)
+    assert 0 < tau
+    assert nll_along(a, direction, c, counts, tau) < nll_along(a, direction, c, counts, 0)
+    assert abs(np.log(next_scale / exact)) < abs(np.log(scale / exact))
+    for _ in range(12):
+        tau, next_scale = one_pass(a, direction, c, counts, slope, next_scale)
     assert abs(tau - exact) <= 0.02 * exact
+
+
+def test_the_step_rule_on_known_slopes():
+    """Exact on a quadratic L' (the Hermite cubic reproduces it), the secant's root on
+    [0, t_1], Newton's beyond the samples, overflow and ascent handled."""
+    scale, root = 1.0, 0.7
+    steps = np.array(poisson.sample_steps(scale))
+
+    def quadratic_slope(t, root=root):  # L'(t) = (t - root)(t + 2), L'(0) < 0
+        return (t - root) * (t + 2), 2 * t + 2 - root
+
+    slopes, curvatures = quadratic_slope(steps)
+    tau, next_scale = poisson.line_search_step(quadratic_slope(0.0)[0], slopes, curvatures, scale)
+    assert tau == pytest.approx(root, rel=1e-8) and next_scale == tau
+    slopes, curvatures = quadratic_slope(steps, root=0.05)  # below the first sample
+    slope_at_zero = quadratic_slope(0.0, 0.05)[0]
+    tau, next_scale = poisson.line_search_step(slope_at_zero, slopes, curvatures, scale)
+    secant = steps[0] * slope_at_zero / (slope_at_zero - slopes[0])
+    assert tau == pytest.approx(secant, rel=1e-12) and 0 < tau < 0.05  # convex L': short
+    assert next_scale == max(tau, steps[0] / 8)
+    linear = steps - 100.0  # L'(t) = t - 100: Newton from the last sample, capped
+    tau, _ = poisson.line_search_step(-100.0, linear, np.ones(6), scale)
+    assert tau == steps[-1] * poisson.LINE_SEARCH_EXTRAPOLATION
+    linear = steps - 5.0
+    assert poisson.line_search_step(-5.0, linear, np.ones(6), scale) == (5.0, 5.0)
+    overflow = np.where(steps > 1.5, np.inf, -1.0)  # L' overflows from t = 2: step 1
+    assert poisson.line_search_step(-1.0, overflow, np.ones(6), scale) == (1.0, 1.0)
+    overflow = np.full(6, np.nan)  # at the first sample: no step, a smaller scale
+    assert poisson.line_search_step(-1.0, overflow, np.ones(6), scale) == (0.0, steps[0] / 8)
+    assert poisson.line_search_step(0.5, linear, np.ones(6), scale) == (0.0, scale)  # ascent
 
 
 def test_line_search_refuses_an_ascent_direction():
@@ -105,7 +141,7 @@ def test_line_search_refuses_an_ascent_direction():
     ascent = poisson.farfield_gradient(a, counts)
     (slope,), _ = poisson.line_search_terms(a, ascent, None, counts, [0.0])
     assert slope > 0
-    assert poisson.line_search(terms_of(a, ascent, None, counts), slope) == 0.0
+    assert one_pass(a, ascent, None, counts, slope, 1.0) == (0.0, 1.0)
 
 
 def test_slope_at_zero_is_twice_the_gradient_inner_product():

@@ -133,7 +133,7 @@ class TrialBatch:
         self._farfield = self._farfields(np.arange(self.size))
         self.iteration = 0
         self._since_refresh = np.zeros(self.size, int)
-        self._last_step = np.ones(self.size)
+        self._search_scale = np.ones(self.size)  # of the next line search, per trial
         self._nll = xp.full(self.size, np.nan)  # of the last iteration, on the device
         # (dir_O, dir_P or None, <g, s>, s_O, s_P) of the last iteration, and which trials
         # may continue it (the others restart from steepest descent)
@@ -313,11 +313,10 @@ class TrialBatch:
         prior = None
         if cfg.object_smoothness:
             prior = self._prior_terms(dir_obj, mu)
-        tau = terms.line_search(
-            self._farfield, linear, quadratic, self._counts, slope, self._last_step, prior, model
+        tau, self._search_scale = terms.line_search(
+            self._farfield, linear, quadratic, self._counts, slope, self._search_scale, prior, model
         )
         moved = tau > 0
-        self._last_step = np.where(moved, tau, self._last_step)
         self._continues &= moved
         if moved.any():
             t = xp.asarray(np.where(moved, tau, 0), self._real)
@@ -443,7 +442,7 @@ class TrialBatch:
             self._counts = self._counts[picked]
         for name in (
             "_excluded", "_origin_px", "_canvas_px", "_beam_offset_px", "_since_refresh",
-            "_last_step", "_continues",
+            "_search_scale", "_continues",
         ):  # fmt: skip
             setattr(self, name, getattr(self, name)[chosen])
         self._nll = self._nll[picked]

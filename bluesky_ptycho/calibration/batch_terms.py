@@ -7,8 +7,8 @@ compare every one against its engine twin, trial by trial):
 * :func:`nll_and_gradient` - :func:`~bluesky_ptycho.engine.poisson.negative_log_likelihood`
   and :func:`~bluesky_ptycho.engine.poisson.farfield_gradient`;
 * :func:`line_search_terms` and :func:`line_search` - the engine's line search
-  (:class:`~bluesky_ptycho.engine.poisson.StepSearch`), every trial with its
-  own steps and bracket, evaluated on the trials still searching;
+  (:func:`~bluesky_ptycho.engine.poisson.line_search_step`), every trial at its
+  own steps;
 * :func:`disc_centres` - :func:`~bluesky_ptycho.engine.gauge.disc_centre`;
 * :func:`ramps` - :func:`~bluesky_ptycho.engine.gauge.ramp`;
 * :func:`batched_weighted_sum` - :func:`~bluesky_ptycho.engine.shift.weighted_sum`.
@@ -113,41 +113,25 @@ def line_search(
     quadratic: Any | None,
     counts: Any,
     slope_at_zero: np.ndarray,
-    first_step: np.ndarray,
+    scale: np.ndarray,
     prior: tuple[np.ndarray, np.ndarray] | None = None,
     noise_model: str = "poisson",
-) -> np.ndarray:
-    """(K,) steps of :func:`~bluesky_ptycho.engine.poisson.line_search`, one per trial.
-
-    One :class:`~bluesky_ptycho.engine.poisson.StepSearch` per trial, advanced
-    in lockstep: each pass evaluates the trials still searching, each at its
-    own steps. ``prior``: the smoothness prior's ``(R'(0), R'')`` per trial,
-    added as the engine adds it.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) steps and next scales of :func:`~bluesky_ptycho.engine.poisson.line_search_step`,
+    one per trial, from one pass at every trial's own ``sample_steps(scale)``.
+    ``prior``: the smoothness prior's ``(R'(0), R'')`` per trial, added as the
+    engine adds it.
     """
-    xp = array_module_of(farfield)
-    searches = [
-        poisson.StepSearch(float(slope), float(step))
-        for slope, step in zip(slope_at_zero, first_step, strict=True)
+    steps = np.array([poisson.sample_steps(float(value)) for value in scale])
+    slope, curvature = line_search_terms(farfield, linear, quadratic, counts, steps, noise_model)
+    if prior is not None:
+        slope = slope + prior[0][:, None] + steps * prior[1][:, None]
+        curvature = curvature + prior[1][:, None]
+    results = [
+        poisson.line_search_step(float(slope_at_zero[k]), slope[k], curvature[k], float(scale[k]))
+        for k in range(len(scale))
     ]
-    while True:
-        chosen = np.array([k for k, search in enumerate(searches) if search.result is None])
-        if not chosen.size:
-            return np.array([search.result for search in searches], np.float64)
-        pick: Any = slice(None) if chosen.size == len(searches) else xp.asarray(chosen)
-        steps = np.array([searches[k].steps() for k in chosen])
-        slope, curvature = line_search_terms(
-            farfield[pick],
-            linear[pick],
-            None if quadratic is None else quadratic[pick],
-            counts if counts.shape[0] == 1 else counts[pick],
-            steps,
-            noise_model,
-        )
-        if prior is not None:
-            slope = slope + prior[0][chosen, None] + steps * prior[1][chosen, None]
-            curvature = curvature + prior[1][chosen, None]
-        for row, k in enumerate(chosen):
-            searches[k].update(slope[row], curvature[row])
+    return np.array(results, np.float64).reshape(-1, 2).T.copy()
 
 
 def disc_centres(xp: ModuleType, patterns: Any) -> np.ndarray:

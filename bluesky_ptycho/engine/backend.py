@@ -59,3 +59,32 @@ def to_host(array: Any) -> np.ndarray:
     if hasattr(array, "get"):
         return array.get()
     return np.asarray(array)
+
+
+class Readback:
+    """A small array copied to the host behind the work queued so far, without waiting.
+
+    On CuPy the copy goes into pinned memory on the current stream and an event
+    marks it; :meth:`result` waits for that event alone, so the device may already
+    run later work (a NumPy array is its own result).
+    """
+
+    def __init__(self, array: Any) -> None:
+        self._event = None
+        if not hasattr(array, "get"):
+            self._host = np.asarray(array)
+            return
+        import cupy
+        import cupyx
+
+        self._host = cupyx.empty_pinned(array.shape, array.dtype)
+        cupy.asnumpy(array, out=self._host, blocking=False)
+        self._event = cupy.cuda.Event(block=True, disable_timing=True)
+        self._event.record()
+
+    def result(self) -> np.ndarray:
+        """The host copy (waits for the copy, and only for it)."""
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        return self._host

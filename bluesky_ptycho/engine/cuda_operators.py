@@ -289,11 +289,11 @@ class CudaOperators:
         counts: Any,
         out: Any = None,
         noise_model: str = "poisson",
-        step: tuple[Any, Any | None, float] | None = None,
+        step: tuple[Any, Any | None, Any] | None = None,
         total: Any = None,
     ) -> tuple[Any, Any]:
         out = stack_buffer(self.xp, out, farfield.shape[0], self.frame_shape, self._complex)
-        linear, quadratic, tau = step if step is not None else (None, None, 0.0)
+        linear, quadratic, tau = step if step is not None else (None, None, None)
         total = self.xp.zeros(1, "float64") if total is None else total
         self._launch(
             "poisson_gradient",
@@ -303,7 +303,7 @@ class CudaOperators:
                 counts,
                 _optional(linear),
                 _optional(quadratic),
-                self._real(tau),
+                NULL if tau is None else self._device_step(tau),
                 out,
                 total,
                 np.int64(farfield.size),
@@ -422,7 +422,7 @@ class CudaOperators:
                 linear,
                 _optional(quadratic),
                 counts,
-                self.xp.asarray(steps, dtype=self.real_dtype),
+                self.xp.asarray(steps, dtype="float64"),
                 total,
                 np.int64(farfield.size),
                 np.int64(self.frame_shape[0] * self.frame_shape[1]),
@@ -436,12 +436,23 @@ class CudaOperators:
         )
         return total
 
-    def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
+    def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: Any) -> None:
         self._launch(
             "advance",
             farfield.size,
-            (farfield, linear, _optional(quadratic), self._real(tau), np.int64(farfield.size)),
+            (
+                farfield,
+                linear,
+                _optional(quadratic),
+                self._device_step(tau),
+                np.int64(farfield.size),
+            ),
         )
+
+    def _device_step(self, tau: Any) -> Any:
+        """``tau`` (a number, or a one-element float64 device array: not read back) as
+        the float64 device array the kernels read."""
+        return self.xp.asarray(tau, dtype="float64").reshape(1)
 
     def workspace_bytes(self, chunk_frames: int) -> int:
         # cuFFT's work area for a chunk (at most one chunk-sized complex stack), and

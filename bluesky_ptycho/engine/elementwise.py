@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import poisson
 from .backend import array_module_of, is_cupy
 
 #: Re <a, b_k> of one array with up to MAX_INNERS others in one read of ``a``: per
@@ -81,9 +82,9 @@ def _kernels() -> dict[str, Any]:
         },
         "polak_ribiere": cupy.ElementwiseKernel(
             "float64 g_dot_s, float64 g_dot_previous_s, float64 g_dot_previous_d,"
-            " float64 previous_g_dot_s",
+            " float64 previous_g_dot_s, float64 previous_step",
             "float64 beta, float64 slope",
-            "const bool descended = previous_g_dot_s > 0;"
+            "const bool descended = previous_g_dot_s > 0 && previous_step > 0;"
             " const double b = max((g_dot_s - g_dot_previous_s)"
             " / (descended ? previous_g_dot_s : 1.0), 0.0);"
             " const double conjugate_slope = 2 * (b * g_dot_previous_d - g_dot_s);"
@@ -106,12 +107,110 @@ def _kernels() -> dict[str, Any]:
             "ptycho_conjugate",
         ),
         "add_scaled": cupy.ElementwiseKernel(
-            "T direction, T scale",
+            "T direction, raw float64 scale",
             "T target",
-            "target += scale * direction",
+            "target += (T::value_type)scale[0] * direction",
             "ptycho_add_scaled",
         ),
+        "line_search_step": cupy.RawKernel(
+            _line_search_step_source(), "line_search_step", options=("--fmad=false",)
+        ),
     }
+
+
+def _line_search_step_source() -> str:
+    """:func:`.poisson.line_search_step` as a one-thread kernel (no fused multiply-adds,
+    so its arithmetic is the host's)."""
+    samples = ", ".join(repr(float(sample)) for sample in poisson.LINE_SEARCH_SAMPLES)
+    return (
+        f"#define SAMPLES {len(poisson.LINE_SEARCH_SAMPLES)}\n"
+        f"#define EXTRAPOLATION {float(poisson.LINE_SEARCH_EXTRAPOLATION)!r}\n"
+        f"#define BISECTIONS {poisson.HERMITE_BISECTIONS}\n"
+        f"__constant__ double samples[SAMPLES] = {{{samples}}};\n"
+        + _LINE_SEARCH_STEP_SOURCE
+    )
+
+
+#: state = [step, scale, steps...] of :func:`line_search_step`; ``sums`` = (L', L'')
+#: at the steps, interleaved
+_LINE_SEARCH_STEP_SOURCE = r"""
+__device__ double hermite_root(double low, double high, double slope_low, double curvature_low,
+                               double slope_high, double curvature_high) {
+  const double width = high - low;
+  const double c1 = width * curvature_low;
+  const double c2 = 3 * (slope_high - slope_low) - width * (2 * curvature_low + curvature_high);
+  const double c3 = 2 * (slope_low - slope_high) + width * (curvature_low + curvature_high);
+  double below = 0, above = 1;
+  for (int i = 0; i < BISECTIONS; ++i) {
+    const double middle = 0.5 * (below + above);
+    if (slope_low + middle * (c1 + middle * (c2 + middle * c3)) < 0) below = middle;
+    else above = middle;
+  }
+  return low + 0.5 * (below + above) * width;
+}
+
+extern "C" __global__ void line_search_step(const double* slope_at_zero, const double* sums,
+                                            const double* state, double* out) {
+  const double scale = state[1];
+  double step = 0, next = scale;
+  if (slope_at_zero[0] < 0) {
+    double low = 0, slope_low = slope_at_zero[0], curvature_low = NAN;
+    bool bracketed = false;
+    for (int s = 0; s < SAMPLES && !bracketed; ++s) {
+      const double high = scale * samples[s];
+      double slope = sums[2 * s], curvature = sums[2 * s + 1];
+      if (!(isfinite(slope) && isfinite(curvature))) slope = INFINITY, curvature = NAN;
+      if (slope < 0) {
+        low = high, slope_low = slope, curvature_low = curvature;
+        continue;
+      }
+      bracketed = true;
+      if (isinf(slope)) {  // the bracket ends in overflow
+        step = low;
+        next = low > 0 ? low : high * samples[0];
+      } else if (low == 0) {  // the secant's root
+        step = high * slope_low / (slope_low - slope);
+        next = fmax(step, high * samples[0]);
+      } else {
+        step = next = hermite_root(low, high, slope_low, curvature_low, slope, curvature);
+      }
+    }
+    if (!bracketed) {
+      step = low * EXTRAPOLATION;
+      if (curvature_low > 0) step = fmin(step, low - slope_low / curvature_low);
+      next = step;
+    }
+  }
+  out[0] = step;
+  out[1] = next;
+  for (int s = 0; s < SAMPLES; ++s) out[2 + s] = next * samples[s];
+}
+"""
+
+
+def line_search_state(xp: Any, scale: float) -> Any:
+    """A line search's state on the device: ``[step, scale, steps...]``, float64, with
+    ``step`` 0 and the next pass at ``poisson.sample_steps(scale)``."""
+    return xp.asarray([0.0, scale, *poisson.sample_steps(scale)], dtype="float64")
+
+
+def line_search_step(slope_at_zero: Any, sums: Any, state: Any) -> Any:
+    """The state after this pass (:func:`line_search_state`; ``step`` = ``state[:1]``):
+    :func:`.poisson.line_search_step` of ``L'(0)`` (a 0-d array), ``sums`` ((S, 2)
+    float64: ``L'``, ``L''`` at ``state[2:]``) and ``state``'s scale, computed where
+    they are (one launch on CuPy, nothing read back)."""
+    xp = array_module_of(sums)
+    if is_cupy(xp):
+        out = xp.empty_like(state)
+        _kernels()["line_search_step"]((1,), (1,), (slope_at_zero, sums, state, out))
+        return out
+    sums = np.asarray(sums, dtype=np.float64)
+    step, scale = poisson.line_search_step(
+        float(slope_at_zero), sums[:, 0], sums[:, 1], float(state[1])
+    )
+    out = line_search_state(np, scale)
+    out[0] = step
+    return out
 
 
 def real_inners(a: Any, others: list[Any], total: Any = None) -> Any:
@@ -143,19 +242,22 @@ def real_inners(a: Any, others: list[Any], total: Any = None) -> Any:
     return total
 
 
-def polak_ribiere(dots: Any, previous_g_dot_s: Any) -> tuple[Any, Any]:
+def polak_ribiere(dots: Any, previous_g_dot_s: Any, previous_step: Any) -> tuple[Any, Any]:
     """Polak-Ribiere ``beta`` and the slope ``L'(0)`` along the conjugate direction
     ``d = beta d_prev - s``, from ``dots = [Re <g, s>, Re <g, s_prev>, Re <g, d_prev>]``
     and the previous ``Re <g, s>`` (``g`` the gradient dL/dz*, ``s`` its preconditioned
-    step). The direction is restarted (``beta`` 0, slope ``-2 Re <g, s>``) unless the
-    previous step descended, ``beta > 0`` and the conjugate slope is negative. Two 0-d
-    float64 arrays on the device of ``dots`` (one launch on CuPy)."""
+    step) and line-search step (0-d arrays). The direction is restarted (``beta`` 0,
+    slope ``-2 Re <g, s>``) unless the previous direction descended, its step was not
+    0, ``beta > 0`` and the conjugate slope is negative. Two 0-d float64 arrays on the
+    device of ``dots`` (one launch on CuPy)."""
     xp = array_module_of(dots)
     if is_cupy(xp):
-        return _kernels()["polak_ribiere"](dots[0], dots[1], dots[2], previous_g_dot_s)
+        return _kernels()["polak_ribiere"](
+            dots[0], dots[1], dots[2], previous_g_dot_s, previous_step
+        )
     g_dot_s, g_dot_previous_s, g_dot_previous_d = (float(v) for v in dots[:3])
     previous = float(previous_g_dot_s)
-    descended = previous > 0
+    descended = previous > 0 and float(previous_step) > 0
     beta = max((g_dot_s - g_dot_previous_s) / (previous if descended else 1.0), 0.0)
     conjugate_slope = 2 * (beta * g_dot_previous_d - g_dot_s)
     kept = descended and beta > 0 and conjugate_slope < 0
@@ -196,10 +298,11 @@ def _device_number(xp: Any, value: Any) -> Any:
     return xp.asarray(value, dtype="float64").reshape(1)
 
 
-def add_scaled(target: Any, scale: float, direction: Any) -> None:
-    """``target += scale * direction`` in place (``scale`` real)."""
+def add_scaled(target: Any, scale: Any, direction: Any) -> None:
+    """``target += scale * direction`` in place (``scale`` real: a number or a 0-d or
+    one-element array, on the device: not read back)."""
     xp = array_module_of(target)
     if is_cupy(xp):
-        _kernels()["add_scaled"](direction, target.dtype.type(scale), target)
+        _kernels()["add_scaled"](direction, _device_number(xp, scale), target)
     else:
-        target += scale * direction
+        target += float(np.asarray(scale).reshape(-1)[0]) * direction

@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from . import patches, poisson, shift
+from .backend import to_host
 
 #: pixels per chunk of frames processed together (2**25: 512 frames of 256 x 256);
 #: an implementation made with ``max_chunk_pixels`` uses that instead
@@ -68,7 +69,7 @@ class EngineOperators(Protocol):
         counts: Any,
         out: Any = None,
         noise_model: str = "poisson",
-        step: tuple[Any, Any | None, float] | None = None,
+        step: tuple[Any, Any | None, Any] | None = None,
         total: Any = None,
     ) -> tuple[Any, Any]:
         """Poisson NLL and the exit-wave gradient ``chi = IFFT_ortho(dL/da*)`` of a
@@ -76,6 +77,8 @@ class EngineOperators(Protocol):
         Poisson's either way); ``out`` may be ``farfield`` itself (computed in place).
         ``step`` = (b, c or None, tau): first ``farfield += tau b + tau^2 c`` (the last
         line search's step, :meth:`advance` fused into this pass); ``out`` may be ``b``.
+        ``tau`` (here and in :meth:`advance`): a number or a one-element float64 array
+        on the device (the line search's state, read there without a host round trip).
 
         The NLL is added to ``total``, a one-element float64 array on the stack's
         device (a new zero one when None), which is returned: it is read only once
@@ -117,7 +120,7 @@ class EngineOperators(Protocol):
         synchronised), added to ``total`` when given (and returned); otherwise valid
         until the next call."""
 
-    def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
+    def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: Any) -> None:
         """``a += tau b + tau^2 c`` in place."""
 
     def workspace_bytes(self, chunk_frames: int) -> int:
@@ -266,7 +269,7 @@ class ArrayOperators:
         counts: Any,
         out: Any = None,
         noise_model: str = "poisson",
-        step: tuple[Any, Any | None, float] | None = None,
+        step: tuple[Any, Any | None, Any] | None = None,
         total: Any = None,
     ) -> tuple[Any, Any]:
         xp = self.xp
@@ -346,6 +349,7 @@ class ArrayOperators:
         noise_model: str = "poisson",
         total: Any = None,
     ) -> Any:
+        steps = [float(step) for step in to_host(steps).reshape(-1)]  # (this path reads anyway)
         sums = np.zeros((len(steps), 2))
         for chunk in frame_chunks(0, farfield.shape[0], self.frame_shape, self.max_chunk_pixels):
             part = poisson.line_search_terms(
@@ -362,7 +366,8 @@ class ArrayOperators:
         total += self.xp.asarray(sums)
         return total
 
-    def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: float) -> None:
+    def advance(self, farfield: Any, linear: Any, quadratic: Any | None, tau: Any) -> None:
+        tau = float(to_host(tau).reshape(-1)[0])
         for chunk in frame_chunks(0, farfield.shape[0], self.frame_shape, self.max_chunk_pixels):
             farfield[chunk] += tau * linear[chunk]
             if quadratic is not None:

@@ -66,7 +66,7 @@ class FramePasses:
         self._sample = slice(None)  # the frames this iteration's line search reads
         self._taps: Any = None
         self._direction: tuple[Any, Any, Any | None] | None = None  # (dobj, dtaps, stacks)
-        self._pending_step: float | None = None  # taken, not yet applied to stored a
+        self._pending_step: Any = None  # taken, not yet applied to stored a (device)
 
     def _chunk(self, name: str, frames: slice) -> Any:
         """The work stack ``name`` for the chunk ``frames`` (chunk-sized, kept between
@@ -176,14 +176,15 @@ class FramePasses:
         read = frame_count(sample, n)
         return total if read == n else total * (n / read)
 
-    def advance(self, tau: float) -> None:
-        """Follow a step ``tau`` along the direction: the stored ``a`` moves with it
+    def advance(self, tau: Any) -> None:
+        """Follow a step ``tau`` (a number or a one-element float64 array on the store's
+        device, not read back) along the direction: the stored ``a`` moves with it
         (``"stacks"``: in the next gradient pass); otherwise that pass recomputes it."""
         _, _, stacks = self._require_direction()
         if stacks is not None:
             self._pending_step = tau
 
-    def _fused_step(self) -> tuple[Any, Any | None, float] | None:
+    def _fused_step(self) -> tuple[Any, Any | None, Any] | None:
         """The pending step as (b, c, tau) for the gradient pass to take on the way,
         when it covers every frame whose stored ``a`` is current; otherwise (frames
         joined since, or a refresh recomputes some) taken now by itself, and None."""

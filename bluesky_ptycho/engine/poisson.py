@@ -24,14 +24,14 @@ fits it for its first ``ReconConfig.amplitude_iterations`` iterations.
 
 Along a search direction with far fields ``b`` (linear term) and ``c``
 (quadratic term) the model is ``a(t) = a + t b + t^2 c`` exactly;
-:func:`line_search` finds the first minimum of ``L(t)`` from its exact
-derivatives at several steps at once (one read of the stacks per pass).
+:func:`line_search_step` takes the step to the first minimum of ``L(t)`` from
+its exact derivatives at several steps at once (one read of the stacks).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,10 +46,9 @@ EPS_PHOTONS = 1e-6
 #: steps of one line-search pass, as multiples of the pass's scale (first pass: the
 #: previous step; the step ratio between iterations spans ~0.06-14 at 5-95 %)
 LINE_SEARCH_SAMPLES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
-#: a pass without a bracket moves this many times beyond the known steps
-LINE_SEARCH_REACH = 4.0
-#: most passes per line search
-LINE_SEARCH_PASSES = 5
+#: with every sampled slope negative the step goes at most this many times beyond
+#: the largest sample (the next line search samples around it)
+LINE_SEARCH_EXTRAPOLATION = 2.0
 #: bisections of the Hermite interpolant (the step to 2^-30 of the bracket)
 HERMITE_BISECTIONS = 30
 
@@ -150,79 +149,54 @@ def _check_model(noise_model: str) -> str:
     return noise_model
 
 
-class StepSearch:
-    """The state of one :func:`line_search`: the steps its next pass needs, or its result.
+def line_search_step(
+    slope_at_zero: float, slopes: Sequence[float], curvatures: Sequence[float], scale: float
+) -> tuple[float, float]:
+    """(step, next scale) from one pass at ``sample_steps(scale)``: no second pass.
 
-    ``steps()`` lists the next pass's steps; ``update(slopes, curvatures)`` takes
-    ``L'`` and ``L''`` there; ``result`` is the step once known (else None). A
-    batch of line searches (one per calibration trial) advances several in
-    lockstep.
+    ``slopes`` and ``curvatures`` are ``L'`` and ``L''`` at those steps (a
+    non-finite value counts as an upper bound). The step is 0 when ``L'(0) >= 0``.
+    Otherwise the first pair of known steps (0 included) where ``L'`` turns from
+    negative to non-negative brackets the minimum: the root of the cubic Hermite
+    interpolant of ``L'`` there is the step. On ``[0, t_1]``, where ``L''(0)`` is
+    not known, it is the secant's root (short of the minimiser where ``L'`` is
+    convex, as it grows with the intensities' squares: still a descent), and the
+    next line search starts from ``t_1 / 8`` at least; a bracket closed by an
+    overflow gives its lower end. With every slope negative the step is Newton's
+    from the largest sample, at most :data:`LINE_SEARCH_EXTRAPOLATION` times it.
+    The next line search's scale is the step (unchanged after a step of 0, 1/8 of
+    the smallest sample after an overflow there). The rule of
+    :func:`~.elementwise.line_search_step`'s kernel.
     """
-
-    def __init__(self, slope_at_zero: float, first_step: float = 1.0) -> None:
-        self.known = {0.0: (slope_at_zero, math.nan)}
-        self.scale = first_step
-        self.passes = 0
-        self.result: float | None = None if slope_at_zero < 0 else 0.0
-
-    def steps(self) -> list[float]:
-        return sample_steps(self.scale)
-
-    def update(self, slopes: Sequence[float], curvatures: Sequence[float]) -> None:
-        known = self.known
-        for tau, slope, curvature in zip(self.steps(), slopes, curvatures, strict=True):
-            finite = math.isfinite(slope) and math.isfinite(curvature)
-            known[tau] = (float(slope), float(curvature)) if finite else (math.inf, math.nan)
-        self.passes += 1
-        ordered = sorted(known)
-        for low, high in zip(ordered, ordered[1:], strict=False):
-            if known[low][0] < 0 <= known[high][0]:
-                break
-        else:  # every known slope is negative: the minimum lies beyond
-            self.scale = ordered[-1] * LINE_SEARCH_REACH / LINE_SEARCH_SAMPLES[0]
-            self._give_up_after_the_last_pass()
-            return
-        if low > 0 and math.isfinite(known[high][0]):
-            self.result = _hermite_root(low, high, *known[low], *known[high])
-            return
-        # the bracket starts at 0 (no curvature known there) or ends in overflow: look inside
-        self.scale = high / LINE_SEARCH_SAMPLES[-1] / (1 + 1 / LINE_SEARCH_REACH)
-        self._give_up_after_the_last_pass()
-
-    def _give_up_after_the_last_pass(self) -> None:
-        if self.passes >= LINE_SEARCH_PASSES:  # the largest step known to descend
-            self.result = max(tau for tau, (slope, _) in self.known.items() if slope < 0)
+    steps = sample_steps(scale)
+    known = [(0.0, float(slope_at_zero), math.nan)]
+    for tau, slope, curvature in zip(steps, slopes, curvatures, strict=True):
+        finite = math.isfinite(slope) and math.isfinite(curvature)
+        known.append((tau, float(slope), float(curvature)) if finite else (tau, math.inf, math.nan))
+    if not known[0][1] < 0:
+        return 0.0, scale
+    for (low, slope_low, curvature_low), (high, slope_high, curvature_high) in zip(
+        known, known[1:], strict=False
+    ):
+        if slope_high < 0:
+            continue
+        if math.isinf(slope_high):  # the bracket ends in overflow
+            return (low, low) if low > 0 else (0.0, high * LINE_SEARCH_SAMPLES[0])
+        if low == 0:  # the secant's root
+            tau = high * slope_low / (slope_low - slope_high)
+            return tau, max(tau, high * LINE_SEARCH_SAMPLES[0])
+        tau = _hermite_root(low, high, slope_low, curvature_low, slope_high, curvature_high)
+        return tau, tau
+    last, slope_last, curvature_last = known[-1]
+    tau = last * LINE_SEARCH_EXTRAPOLATION
+    if curvature_last > 0:
+        tau = min(tau, last - slope_last / curvature_last)
+    return tau, tau
 
 
 def sample_steps(scale: float) -> list[float]:
-    """The steps of one line-search pass: :data:`LINE_SEARCH_SAMPLES` times ``scale``
-    (a line search's first pass: ``scale`` is its ``first_step``)."""
+    """The steps of one line-search pass: :data:`LINE_SEARCH_SAMPLES` times ``scale``."""
     return [scale * sample for sample in LINE_SEARCH_SAMPLES]
-
-
-def line_search(
-    terms: Callable[[list[float]], tuple[np.ndarray, np.ndarray]],
-    slope_at_zero: float,
-    first_step: float = 1.0,
-) -> float:
-    """Step ``t > 0`` at the first minimum of ``L(t)``, or 0 when ``L'(0) >= 0``.
-
-    Each pass evaluates ``L'`` and ``L''`` at :data:`LINE_SEARCH_SAMPLES` times
-    a scale (the first pass: ``first_step``, the previous iteration's step) in
-    one read of the stacks. The first pair of known steps where ``L'`` turns
-    from negative to non-negative brackets the minimum; the root of the cubic
-    Hermite interpolant of ``L'`` on that bracket is the step. With no bracket
-    the next pass moves :data:`LINE_SEARCH_REACH` times further out (or, when
-    the only bracket starts at 0, inside it). ``slope_at_zero`` is ``L'(0) =
-    2 Re <dL/dz*, dz>``; ``terms(steps)`` returns (L', L'') at those steps (e.g.
-    :func:`line_search_terms` of given stacks, or the fused kernel's sums over
-    all partitions). A non-finite value counts as an upper bound.
-    :class:`StepSearch` holds the state.
-    """
-    search = StepSearch(slope_at_zero, first_step)
-    while search.result is None:
-        search.update(*terms(search.steps()))
-    return search.result
 
 
 def _hermite_root(

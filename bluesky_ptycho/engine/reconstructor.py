@@ -17,7 +17,8 @@ update of object and probe. The likelihood is Poisson's, except for up to
 ``ReconConfig.amplitude_iterations`` iterations after frames were last added,
 which fit the better-conditioned amplitude model (:mod:`.poisson`) until it
 stops lowering the Poisson NLL (``AMPLITUDE_STALL_ITERATIONS`` iterations in a row
-that lower it by less than ``AMPLITUDE_STALL_RELATIVE``). What is
+that lower it by less than ``AMPLITUDE_STALL_RELATIVE``; an iteration's NLL reaches
+the host while the next one is queued, so the test acts one iteration later). What is
 kept per frame between these passes, and so how many transforms an iteration
 takes, is ``ReconConfig.frame_storage`` (:mod:`.passes`); with ``"stacks"``
 the stored far fields follow the update by linearity and are recomputed every
@@ -42,8 +43,8 @@ from typing import Any
 import numpy as np
 
 from ..config import ReconConfig
-from . import elementwise, gauge, passes, poisson, shift, smoothness, workspace
-from .backend import get_array_module, is_cupy, to_host
+from . import elementwise, gauge, passes, shift, smoothness, workspace
+from .backend import Readback, array_module_of, get_array_module, is_cupy, to_host
 from .collectives import make_collectives
 from .frames import FrameStore, route, stripe_edges
 from .operators import ArrayOperators, EngineOperators, frame_chunks
@@ -185,7 +186,11 @@ class Reconstructor:
         self.probe: Any = None
         # Iteration state.
         self.iteration = 0
-        self._last_step = 1.0  # first trial of the next line search
+        self._first_step = 1.0  # scale of a new line-search state (a restore damps it)
+        self._search: list[Any] | None = None  # line-search state per store (device)
+        self._previous_step: Any = None  # the last iteration's step (0-d, device)
+        # (NLL and step on their way to the host, the iteration's history entry)
+        self._pending: list[tuple[Readback, dict[str, Any]]] = []
         self._since_refresh = 0
         self._amplitude_left = 0  # iterations of the amplitude model still to run
         self._amplitude_nll: float | None = None
@@ -433,15 +438,17 @@ class Reconstructor:
         if not isinstance(n_iterations, int) or n_iterations < 0:
             raise ValueError(f"iterate: n_iterations must be an integer >= 0, got {n_iterations!r}")
         self._ensure_probe()
-        nll = math.nan
         for _ in range(n_iterations):
-            nll = self._step()
-        return nll
+            self._step()
+        self._settle()
+        return self._history[-1]["poisson_nll"] if n_iterations else math.nan
 
-    def _step(self) -> float:
-        """One iteration. Its results are read from the device once (the slope, the NLL
-        and the line search's first pass together), plus once for each further pass
-        of the line search and every ``BEAM_CHECK_EVERY`` iterations the beam check."""
+    def _step(self) -> None:
+        """Queue one iteration. Nothing in it waits for the device (on CuPy the host
+        prepares the next iteration while the device runs this one): its NLL and step
+        reach the history one iteration later (:meth:`_settle`). Every
+        ``BEAM_CHECK_EVERY`` iterations the beam check reads the probe's far-field
+        centre, and with ``object_smoothness`` the prior reads its weight."""
         cfg, stores, xp = self.config, self._stores, self.xp
         started = time.perf_counter()
         self._update_geometry()
@@ -499,65 +506,64 @@ class Reconstructor:
             with store.active():
                 frame_passes.set_direction(probe_dir, obj_dir)
 
-        def sums(steps: list[float]) -> Any:
-            parts = []
-            for store, frame_passes in zip(stores, self._passes, strict=True):
-                with store.active():
-                    parts.append(frame_passes.line_search_sums(steps, noise_model))
-            return self._collectives.reduce_sum(parts)
-
-        # the slope, the NLL and the line search's first pass: one read from the device
-        first_steps = poisson.sample_steps(self._last_step)
-        head = to_host(
-            xp.concatenate([xp.stack([slope, nll_sum[0]]), sums(first_steps).reshape(-1)])
-        )
-        slope, nll = float(head[0]), float(head[1])
-        prefetched = {tuple(first_steps): (head[2::2], head[3::2])}
-
-        def terms(steps: list[float]) -> tuple[np.ndarray, np.ndarray]:
-            known = prefetched.pop(tuple(steps), None)
-            if known is not None:
-                return known
-            total = to_host(sums(steps))
-            return total[:, 0], total[:, 1]
-
+        # the line search: one pass at the state's steps, the step chosen on the device
+        states = self._line_search_states()
+        parts = []
+        for store, frame_passes, state in zip(stores, self._passes, states, strict=True):
+            with store.active():
+                parts.append(frame_passes.line_search_sums(state[2:], noise_model))
+        total = self._collectives.reduce_sum(parts)
         if mu:
-            terms = _with_prior(terms, self.object, dir_obj, mu)
-        tau = poisson.line_search(terms, slope, self._last_step)
-        if tau > 0:
-            self._last_step = tau
-            for index, store in enumerate(stores):
-                with store.active():
-                    if index:  # replicas follow the same update (the first store's are ours)
-                        elementwise.add_scaled(store.object, tau, obj_dirs[index])
-                        if probe_dirs[index] is not None:
-                            elementwise.add_scaled(store.probe, tau, probe_dirs[index])
-                    self._passes[index].advance(tau)
-            elementwise.add_scaled(self.object, tau, dir_obj)
-            if dir_probe is not None:
-                elementwise.add_scaled(self.probe, tau, dir_probe)
-        else:
-            self._previous = None
-        if noise_model == "amplitude":
-            last, stall = self._amplitude_nll, AMPLITUDE_STALL_RELATIVE
-            stalled = stall > 0 and last is not None and last - nll < stall * abs(nll)
-            self._amplitude_stalls = self._amplitude_stalls + 1 if stalled else 0
-            if self._amplitude_stalls >= AMPLITUDE_STALL_ITERATIONS:
-                self._amplitude_left = 0
-            self._amplitude_nll = nll
+            total = total + _prior_terms(self.object, dir_obj, mu, states[0][2:])
+        state = elementwise.line_search_step(slope, total, states[0])
+        states = self._collectives.broadcast(state)
+        for index, (store, state_here) in enumerate(zip(stores, states, strict=True)):
+            tau = state_here[:1]
+            with store.active():
+                if index:  # replicas follow the same update (the first store's are ours)
+                    elementwise.add_scaled(store.object, tau, obj_dirs[index])
+                    if probe_dirs[index] is not None:
+                        elementwise.add_scaled(store.probe, tau, probe_dirs[index])
+                self._passes[index].advance(tau)
+        elementwise.add_scaled(self.object, state[:1], dir_obj)
+        if dir_probe is not None:
+            elementwise.add_scaled(self.probe, state[:1], dir_probe)
+        self._search, self._previous_step = states, state[0]
         self.iteration += 1
         self._since_refresh += 1
-        self._history.append(
-            {
-                "iteration": self.iteration,
-                "poisson_nll": nll,
-                "noise_model": noise_model,
-                "step": tau,
-                "n_frames": self._n,
-                "seconds": time.perf_counter() - started,
-            }
-        )
-        return nll
+        entry: dict[str, Any] = {
+            "iteration": self.iteration, "noise_model": noise_model, "n_frames": self._n
+        }
+        self._pending.append((Readback(xp.stack([nll_sum[0], state[0]])), entry))
+        self._settle(keep=1)  # the previous iteration's: the device runs this one meanwhile
+        entry["seconds"] = time.perf_counter() - started
+
+    def _line_search_states(self) -> list[Any]:
+        """Each store's line-search state (:func:`.elementwise.line_search_state`, on
+        its device); the first at a scale of 1 (the object's and probe's units)."""
+        if self._search is None:
+            with self._stores[0].active():
+                self._search = self._collectives.broadcast(
+                    elementwise.line_search_state(self.xp, self._first_step)
+                )
+        return self._search
+
+    def _settle(self, keep: int = 0) -> None:
+        """Complete the history of all but the last ``keep`` iterations queued (their NLL
+        and step, read from the device when it has sent them) and the amplitude model's
+        stall test on them."""
+        while len(self._pending) > keep:
+            results, entry = self._pending.pop(0)
+            nll, tau = (float(value) for value in results.result())
+            if entry["noise_model"] == "amplitude":
+                last, stall = self._amplitude_nll, AMPLITUDE_STALL_RELATIVE
+                stalled = stall > 0 and last is not None and last - nll < stall * abs(nll)
+                self._amplitude_stalls = self._amplitude_stalls + 1 if stalled else 0
+                if self._amplitude_stalls >= AMPLITUDE_STALL_ITERATIONS:
+                    self._amplitude_left = 0
+                self._amplitude_nll = nll
+            entry.update(poisson_nll=nll, step=tau)
+            self._history.append(entry)
 
     def _probe_tilt_px(self) -> np.ndarray:
         """(row, col) of the probe's far-field centre relative to the beam axis, in px."""
@@ -613,7 +619,7 @@ class Reconstructor:
         del pairs, previous
         g_dot_s = dots[0]
         if usable:  # (restarted where beta <= 0 or the direction would not descend)
-            beta, slope = elementwise.polak_ribiere(dots, prev_g_dot_s)
+            beta, slope = elementwise.polak_ribiere(dots, prev_g_dot_s, self._previous_step)
             # d = beta d_prev - s (or -s), in the previous direction's memory
             dir_obj = elementwise.conjugate(prev_obj, step_obj, beta)
             dir_probe = elementwise.conjugate(prev_probe, step_probe, beta) if update else None
@@ -640,6 +646,7 @@ class Reconstructor:
         only); ``live=False`` keeps the finite values (for stored results).
         """
         xp, shape = self.xp, self.object.shape
+        self._settle()
         self._ensure_probe()
         if self._n and (self._illumination is None or self._illumination.shape != shape):
             self._update_geometry()
@@ -758,13 +765,15 @@ class Reconstructor:
                 f"restore: object shape {tuple(object_.shape)} differs from the canvas "
                 f"{tuple(self.object.shape)} (frames were added since it was kept)"
             )
+        self._settle()
+        scale = float(to_host(self._line_search_states()[0])[1])
         self.object = self.xp.asarray(object_, self._complex).copy()
         self.probe = None if probe is None else self.xp.asarray(probe, self._complex).copy()
         self._replicas_stale = True
         for store in self._stores:
             store.n_fresh = 0
         self._previous = None
-        self._last_step *= step_scale
+        self._search, self._first_step = None, scale * step_scale
 
 
 def _devices(xp: Any, gpus: Sequence[int] | None, partitions: int | None) -> list[int | None]:
@@ -814,19 +823,13 @@ def make_operators(
     return CudaOperators(xp, frame_shape, real_dtype, interpolation, max_chunk_pixels)
 
 
-def _with_prior(terms: Any, obj: Any, direction: Any, mu: float) -> Any:
-    """Line-search terms of the Poisson NLL plus the smoothness prior along ``direction``.
+def _prior_terms(obj: Any, direction: Any, mu: float, steps: Any) -> Any:
+    """The smoothness prior's ``[R'(t), R''(t)]`` along ``direction`` at ``steps``: an
+    (S, 2) float64 array to add to the line search's sums.
 
-    The prior's ``R'(t) = 2 Re <g, d> + 2 t R_mu(d)`` is exact (R is quadratic);
-    ``terms`` and the result take a list of steps.
+    ``R'(t) = 2 Re <g, d> + 2 t R_mu(d)`` is exact (R is quadratic).
     """
-    slope_at_zero = 2 * float(
-        (direction.conj() * smoothness.gradient(obj, mu)).real.sum(dtype="float64")
-    )
+    xp = array_module_of(steps)
+    slope_at_zero = 2 * elementwise.real_inners(smoothness.gradient(obj, mu), [direction])[0]
     curvature = 2 * smoothness.energy(direction, mu)
-
-    def with_prior(steps: list[float]) -> tuple[np.ndarray, np.ndarray]:
-        slope, second = terms(steps)
-        return slope + slope_at_zero + np.asarray(steps) * curvature, second + curvature
-
-    return with_prior
+    return xp.stack([slope_at_zero + curvature * steps, xp.full_like(steps, curvature)], axis=1)
