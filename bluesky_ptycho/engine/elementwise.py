@@ -134,6 +134,9 @@ def _line_search_step_source() -> str:
 #: state = [step, scale, steps...] of :func:`line_search_step`; ``sums`` = (L', L'')
 #: at the steps, interleaved
 _LINE_SEARCH_STEP_SOURCE = r"""
+#define INFINITE_SLOPE __longlong_as_double(0x7ff0000000000000LL)
+#define UNKNOWN __longlong_as_double(0x7ff8000000000000LL)
+
 __device__ double hermite_root(double low, double high, double slope_low, double curvature_low,
                                double slope_high, double curvature_high) {
   const double width = high - low;
@@ -154,12 +157,12 @@ extern "C" __global__ void line_search_step(const double* slope_at_zero, const d
   const double scale = state[1];
   double step = 0, next = scale;
   if (slope_at_zero[0] < 0) {
-    double low = 0, slope_low = slope_at_zero[0], curvature_low = NAN;
+    double low = 0, slope_low = slope_at_zero[0], curvature_low = UNKNOWN;
     bool bracketed = false;
     for (int s = 0; s < SAMPLES && !bracketed; ++s) {
       const double high = scale * samples[s];
       double slope = sums[2 * s], curvature = sums[2 * s + 1];
-      if (!(isfinite(slope) && isfinite(curvature))) slope = INFINITY, curvature = NAN;
+      if (!(isfinite(slope) && isfinite(curvature))) slope = INFINITE_SLOPE, curvature = UNKNOWN;
       if (slope < 0) {
         low = high, slope_low = slope, curvature_low = curvature;
         continue;
