@@ -149,3 +149,22 @@ def test_torn_live_images_are_read_again():
     }
     coverage, amplitude, phase = state._consistent_images(live, frames=7)
     assert (coverage == good).all() and (amplitude == 2).all() and (phase == 3).all()
+
+
+def test_history_rows_read_while_the_writer_appends(tiled_server):
+    # a viewer's node of live/error_history, then the writer appends rows: a plain
+    # read() sends the stale shape and Tiled's client retries the 500 for 45 s
+    from bluesky_ptycho.viewer import state
+
+    client = tiled_server.client()
+    container = client.create_container("history-race")
+    rows = np.arange(25.0).reshape(5, 5)
+    writer = container.write_array(rows, key="error_history")
+    stale = tiled_server.client()["history-race"]["error_history"]
+    writer.patch(rows + 100, offset=(5,), extend=True)
+    started = time.monotonic()
+    read = state.history_rows(stale)
+    assert time.monotonic() - started < 10
+    np.testing.assert_array_equal(read, rows)
+    fresh = client["history-race"]["error_history"]
+    np.testing.assert_array_equal(state.history_rows(fresh)[5:], rows + 100)

@@ -122,6 +122,17 @@ def _consistent_images(live: Any, frames: int) -> tuple[np.ndarray, np.ndarray, 
     return coverage, amplitude, phase
 
 
+def history_rows(array: Any) -> np.ndarray:
+    """The rows of a live ``error_history`` array client that its structure promises.
+
+    The writer appends rows while a viewer reads; a plain ``read()`` sends the
+    structure's shape as the expected one, and once the array has grown Tiled
+    answers 500 and its client retries the same stale request for up to 45 s. The
+    rows asked for by slice stay what they were (rows are only ever appended).
+    """
+    return np.asarray(array[: array.shape[0]])
+
+
 def state_from_node(node: Any) -> ViewState:
     """The ViewState of a Tiled live-node container ``<path>/<raw_uid>`` (reads its arrays)."""
     md = dict(node.metadata)
@@ -130,7 +141,7 @@ def state_from_node(node: Any) -> ViewState:
     pixel = md.get("live_pixel_size_m") or md.get("pixel_size_m") or (1.0, 1.0)
     history: list[tuple[int, float]] = []
     if "error_history" in live:
-        rows = live["error_history"].read()
+        rows = history_rows(live["error_history"])
         history = [(int(r[0]), float(r[1]) / max(float(r[2]), 1.0)) for r in rows]
         # read after the metadata: the writer may be ahead; show what the metadata says
         history = [h for h in history if h[0] <= int(md.get("iteration", 0))]
