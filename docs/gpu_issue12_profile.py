@@ -101,7 +101,7 @@ def launch_bounds_sweep(rec: Reconstructor) -> dict:
             for name in FRAME_LOOP_KERNELS:
                 bounds = f"__launch_bounds__({cuda_operators.THREADS}, {min_blocks}) "
                 text = text.replace(f"__global__ void {name}(", f"__global__ void {bounds}{name}(")
-            cuda_operators.kernel_source = lambda text=text: text
+            cuda_operators.kernel_source = lambda _transforms=False, text=text: text
             cuda_operators._module.cache_clear()
             for store in rec._stores:
                 store.ops._kernels, _ = cuda_operators._module(

@@ -90,8 +90,19 @@ __device__ inline R pixel_nll(R intensity, R count) {
   return intensity - count - count * log(intensity / count);
 }
 
-// grad = scale m (1 - n / I) a, or with `amplitude` scale m (1 - sqrt(n / I)) a
-// (engine/poisson.py); nll += sum m (I - n - n ln(I / n)) (Poisson's either way).
+// A far-field pixel's gradient scale m (1 - n / I) a, or with `amplitude`
+// scale m (1 - sqrt(n / I)) a (engine/poisson.py), m = 0 where excluded (n < 0);
+// its NLL m (I - n - n ln(I / n)) (Poisson's either way) added to `nll`.
+template <typename R>
+__device__ inline complex<R> poisson_pixel(complex<R> a, R n, R eps, R scale, int amplitude,
+                                           double& nll) {
+  const R intensity = a.real() * a.real() + a.imag() * a.imag() + eps;
+  nll += pixel_nll(intensity, n);
+  const R ratio = amplitude ? sqrt(n / intensity) : n / intensity;
+  return n < 0 ? complex<R>(0, 0) : (scale * (R(1) - ratio)) * a;
+}
+
+// grad = poisson_pixel(a) of each pixel, nll += the stack's NLL.
 // With `linear` non-null the previous step is taken first, in the same pass:
 // a += tau linear + tau^2 quadratic (quadratic may be null), written back, with tau
 // read from the device (`step[0]`, the line search's; unread without `linear`). `grad`
@@ -111,11 +122,7 @@ __global__ void poisson_gradient(complex<R>* farfield, const C* counts, const co
       if (quadratic != nullptr) a += (tau * tau) * quadratic[i];
       farfield[i] = a;
     }
-    const R n = count_value<R>(counts[i]);
-    const R intensity = a.real() * a.real() + a.imag() * a.imag() + eps;
-    local += pixel_nll(intensity, n);
-    const R ratio = amplitude ? sqrt(n / intensity) : n / intensity;
-    grad[i] = n < 0 ? complex<R>(0, 0) : (scale * (R(1) - ratio)) * a;
+    grad[i] = poisson_pixel(a, count_value<R>(counts[i]), eps, scale, amplitude, local);
   }
   block_accumulate(local, nll);
 }

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from ..config import FRAME_STORAGE
+from ..engine.transforms import TRANSFORMS
 from ._options import (
     PRECISIONS,
     default_step_fraction,
@@ -103,6 +104,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="most frames the line search reads (ReconConfig.line_search_frames; "
         "0: all; default: the configuration's)",
     )
+    parser.add_argument(
+        "--transforms",
+        choices=TRANSFORMS,
+        default="cufft",
+        help="the CUDA operators' FFTs: cuFFT's, or kernels/transforms.cu's with the "
+        "gradient pass fused around them (square 128/256/512 frames; cufft)",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     parser.set_defaults(run=run)
 
@@ -126,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         frame_storage=args.frame_storage,
         line_search_frames=args.line_search_frames,
+        transforms=args.transforms,
     )
     if args.json:
         path = Path(args.json)

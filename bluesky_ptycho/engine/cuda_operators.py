@@ -7,9 +7,13 @@ make each frame's sub-pixel-shifted probe in registers from the K tap images of
 gradient's per-tap terms per block of frames in the same pass; the tap images and
 the adjoint's sum over them are one launch each (as CuPy rolls and sums they
 were ~200 small launches an iteration, during which the GPU waited). The transforms
-are cuFFT's unnormalised ones, in place, with the unitary scale folded into the
-kernel next to each (no separate scaling pass). CuPy is imported by the caller;
-this module only touches it through ``xp``.
+are unnormalised and in place, with the unitary scale folded into the kernel next to
+each (no separate scaling pass): cuFFT's by default; with ``transforms="fused"``
+those of :mod:`.transforms` (kernels/transforms.cu) where the frames are square
+single-precision frames of a size it has a split for, whose gradient pass makes the
+far fields, the Poisson gradient and its inverse transform in one pass over the
+stack between the row passes. CuPy is imported by the caller; this module only
+touches it through ``xp``.
 """
 
 from __future__ import annotations
@@ -26,14 +30,17 @@ from . import counts as count_store
 from . import poisson, shift
 from .operators import (
     chunk_pixels,
+    composed_farfields_nll_and_chi,
     direction_buffers,
     frame_chunks,
     frame_count,
     stack_buffer,
     transform,
 )
+from .transforms import SPLITS, TRANSFORMS, FrameTransforms, kernel_names
 
-KERNEL_FILE = "ptycho.cu"
+#: CUDA sources: the kernels, and the transforms compiled after them where used
+KERNEL_FILE, TRANSFORM_FILE = "ptycho.cu", "transforms.cu"
 #: kernels templated on the real type, on (real, taps) and on (real, stored count) types
 KERNELS = ("advance", "shift_taps", "combine_taps")
 TAP_KERNELS = ("waves", "object_gradient")
@@ -89,12 +96,27 @@ def _amplitude_flag(noise_model: str) -> np.int32:
     return np.int32(noise_model == "amplitude")
 
 
-def kernel_source() -> str:
-    """Source of kernels/ptycho.cu: package data when installed, else the checkout's."""
-    packaged = resources.files("bluesky_ptycho") / "_kernels" / KERNEL_FILE
-    if packaged.is_file():
-        return packaged.read_text()
-    return (Path(__file__).resolve().parents[2] / "kernels" / KERNEL_FILE).read_text()
+def kernel_source(with_transforms: bool = False) -> str:
+    """kernels/ptycho.cu (then transforms.cu, ``with_transforms``) as one source: package
+    data when installed, else the checkout's."""
+    folder: Any = resources.files("bluesky_ptycho") / "_kernels"
+    if not (folder / KERNEL_FILE).is_file():
+        folder = Path(__file__).resolve().parents[2] / "kernels"
+    names = (KERNEL_FILE, TRANSFORM_FILE) if with_transforms else (KERNEL_FILE,)
+    return "\n".join((folder / name).read_text() for name in names)
+
+
+def own_transform_size(
+    frame_shape: tuple[int, int], real_dtype: str, choice: str = "fused"
+) -> int | None:
+    """The frame size kernels/transforms.cu transforms for these frames under the
+    ``transforms`` choice ``choice``, or None (cuFFT's)."""
+    if choice not in TRANSFORMS:
+        raise ValueError(f"transforms: expected one of {TRANSFORMS}, got {choice!r}")
+    rows, cols = frame_shape
+    if choice == "fused" and rows == cols and rows in SPLITS and real_dtype == "float32":
+        return rows
+    return None
 
 
 def tap_lanes(n_taps: int, lanes: int) -> int:
@@ -107,9 +129,15 @@ def tap_lanes(n_taps: int, lanes: int) -> int:
     return lanes
 
 
-def _names(ctype: str, lanes: dict[str, int]) -> dict[tuple[str, str], str]:
-    """(kernel, count dtype or interpolation or '') -> template name expression."""
+def _names(
+    ctype: str, lanes: dict[str, int], transform_size: int | None
+) -> dict[tuple[str, str], str]:
+    """(kernel, count dtype or interpolation or '') -> template name expression; the
+    transforms' as ("transform", name) for ``transform_size`` frames."""
     names = {(name, ""): f"{name}<{ctype}>" for name in KERNELS}
+    if transform_size is not None:
+        for name, expression in kernel_names(transform_size).items():
+            names[("transform", name)] = expression
     for name in TAP_KERNELS:
         for kind in shift.INTERPOLATIONS:
             n_taps = len(shift.taps(kind))
@@ -124,10 +152,11 @@ def _names(ctype: str, lanes: dict[str, int]) -> dict[tuple[str, str], str]:
 
 @functools.cache
 def _module(
-    real: str, lanes: tuple[tuple[str, int], ...]
+    real: str, lanes: tuple[tuple[str, int], ...], transform_size: int | None = None
 ) -> tuple[dict[tuple[str, str], Any], bool]:
-    """Compiled kernels for ``real`` (``lanes``: :data:`TAP_LANES`' items) and whether
-    they use vector atomics.
+    """Compiled kernels for ``real`` (``lanes``: :data:`TAP_LANES`' items; the
+    transforms of ``transform_size`` frames unless None) and whether they use vector
+    atomics.
 
     Vector atomics (``atomicAdd(float4*)``) are tried in single precision on
     compute capability >= 9.0 and dropped if this toolkit's compiler lacks them.
@@ -135,7 +164,7 @@ def _module(
     import cupy
 
     ctype = {"float32": "float", "float64": "double"}[real]
-    names = _names(ctype, dict(lanes))
+    names = _names(ctype, dict(lanes), transform_size)
     capability = int(cupy.cuda.Device().compute_capability)
     tries = [False]
     if real == "float32" and capability >= VECTOR_ATOMICS_CC:
@@ -148,7 +177,9 @@ def _module(
         options = ("-std=c++17", *sizes) + (("-DPTYCHO_VECTOR_ATOMICS",) if vector else ())
         try:
             module = cupy.RawModule(
-                code=kernel_source(), options=options, name_expressions=list(names.values())
+                code=kernel_source(transform_size is not None),
+                options=options,
+                name_expressions=list(names.values()),
             )
             kernels = {key: module.get_function(name) for key, name in names.items()}
         except cupy.cuda.compiler.CompileException:
@@ -172,6 +203,7 @@ class CudaOperators:
         real_dtype: str,
         interpolation: str,
         max_chunk_pixels: int | None = None,
+        transforms: str = "cufft",
     ) -> None:
         self.xp = xp
         self.frame_shape = frame_shape
@@ -182,7 +214,14 @@ class CudaOperators:
         n_taps = len(shift.taps(interpolation))
         #: threads a frame pixel's taps are split over, per frame-loop kernel
         self.tap_lanes = {name: tap_lanes(n_taps, TAP_LANES[name]) for name in TAP_KERNELS}
-        self._kernels, self.vector_atomics = _module(real_dtype, tuple(TAP_LANES.items()))
+        size = own_transform_size(frame_shape, real_dtype, transforms)
+        self._kernels, self.vector_atomics = _module(real_dtype, tuple(TAP_LANES.items()), size)
+        #: kernels/transforms.cu's transforms for these frames (None: cuFFT's)
+        self.own_transforms = None
+        if size is not None:
+            items = self._kernels.items()
+            kernels = {name: kernel for (group, name), kernel in items if group == "transform"}
+            self.own_transforms = FrameTransforms(xp, kernels, size)
         self._real = np.dtype(real_dtype).type
         #: unitary FFT scale, applied inside the kernels next to each transform
         self._scale = self._real(1 / np.sqrt(frame_shape[0] * frame_shape[1]))
@@ -246,12 +285,20 @@ class CudaOperators:
         )
 
     def _forward(self, stack: Any) -> None:
+        """Unnormalised forward transform in place (the scale is in the kernels)."""
+        if self.own_transforms is not None:
+            self.own_transforms.forward(stack)
+            return
         for chunk in frame_chunks(0, stack.shape[0], self.frame_shape, self.max_chunk_pixels):
-            transform(self.xp, stack[chunk], norm="backward")  # unnormalised: scale in kernel
+            transform(self.xp, stack[chunk], norm="backward")
 
     def _inverse(self, stack: Any) -> None:
+        """Unnormalised inverse transform in place."""
+        if self.own_transforms is not None:
+            self.own_transforms.inverse(stack)
+            return
         for chunk in frame_chunks(0, stack.shape[0], self.frame_shape, self.max_chunk_pixels):
-            transform(self.xp, stack[chunk], inverse=True, norm="forward")  # unnormalised
+            transform(self.xp, stack[chunk], inverse=True, norm="forward")
 
     def _tap_accumulator(self) -> Any:
         """(K, M, N, 4) zeros: a tap's gradient re, im, power, unused per pixel."""
@@ -271,6 +318,12 @@ class CudaOperators:
         return out
 
     def farfields(self, taps: Any, obj: Any, frames: slice, out: Any = None) -> Any:
+        out = self._exit_waves(taps, obj, frames, out)
+        self._forward(out)
+        return out
+
+    def _exit_waves(self, taps: Any, obj: Any, frames: slice, out: Any) -> Any:
+        """``scale P_j O_j`` of ``frames`` (the unitary scale of the transform to come)."""
         n, weights, geometry = self._frame_args(frames)
         out = stack_buffer(self.xp, out, n, self.frame_shape, self._complex)
         self._launch_frames(
@@ -280,8 +333,40 @@ class CudaOperators:
             (taps, NULL, weights, obj, NULL, *geometry, np.int32(FRAMES_PER_BLOCK), self._scale,
              out, NULL),  # fmt: skip
         )
-        self._forward(out)
         return out
+
+    def farfields_nll_and_chi(
+        self,
+        taps: Any,
+        obj: Any,
+        frames: slice,
+        counts: Any,
+        farfield: Any = None,
+        chi: Any = None,
+        noise_model: str = "poisson",
+        total: Any = None,
+    ) -> tuple[Any, Any]:
+        if self.own_transforms is None:
+            return composed_farfields_nll_and_chi(
+                self, taps, obj, frames, counts, farfield, chi, noise_model, total
+            )
+        n = frame_count(frames, self.n_frames)
+        chi = stack_buffer(self.xp, chi, n, self.frame_shape, self._complex)
+        stack = self._exit_waves(taps, obj, frames, farfield if farfield is not None else chi)
+        total = self.xp.zeros(1, "float64") if total is None else total
+        self.own_transforms.rows(stack)
+        self.own_transforms.columns_poisson(
+            stack,
+            counts,
+            farfield,
+            chi,
+            total,
+            poisson.EPS_PHOTONS,
+            self._scale,
+            bool(_amplitude_flag(noise_model)),
+        )
+        self.own_transforms.rows(chi, inverse=True)
+        return total, chi
 
     def nll_and_chi(
         self,

@@ -84,6 +84,21 @@ class EngineOperators(Protocol):
         device (a new zero one when None), which is returned: it is read only once
         needed (``float(nll)``), so several chunks' and devices' work is queued first."""
 
+    def farfields_nll_and_chi(
+        self,
+        taps: Any,
+        obj: Any,
+        frames: slice,
+        counts: Any,
+        farfield: Any = None,
+        chi: Any = None,
+        noise_model: str = "poisson",
+        total: Any = None,
+    ) -> tuple[Any, Any]:
+        """:meth:`farfields` then :meth:`nll_and_chi` of ``frames`` (``counts``: theirs)
+        in one go: the far fields are written to ``farfield`` (not kept when None), the
+        NLL added to ``total`` and returned with ``chi`` (``out`` of :meth:`nll_and_chi`)."""
+
     def gradient_sums(self, probe_terms: bool) -> Any:
         """Zeroed accumulators for :meth:`add_object_gradient` (implementation's own)."""
 
@@ -199,6 +214,23 @@ def direction_buffers(ops: Any, out: Any, n_frames: int, quadratic: bool) -> tup
     return linear, stack_buffer(ops.xp, out_quadratic, *args) if quadratic else None
 
 
+def composed_farfields_nll_and_chi(
+    ops: Any,
+    taps: Any,
+    obj: Any,
+    frames: slice,
+    counts: Any,
+    farfield: Any,
+    chi: Any,
+    noise_model: str,
+    total: Any,
+) -> tuple[Any, Any]:
+    """``EngineOperators.farfields_nll_and_chi`` as its two operations (the far fields
+    made in ``chi`` when ``farfield`` is None, the gradient then in place)."""
+    farfield = ops.farfields(taps, obj, frames, farfield if farfield is not None else chi)
+    return ops.nll_and_chi(farfield, counts, chi, noise_model, None, total)
+
+
 def frame_count(frames: slice, n_frames: int) -> int:
     """Frames in the slice ``frames`` of ``n_frames``."""
     return len(range(*frames.indices(n_frames)))
@@ -283,6 +315,21 @@ class ArrayOperators:
             out[chunk] = poisson.farfield_gradient(farfield[chunk], counts[chunk], noise_model)
             transform(xp, out[chunk], inverse=True)
         return total, out
+
+    def farfields_nll_and_chi(
+        self,
+        taps: Any,
+        obj: Any,
+        frames: slice,
+        counts: Any,
+        farfield: Any = None,
+        chi: Any = None,
+        noise_model: str = "poisson",
+        total: Any = None,
+    ) -> tuple[Any, Any]:
+        return composed_farfields_nll_and_chi(
+            self, taps, obj, frames, counts, farfield, chi, noise_model, total
+        )
 
     def gradient_sums(self, probe_terms: bool) -> list[Any]:
         """[g_O, illumination, per-tap g_P, per-tap power] (the last two None without

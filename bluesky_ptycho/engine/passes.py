@@ -106,20 +106,24 @@ class FramePasses:
         sums = ops.gradient_sums(probe_terms)
         nll = xp.zeros(1, "float64")
         for frames in self._chunks():
-            if self.storage == "counts":
-                farfield = chi = ops.farfields(taps, store.object, frames, self._chunk("a", frames))
-            else:
-                farfield = store.farfield[frames]
-                if self.storage == "farfields":
-                    ops.farfields(taps, store.object, frames, farfield)
-                    chi = self._chunk("b", frames)
-                else:  # the direction's b stack is free until set_direction
-                    chi = store.work.get("linear", n, store.capacity)[frames]
-            step = None
-            if fused is not None:  # b is read before chi overwrites it, pixel by pixel
-                linear, quadratic, tau = fused
-                step = (linear[frames], None if quadratic is None else quadratic[frames], tau)
-            _, chi = ops.nll_and_chi(farfield, store.counts[frames], chi, noise_model, step, nll)
+            counts = store.counts[frames]
+            if self.storage == "stacks":  # the direction's b stack is free until set_direction
+                chi = store.work.get("linear", n, store.capacity)[frames]
+                step = None
+                if fused is not None:  # b is read before chi overwrites it, pixel by pixel
+                    linear, quadratic, tau = fused
+                    step = (linear[frames], None if quadratic is None else quadratic[frames], tau)
+                ops.nll_and_chi(store.farfield[frames], counts, chi, noise_model, step, nll)
+            elif self.storage == "farfields":
+                farfield, chi = store.farfield[frames], self._chunk("b", frames)
+                ops.farfields_nll_and_chi(
+                    taps, store.object, frames, counts, farfield, chi, noise_model, nll
+                )
+            else:  # "counts": the far fields are not kept
+                chi = self._chunk("a", frames)
+                ops.farfields_nll_and_chi(
+                    taps, store.object, frames, counts, None, chi, noise_model, nll
+                )
             ops.add_object_gradient(sums, chi, taps, store.object, frames)
         return (nll, *ops.gradients(sums))
 

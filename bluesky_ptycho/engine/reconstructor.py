@@ -51,6 +51,7 @@ from .operators import ArrayOperators, EngineOperators, frame_chunks
 from .orientation import orient_frames, oriented_point
 from .probe_init import cold_start_probe, first_mode, load_probe, scale_to_photons
 from .propagation import propagate
+from .transforms import TRANSFORMS
 
 #: iterations between full recomputations of the stored far fields
 REFRESH_EVERY = 10
@@ -113,6 +114,10 @@ class Reconstructor:
     backend : "numpy", "cupy", or "auto" (CuPy when a CUDA device is present).
     operators : "fused" (CUDA kernels, CuPy only), "array" (array-module code) or
         "auto" (fused on CuPy, array on NumPy).
+    transforms : the fused operators' FFTs: "cufft" (default) or "fused"
+        (kernels/transforms.cu for square 128, 256 or 512 pixel single-precision
+        frames, the gradient pass's far-field work inside the column passes; cuFFT
+        for other frames). Needs the fused operators.
     gpus : CUDA devices to partition the frames over (CuPy; default: the current
         device only). Frames go to position stripes, one per GPU; gradients and
         line-search sums are summed with NCCL (:mod:`.collectives`). A device may
@@ -128,6 +133,7 @@ class Reconstructor:
         backend: str = "auto",
         operators: str = "auto",
         *,
+        transforms: str = "cufft",
         gpus: Sequence[int] | None = None,
         partitions: int | None = None,
         collectives: str = "auto",
@@ -146,6 +152,7 @@ class Reconstructor:
                 config.position_interpolation,
                 operators,
                 passes.CHUNK_PIXELS.get(config.frame_storage),
+                transforms,
             )
 
         devices = _devices(self.xp, gpus, partitions)
@@ -809,18 +816,29 @@ def make_operators(
     interpolation: str,
     kind: str = "auto",
     max_chunk_pixels: int | None = None,
+    transforms: str = "cufft",
 ) -> EngineOperators:
     """The operator implementation for ``xp``: "fused", "array" or "auto"; chunks of
-    at most ``max_chunk_pixels`` pixels (None: ``operators.CHUNK_PIXELS``)."""
+    at most ``max_chunk_pixels`` pixels (None: ``operators.CHUNK_PIXELS``); the fused
+    operators' ``transforms`` ("cufft" or "fused", :class:`Reconstructor`)."""
     if kind not in ("auto", "fused", "array"):
         raise ValueError(f"operators: expected 'auto', 'fused' or 'array', got {kind!r}")
+    if transforms not in TRANSFORMS:
+        raise ValueError(f"transforms: expected one of {TRANSFORMS}, got {transforms!r}")
     if kind == "fused" and not is_cupy(xp):
         raise ValueError("operators='fused' needs backend='cupy' (CUDA kernels)")
     if kind == "array" or not is_cupy(xp):
+        if transforms != "cufft":
+            raise ValueError(
+                f"transforms={transforms!r} needs the fused operators (backend='cupy', "
+                f"operators 'auto' or 'fused'), not the array operators on {xp.__name__}"
+            )
         return ArrayOperators(xp, frame_shape, real_dtype, interpolation, max_chunk_pixels)
     from .cuda_operators import CudaOperators
 
-    return CudaOperators(xp, frame_shape, real_dtype, interpolation, max_chunk_pixels)
+    return CudaOperators(
+        xp, frame_shape, real_dtype, interpolation, max_chunk_pixels, transforms=transforms
+    )
 
 
 def _prior_terms(obj: Any, direction: Any, mu: float, steps: Any) -> Any:

@@ -100,6 +100,7 @@ def benchmark(
     gpus: Sequence[int] | None = None,
     frame_storage: str = "farfields",
     line_search_frames: int | None = None,
+    transforms: str = "cufft",
     report: Any = print,
 ) -> dict[str, Any]:
     """Run the benchmark; ``report`` receives each printed line. Returns the results.
@@ -108,7 +109,7 @@ def benchmark(
     iterations after the timed ones (not counted in the throughput). ``gpus``:
     the frames are partitioned over these CUDA devices (``Reconstructor(gpus=...)``).
     ``frame_storage``, ``line_search_frames``: those ``ReconConfig`` fields (None:
-    the default).
+    the default). ``transforms``: ``Reconstructor(transforms=...)``.
     """
     import numpy as np
 
@@ -137,7 +138,7 @@ def benchmark(
     simulate_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    rec = Reconstructor(config, backend=xp.__name__, gpus=gpus)
+    rec = Reconstructor(config, backend=xp.__name__, transforms=transforms, gpus=gpus)
     for start in range(0, n_frames, ADD_CHUNK_FRAMES):
         stop = min(start + ADD_CHUNK_FRAMES, n_frames)
         rec.add_frames(frames[start:stop], x_motor[start:stop], y_motor[start:stop])
@@ -152,7 +153,8 @@ def benchmark(
         f"bench: {n_frames} frames of {frame_size}x{frame_size}, {scan}, backend {rec.backend} "
         f"on {device}{f' x {len(gpus)} (gpus {list(gpus)})' if gpus else ''}, "
         f"{precision} precision, frame storage {frame_storage}, "
-        f"line search on at most {config.line_search_frames or 'all'} frames"
+        f"line search on at most {config.line_search_frames or 'all'} frames, "
+        f"transforms {transforms}"
     )
     report(
         f"simulation {simulate_s:.2f} s, setup (engine + add_frames) {setup_s:.2f} s, "
@@ -210,6 +212,7 @@ def benchmark(
         + (f" --gpus {','.join(str(g) for g in gpus)}" if gpus else "")
         + f" --frame-storage {frame_storage}"
         + f" --line-search-frames {config.line_search_frames}"
+        + f" --transforms {transforms}"
     )
     return {
         "command": command,
@@ -225,6 +228,7 @@ def benchmark(
         "precision": precision,
         "frame_storage": frame_storage,
         "line_search_frames": config.line_search_frames,
+        "transforms": transforms,
         "scan": scan,
         "step_fraction": step_fraction,
         "photons_per_frame": photons_per_frame,
