@@ -22,7 +22,7 @@ import numpy as np
 TRANSFORMS = ("cufft", "fused")
 #: frame size N -> (A, B), N = A B: the four-step split of each 1-D transform (A, B
 #: powers of two <= 32, the kernels' in-register DFTs)
-SPLITS = {128: (8, 16), 256: (16, 16), 512: (16, 32)}
+SPLITS = {128: (16, 8), 256: (16, 16), 512: (16, 32)}
 #: frame size -> rows (row pass) or columns (column passes) a thread block holds; the
 #: shared-memory exchange is about 35 KB a block at each size
 LINES = {128: 16, 256: 16, 512: 8}
