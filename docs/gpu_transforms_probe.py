@@ -64,7 +64,7 @@ def case(text: str) -> dict:
     shape = (n_frames, size, size)
     stack = rng.standard_normal(shape, "float32") + 1j * rng.standard_normal(shape, "float32")
     stack = (stack * own._scale * 30).astype(cp.complex64)
-    counts = cp.minimum(rng.poisson(cp.abs(cp.fft.fft2(stack[:8], norm="ortho")) ** 2), 60000)
+    counts = cp.minimum(cp.random.poisson(cp.abs(cp.fft.fft2(stack[:8], norm="ortho")) ** 2), 60000)
     counts = cp.tile(counts.astype(cp.uint16), (n_frames // 8, 1, 1))
     counts[:, :3, :5] = 65535  # excluded
     chunks = [slice(c.start, c.stop) for c in frame_chunks(0, n_frames, (size, size))]

@@ -193,7 +193,8 @@ def test_fused_gradient_chain_matches_cufft(size, compact, model):
     obj = random_stack(rng, object_shape)
     taps = own.taps(probe)
     want_farfield = cufft.farfields(taps, obj, slice(None))
-    counts = cupy.asarray(rng.poisson(4.0, (n_frames, size, size)).astype(np.float32))
+    intensity = cupy.asnumpy(cupy.abs(want_farfield) ** 2)
+    counts = cupy.asarray(rng.poisson(intensity * 0.8).astype(np.float32))
     counts[1, :3, :7] = -1  # excluded
     if compact:
         counts = count_store.encode(counts, count_store.COMPACT_DTYPE)
@@ -206,15 +207,16 @@ def test_fused_gradient_chain_matches_cufft(size, compact, model):
         )
         assert nll is total
         assert abs(float(nll[0]) - 2.5 - float(want_nll[0])) <= 1e-5 * abs(float(want_nll[0]))
-        assert relative(chi, want_chi) <= 1e-5
+        assert relative(chi, want_chi) <= 2e-5
         if keep:
             assert relative(farfield, want_farfield) <= 2e-6
     # every other frame, the far fields and chi in one buffer as "counts" storage has them
     chi = cupy.empty((4, size, size), np.complex64)
-    nll, got = own.farfields_nll_and_chi(taps, obj, slice(0, None, 2), counts[::2], None, chi)
+    every_other = cupy.ascontiguousarray(counts[::2])
+    nll, got = own.farfields_nll_and_chi(taps, obj, slice(0, None, 2), every_other, None, chi)
     assert got is chi
-    _, want = cufft.nll_and_chi(want_farfield[::2].copy(), counts[::2])
-    assert relative(chi, want) <= 1e-5
+    _, want = cufft.nll_and_chi(want_farfield[::2].copy(), every_other)
+    assert relative(chi, want) <= 2e-5
 
 
 @pytest.mark.gpu
