@@ -74,24 +74,25 @@ def _library(expressions: tuple[str, ...], defines: tuple[str, ...]) -> ctypes.C
             *(_wrapper(i, e) for i, e in enumerate(expressions)),
         ]
     )
-    folder = Path(tempfile.mkdtemp(prefix="cuda_host_"))
-    (folder / "kernels.cpp").write_text(source)
-    command = [
-        compiler() or "g++",
-        "-std=c++17",
-        "-O1",
-        "-shared",
-        "-fPIC",
-        f"-I{HERE / 'cuda_host'}",
-        *(f"-D{d}" for d in defines),
-        "-o",
-        str(folder / "kernels.so"),
-        str(folder / "kernels.cpp"),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"compiling kernels for the host failed:\n{done.stderr[-4000:]}")
-    return ctypes.CDLL(str(folder / "kernels.so"))
+    with tempfile.TemporaryDirectory(prefix="cuda_host_") as name:
+        folder = Path(name)
+        (folder / "kernels.cpp").write_text(source)
+        command = [
+            compiler() or "g++",
+            "-std=c++17",
+            "-O1",
+            "-shared",
+            "-fPIC",
+            f"-I{HERE / 'cuda_host'}",
+            *(f"-D{d}" for d in defines),
+            "-o",
+            str(folder / "kernels.so"),
+            str(folder / "kernels.cpp"),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"compiling kernels for the host failed:\n{done.stderr[-4000:]}")
+        return ctypes.CDLL(str(folder / "kernels.so"))  # loaded: the file may go
 
 
 class HostKernel:
