@@ -32,6 +32,16 @@ def test_bench_cli_tiny_numpy(tmp_path, capsys):
     assert results["command"].startswith("bluesky-ptycho bench --backend numpy --frame-size 16")
 
 
+def test_bench_records_the_transforms_and_refuses_fused_ones_on_numpy(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--backend", "numpy", "--frame-size", "16", "--frames", "12"]
+    assert cli.main([*argv, "--iterations", "2", "--block", "2", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["transforms"] == "cufft" and "--transforms cufft" in results["command"]
+    assert cli.main([*argv, "--transforms", "fused"]) != 0
+    assert "needs the fused operators" in capsys.readouterr().err
+
+
 def test_bench_seconds_limit(capsys):
     results = bench.benchmark(
         backend="numpy", frame_size=16, n_frames=20, iterations=None, seconds=1e-6, block=2

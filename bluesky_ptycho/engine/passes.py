@@ -114,15 +114,12 @@ class FramePasses:
                     linear, quadratic, tau = fused
                     step = (linear[frames], None if quadratic is None else quadratic[frames], tau)
                 ops.nll_and_chi(store.farfield[frames], counts, chi, noise_model, step, nll)
-            elif self.storage == "farfields":
-                farfield, chi = store.farfield[frames], self._chunk("b", frames)
+            else:  # "farfields" keeps the far fields, "counts" does not
+                keep = self.storage == "farfields"
+                farfield = store.farfield[frames] if keep else None
+                chi = self._chunk("b" if keep else "a", frames)
                 ops.farfields_nll_and_chi(
                     taps, store.object, frames, counts, farfield, chi, noise_model, nll
-                )
-            else:  # "counts": the far fields are not kept
-                chi = self._chunk("a", frames)
-                ops.farfields_nll_and_chi(
-                    taps, store.object, frames, counts, None, chi, noise_model, nll
                 )
             ops.add_object_gradient(sums, chi, taps, store.object, frames)
         return (nll, *ops.gradients(sums))
