@@ -9,8 +9,9 @@
 // with W_M = exp(-2 pi i / M) (cuFFT's and NumPy's forward sign). The A- and B-point
 // DFTs are radix-2 in registers (A, B <= 32); the W_N twiddles come from a table
 // `twiddle[m] = W_N^m` (made in double on the host); the exchange between the two
-// steps goes through shared memory, padded so that a half-warp's accesses fall on
-// distinct banks.
+// steps goes through shared memory, padded so that a half-warp's accesses within one
+// line fall on distinct banks (the column kernels at 512, 8 columns a block, have two
+// lines in a half-warp: two-way conflicts).
 //
 // `columns_poisson` fuses the column pass of the forward transform, the Poisson
 // gradient of ptycho.cu's `poisson_gradient` and the column pass of the inverse
@@ -78,8 +79,8 @@ __device__ __forceinline__ complex<float> twiddled(complex<float> v,
 }
 
 // One line of N = A B elements in shared memory between the two steps: element
-// (k1, n2) at k1 (B + 1) + n2; lines LINE_STRIDE apart (odd in complex units past a
-// multiple of 16, so consecutive lines start on different banks).
+// (k1, n2) at k1 (B + 1) + n2; lines LINE apart (one past a multiple of 16 in complex
+// units, so consecutive lines start two banks apart).
 template <int A, int B>
 struct Exchange {
   static constexpr int PAD = B + 1;
