@@ -160,9 +160,11 @@ class ReconConfig:
         relative to the maximum illumination (default 0: none; ~0.01 smooths noise).
     frame_storage : what the engine keeps per frame between an iteration's passes
         (device memory against transforms an iteration; single precision, 256 x 256):
-        "farfields" (default: counts and model far fields, 0.66 MB a frame, four
-        transforms), "counts" (counts only, 0.13 MB, five transforms) or "stacks"
-        (far fields and the search direction's too, 1.70 MB, three transforms).
+        "farfields" (default: counts, 0.13 MB a frame, and the model far fields of the
+        line search's frames, at most ``line_search_frames`` of 0.52 MB; four
+        transforms), "counts" (counts only, 0.13 MB; four transforms and one for each
+        frame the line search reads) or "stacks" (far fields and the search
+        direction's too, 1.70 MB, three transforms).
     line_search_frames : most frames of a partition the line search reads (default
         256; 0: all). With more frames it reads every k-th (``k = ceil(n /
         line_search_frames)``, the offset moving on each iteration) and scales its sums

@@ -162,19 +162,26 @@ __global__ void transform_columns(complex<float>* stack,
 }
 
 // The gradient pass between the row passes (file comment): `stack` holds frames
-// transformed along their rows; the column transform makes the far fields a (written
-// to `farfield` unless it is null; it may be `stack`), ptycho.cu's poisson_pixel the
-// gradient scale m (1 - n / I) a (or the amplitude model's) and the NLL (added to
-// `nll`), and the inverse column transform of the gradient is written to `chi` (which
-// may be `stack`). Grid as transform_columns'.
+// transformed along their rows; the column transform makes the far fields a, of which
+// those of the frames kept_first + j kept_stride (j < kept_count) are written to frame
+// j of `farfield` (none when it is null), ptycho.cu's poisson_pixel the gradient scale
+// m (1 - n / I) a (or the amplitude model's) and the NLL (added to `nll`), and the
+// inverse column transform of the gradient is written to `chi` (which may be `stack`).
+// Grid as transform_columns'.
 template <int A, int B, int C, typename Count>
 __global__ void columns_poisson(const complex<float>* stack, complex<float>* farfield,
+                                int kept_first, int kept_stride, int kept_count,
                                 const Count* __restrict__ counts, complex<float>* chi,
                                 const complex<float>* __restrict__ twiddle, double* nll,
                                 float eps, float scale, int amplitude) {
   constexpr int N = A * B;
   __shared__ complex<float> exchange[C * Exchange<A, B>::LINE];
   const index_t offset = (index_t)blockIdx.y * N * N + blockIdx.x * C;
+  const int kept = (int)blockIdx.y - kept_first;  // this frame's place among those kept
+  complex<float>* kept_columns = nullptr;
+  if (farfield != nullptr && kept >= 0 && kept % kept_stride == 0 &&
+      kept / kept_stride < kept_count)
+    kept_columns = farfield + (index_t)(kept / kept_stride) * N * N + blockIdx.x * C;
   for (int task = threadIdx.x; task < C * B; task += blockDim.x) {
     const int c = task % C, n2 = task / C;
     first_step<A, B, false>(stack + offset + c, N, n2, twiddle,
@@ -190,7 +197,7 @@ __global__ void columns_poisson(const complex<float>* stack, complex<float>* far
 #pragma unroll
     for (int k2 = 0; k2 < B; ++k2) {
       const index_t i = offset + (index_t)(k1 + A * k2) * N + c;
-      if (farfield != nullptr) farfield[i] = v[k2];
+      if (kept_columns != nullptr) kept_columns[(index_t)(k1 + A * k2) * N + c] = v[k2];
       v[k2] = poisson_pixel(v[k2], count_value<float>(counts[i]), eps, scale, amplitude, local);
     }
     dft<B, true>(v);  // the inverse's first step over k2, in place of this thread's line

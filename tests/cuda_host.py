@@ -32,6 +32,9 @@ SIGNATURES: dict[str, list[str]] = {
     "columns_poisson": [
         "const complex<float>*",
         "complex<float>*",
+        "int",
+        "int",
+        "int",
         "const COUNT*",
         "complex<float>*",
         "const complex<float>*",

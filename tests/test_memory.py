@@ -35,17 +35,20 @@ def test_counts_stored_compactly_and_widened_when_they_do_not_fit():
 
 
 #: per storage: complex stacks kept per frame, and the work buffers an iteration reuses
+#: (``"sampled"``: the far fields of the line-search sample)
 STORAGE_CASES = {
     "stacks": (3, {"linear", "quadratic"}),
-    "farfields": (1, {"b", "c"}),
+    "farfields": (0, {"b", "c", "sampled"}),
     "counts": (0, {"a", "b", "c"}),
 }
 
 
 @pytest.mark.parametrize("storage", sorted(STORAGE_CASES))
-def test_memory_estimate_bounds_the_measured_peak(storage):
+@pytest.mark.parametrize("line_search_frames", [0, 25])
+def test_memory_estimate_bounds_the_measured_peak(storage, line_search_frames):
     scan = simulate_scan(n_frames=120, seed=2)
-    rec = Reconstructor(scan.config.replace(frame_storage=storage), backend="numpy")
+    config = scan.config.replace(frame_storage=storage, line_search_frames=line_search_frames)
+    rec = Reconstructor(config, backend="numpy")
     tracemalloc.start()
     try:
         rec.add_frames(scan.frames, scan.x_motor, scan.y_motor)
@@ -58,8 +61,14 @@ def test_memory_estimate_bounds_the_measured_peak(storage):
     store = rec._stores[0]
     stacks, _ = STORAGE_CASES[storage]
     assert store.farfield.shape[0] == (store.capacity if stacks else 0)
+    sampled = store.work._buffers.get("sampled")
+    if storage == "farfields":  # the sample's far fields only: every 5th frame of 120
+        assert sampled.shape[0] == (24 if line_search_frames else store.capacity)
+    else:
+        assert sampled is None
     per_frame = rec.memory_estimate(20_000) - rec.memory_estimate(10_000)  # chunks are full
-    assert per_frame == 10_000 * 64 * 64 * (2 + stacks * 8)  # uint16 counts and the stacks
+    sample_bytes = 8 * 64 * 64 if storage == "farfields" and not line_search_frames else 0
+    assert per_frame == 10_000 * (64 * 64 * (2 + stacks * 8) + sample_bytes)
 
 
 @pytest.mark.parametrize("storage", sorted(STORAGE_CASES))

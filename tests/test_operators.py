@@ -290,6 +290,27 @@ def test_stages_on_every_kth_frame_match_those_frames_of_all(xp, monkeypatch):
     assert chunks == [(slice(1, 7, 3), slice(0, 2)), (slice(7, 13, 3), slice(2, 4))]
 
 
+@pytest.mark.parametrize("kept", [slice(None), slice(1, None, 3), None])
+def test_gradient_pass_keeps_the_far_fields_of_the_frames_asked_for(xp, kept):
+    # farfields_nll_and_chi keeps every frame's far fields, those of a sample (the
+    # "farfields" storage's line-search sample) or none; chi and the NLL cover all
+    ops, probe, obj, rng = operator_case(xp)
+    taps = ops.taps(probe)
+    want_farfields = ops.farfields(taps, obj, slice(None))
+    counts = xp.asarray(rng.poisson(2.0, want_farfields.shape).astype(float))
+    want_nll, want_chi = ops.nll_and_chi(want_farfields, counts)
+    farfield = None if kept is None else xp.zeros_like(want_farfields[kept])
+    chi = xp.empty_like(want_farfields)
+    nll, got = ops.farfields_nll_and_chi(
+        taps, obj, slice(None), counts, farfield, chi, kept=kept or slice(None)
+    )
+    assert got is chi
+    assert float(nll[0]) == pytest.approx(float(want_nll[0]), rel=1e-12)
+    assert float(xp.abs(chi - want_chi).max()) <= 1e-12 * float(xp.abs(want_chi).max())
+    if kept is not None:
+        assert float(xp.abs(farfield - want_farfields[kept]).max()) <= 1e-12
+
+
 def test_outputs_go_into_the_buffers_given(xp):
     ops, probe, obj, _ = operator_case(xp)
     buffer = xp.zeros((9, *ops.frame_shape), "complex128")

@@ -117,6 +117,17 @@ def test_fused_gradient_chain_on_the_host(host_transforms, size, compact, model)
     )
     own.rows(work, inverse=True)
     assert host_relative(work, want_chi) <= 2e-5
+    # the far fields of every other frame kept ("farfields" storage's line-search sample)
+    for kept in (slice(0, None, 2), slice(1, None, 2)):
+        work, total = waves.copy(), np.zeros(1)
+        sampled = np.zeros((len(range(3)[kept]), size, size), np.complex64)
+        own.rows(work)
+        own.columns_poisson(
+            work, counts, sampled, work, total, poisson.EPS_PHOTONS, scale, False, kept
+        )
+        assert host_relative(sampled, want_farfield[kept]) <= 2e-6
+        with pytest.raises(ValueError, match=f"holds {len(sampled)} frames for the 0 kept"):
+            own.columns_poisson(work, counts, sampled, work, total, 0.0, scale, False, slice(5, 9))
     with pytest.raises(ValueError, match="float32 or uint16"):
         own.columns_poisson(work, counts.astype(np.int32), None, work, total, 0.0, scale, False)
 
@@ -199,17 +210,17 @@ def test_fused_gradient_chain_matches_cufft(size, compact, model):
     if compact:
         counts = count_store.encode(counts, count_store.COMPACT_DTYPE)
     want_nll, want_chi = cufft.nll_and_chi(want_farfield.copy(), counts, noise_model=model)
-    for keep in (True, False):
-        farfield = cupy.empty_like(want_farfield) if keep else None
+    for kept in (slice(None), slice(1, None, 3), None):
+        farfield = None if kept is None else cupy.empty_like(want_farfield[kept])
         total = cupy.full(1, 2.5)
         nll, chi = own.farfields_nll_and_chi(
-            taps, obj, slice(None), counts, farfield, None, model, total
+            taps, obj, slice(None), counts, farfield, None, model, total, kept or slice(None)
         )
         assert nll is total
         assert abs(float(nll[0]) - 2.5 - float(want_nll[0])) <= 1e-5 * abs(float(want_nll[0]))
         assert relative(chi, want_chi) <= 2e-5
-        if keep:
-            assert relative(farfield, want_farfield) <= 2e-6
+        if kept is not None:
+            assert relative(farfield, want_farfield[kept]) <= 2e-6
     # every other frame, the far fields and chi in one buffer as "counts" storage has them
     chi = cupy.empty((4, size, size), np.complex64)
     every_other = cupy.ascontiguousarray(counts[::2])

@@ -14,11 +14,13 @@ is 96 bytes per pixel and frame for complex64 (twice that for complex128).
 
 On CuPy the engine keeps per frame the counts and the complex stacks of its
 ``frame_storage`` (``engine/passes.py``, ``engine/workspace.py``; measured
-against the GPU's memory pool in docs/benchmarks.md) and bounds its
-temporaries by a few chunks of frames: :func:`gpu_bytes_per_pixel` (real-sized
-counts, in case they do not fit uint16) plus :data:`GPU_MARGIN` for the object
-arrays, twice that when the scan's length is not declared (the stacks then
-grow by doubling; with ``num_points`` the callback reserves them at once), plus
+against the GPU's memory pool in docs/benchmarks.md), the far fields of the
+line-search sample (``"farfields"``: at most ``line_search_frames`` frames, a
+fixed amount) and bounds its temporaries by a few chunks of frames:
+:func:`gpu_bytes_per_pixel` (real-sized counts, in case they do not fit uint16)
+plus :data:`GPU_MARGIN` for the object arrays, twice that when the scan's length
+is not declared (the stacks then grow by doubling; with ``num_points`` the
+callback reserves them at once), plus the sample's stacks and
 :data:`GPU_FIXED_BYTES`.
 :meth:`MemoryModel.check` refuses a run whose declared shape and frame count exceed
 ``memory_budget_bytes`` (default :func:`default_budget_bytes`: with the CuPy
@@ -31,6 +33,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from ..config import ReconConfig
+
 #: frames' worth of object, probe and work arrays on top of the frame buffers
 WORK_FRAMES = 16
 #: stored bytes per pixel per frame: real counts + complex far field
@@ -38,7 +42,9 @@ STORED_BYTES_PER_PIXEL = {"complex64": 4 + 8, "complex128": 8 + 16}
 #: iteration temporaries per pixel per frame (measured 69 B for complex64, rounded up)
 ITERATION_BYTES_PER_PIXEL = {"complex64": 72, "complex128": 144}
 #: complex stacks the GPU engine keeps per frame for each ReconConfig.frame_storage
-GPU_STACKS_PER_FRAME = {"farfields": 1, "counts": 0, "stacks": 3}
+GPU_STACKS_PER_FRAME = {"farfields": 0, "counts": 0, "stacks": 3}
+#: complex stacks it keeps for each frame of the line-search sample
+GPU_SAMPLE_STACKS = {"farfields": 1, "counts": 0, "stacks": 0}
 #: share added for the object-sized arrays, which grow with the scan
 GPU_MARGIN = 0.1
 #: the GPU engine's fixed bytes: a chunk's FFT work area and up to three chunk
@@ -47,9 +53,14 @@ GPU_MARGIN = 0.1
 GPU_FIXED_BYTES = 3 << 29
 
 
+#: bytes of a complex pixel at each working precision
+COMPLEX_BYTES = {"complex64": 8, "complex128": 16}
+
+
 def gpu_bytes_per_pixel(dtype: str, storage: str = "farfields") -> int:
-    """The GPU engine's bytes per pixel per frame: real-sized counts and its stacks."""
-    complex_size = {"complex64": 8, "complex128": 16}[dtype]
+    """The GPU engine's bytes per pixel per frame: real-sized counts and its stacks
+    (besides those of the line-search sample)."""
+    complex_size = COMPLEX_BYTES[dtype]
     return complex_size // 2 + GPU_STACKS_PER_FRAME[storage] * complex_size
 
 
@@ -81,20 +92,26 @@ class MemoryModel:
     """The engine whose memory is estimated (module docstring).
 
     dtype : its working precision; gpu : it runs on CuPy; reserved : its stacks are
-    reserved for the scan; storage : its ``ReconConfig.frame_storage`` (GPU only).
+    reserved for the scan; storage, line_search_frames : those ``ReconConfig``
+    fields (GPU only).
     """
 
     dtype: str = "complex64"
     gpu: bool = False
     reserved: bool = False
-    storage: str = "farfields"
+    storage: str = ReconConfig.frame_storage
+    line_search_frames: int = ReconConfig.line_search_frames
 
     def _per_pixel(self) -> tuple[int, int]:
         """Bytes per pixel per frame, and per pixel in all."""
         stored = STORED_BYTES_PER_PIXEL[self.dtype]
         if self.gpu:
             per_frame = math.ceil((1 + GPU_MARGIN) * gpu_bytes_per_pixel(self.dtype, self.storage))
-            return per_frame * (1 if self.reserved else 2), 0
+            per_frame *= 1 if self.reserved else 2
+            sample = GPU_SAMPLE_STACKS[self.storage] * COMPLEX_BYTES[self.dtype]
+            if self.line_search_frames == 0:  # the sample is every frame
+                return per_frame + sample * (1 if self.reserved else 2), 0
+            return per_frame, sample * self.line_search_frames
         return 2 * stored + ITERATION_BYTES_PER_PIXEL[self.dtype], WORK_FRAMES * stored
 
     @property

@@ -219,7 +219,8 @@ class RunReconstruction:
             dtype=str(recon.get("dtype", "complex64")),
             gpu=self._on_gpu,
             reserved=self._declared_points > 0,
-            storage=str(recon.get("frame_storage", "farfields")),
+            storage=str(recon.get("frame_storage", MemoryModel.storage)),
+            line_search_frames=int(recon.get("line_search_frames", MemoryModel.line_search_frames)),
         )
 
     def _check_memory(

@@ -345,18 +345,19 @@ class CudaOperators:
         chi: Any = None,
         noise_model: str = "poisson",
         total: Any = None,
+        kept: slice = slice(None),
     ) -> tuple[Any, Any]:
         if self.own_transforms is None:
             return composed_farfields_nll_and_chi(
-                self, taps, obj, frames, counts, farfield, chi, noise_model, total
+                self, taps, obj, frames, counts, farfield, chi, noise_model, total, kept
             )
         n = frame_count(frames, self.n_frames)
         chi = stack_buffer(self.xp, chi, n, self.frame_shape, self._complex)
-        stack = self._exit_waves(taps, obj, frames, farfield if farfield is not None else chi)
+        self._exit_waves(taps, obj, frames, chi)
         total = self.xp.zeros(1, "float64") if total is None else total
-        self.own_transforms.rows(stack)
+        self.own_transforms.rows(chi)
         self.own_transforms.columns_poisson(
-            stack,
+            chi,
             counts,
             farfield,
             chi,
@@ -364,6 +365,7 @@ class CudaOperators:
             poisson.EPS_PHOTONS,
             self._scale,
             bool(_amplitude_flag(noise_model)),
+            kept,
         )
         self.own_transforms.rows(chi, inverse=True)
         return total, chi

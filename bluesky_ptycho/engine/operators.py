@@ -94,10 +94,13 @@ class EngineOperators(Protocol):
         chi: Any = None,
         noise_model: str = "poisson",
         total: Any = None,
+        kept: slice = slice(None),
     ) -> tuple[Any, Any]:
         """:meth:`farfields` then :meth:`nll_and_chi` of ``frames`` (``counts``: theirs)
-        in one go: the far fields are written to ``farfield`` (not kept when None), the
-        NLL added to ``total`` and returned with ``chi`` (``out`` of :meth:`nll_and_chi`)."""
+        in one go: the far fields of the frames ``kept`` (a slice of ``frames``' own,
+        step >= 1) are written to ``farfield``, one frame each (none kept when it is
+        None), the NLL added to ``total`` and returned with ``chi`` (``out`` of
+        :meth:`nll_and_chi`)."""
 
     def gradient_sums(self, probe_terms: bool) -> Any:
         """Zeroed accumulators for :meth:`add_object_gradient` (implementation's own)."""
@@ -224,11 +227,17 @@ def composed_farfields_nll_and_chi(
     chi: Any,
     noise_model: str,
     total: Any,
+    kept: slice = slice(None),
 ) -> tuple[Any, Any]:
-    """``EngineOperators.farfields_nll_and_chi`` as its two operations (the far fields
-    made in ``chi`` when ``farfield`` is None, the gradient then in place)."""
-    farfield = ops.farfields(taps, obj, frames, farfield if farfield is not None else chi)
-    return ops.nll_and_chi(farfield, counts, chi, noise_model, None, total)
+    """``EngineOperators.farfields_nll_and_chi`` as its two operations: the far fields
+    made in ``farfield`` when it keeps every frame's, else in ``chi`` (the kept frames'
+    copied to ``farfield``) and the gradient then made there in place."""
+    n_frames = counts.shape[0]
+    whole = farfield is not None and frame_count(kept, n_frames) == n_frames
+    made = ops.farfields(taps, obj, frames, farfield if whole else chi)
+    if farfield is not None and not whole:
+        farfield[...] = made[kept]
+    return ops.nll_and_chi(made, counts, chi, noise_model, None, total)
 
 
 def frame_count(frames: slice, n_frames: int) -> int:
@@ -326,9 +335,10 @@ class ArrayOperators:
         chi: Any = None,
         noise_model: str = "poisson",
         total: Any = None,
+        kept: slice = slice(None),
     ) -> tuple[Any, Any]:
         return composed_farfields_nll_and_chi(
-            self, taps, obj, frames, counts, farfield, chi, noise_model, total
+            self, taps, obj, frames, counts, farfield, chi, noise_model, total, kept
         )
 
     def gradient_sums(self, probe_terms: bool) -> list[Any]:

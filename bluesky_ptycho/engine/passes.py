@@ -9,12 +9,15 @@ pixel in their compact form):
   an iteration: ``a`` is moved along the line search by linearity
   (``a += t b + t^2 c``, in the next gradient pass's kernel: no pass of its own)
   and recomputed every ``REFRESH_EVERY`` iterations.
-* ``"farfields"`` (default): counts and ``a`` (10 bytes a pixel, 0.66 MB a
-  frame). ``a`` is recomputed in the gradient pass; ``b`` and ``c`` are made
-  chunk by chunk in each line-search pass: four transforms an iteration (one
-  line-search pass), two more for each further pass.
+* ``"farfields"`` (default): counts, and ``a`` of the frames the next line search
+  reads (its sample, at most ``line_search_frames``: 2 bytes a pixel and a fixed
+  0.5 MB a sampled frame). ``a`` is recomputed in the gradient pass, which keeps
+  the sample's; ``b`` and ``c`` are made chunk by chunk in each line-search pass:
+  four transforms an iteration (one line-search pass), two more for each further
+  pass.
 * ``"counts"``: counts only (2 bytes a pixel, 0.13 MB a frame); ``a`` is also
-  recomputed in each line-search pass: five transforms an iteration.
+  recomputed in each line-search pass: four transforms an iteration and one more
+  for each sampled frame.
 
 Chunks hold about ``operators.CHUNK_PIXELS`` pixels (``CHUNK_PIXELS`` here: fewer
 for ``"counts"``, whose point is memory), so the temporaries are bounded
@@ -30,13 +33,39 @@ from .frames import FrameStore
 from .operators import chunk_pixels, frame_count, strided_chunks
 
 #: ReconConfig.frame_storage choices, and the complex stacks each keeps per frame
-FRAME_STORAGE_STACKS = {"stacks": 3, "farfields": 1, "counts": 0}
+FRAME_STORAGE_STACKS = {"stacks": 3, "farfields": 0, "counts": 0}
+#: complex stacks each keeps for the frames of the line-search sample only
+SAMPLE_STACKS = {"stacks": 0, "farfields": 1, "counts": 0}
 #: chunk-sized complex temporaries of an iteration in each storage
 CHUNK_STACKS = {"stacks": 0, "farfields": 2, "counts": 3}
 #: pixels a chunk holds at most, where not ``operators.CHUNK_PIXELS``: the compact
 #: storage's chunk stacks, cuFFT work area and operator temporaries (about five
 #: chunk-sized complex stacks) stay at 0.3 GB in single precision
 CHUNK_PIXELS = {"counts": 2**23}
+
+
+def sample_stride(n_frames: int, line_search_frames: int) -> int:
+    """k of the line-search sample, every k-th of ``n_frames`` (``FramePasses``)."""
+    if line_search_frames == 0 or n_frames <= line_search_frames:
+        return 1
+    return -(-n_frames // line_search_frames)
+
+
+def sample_capacity(n_frames: int, line_search_frames: int) -> int:
+    """The most frames a line-search sample of ``n_frames`` holds (at any offset)."""
+    return -(-n_frames // sample_stride(n_frames, line_search_frames))
+
+
+def sampled_in(frames: slice, sample: slice, n_frames: int) -> tuple[slice, slice]:
+    """The frames of ``sample`` that ``frames`` holds (a slice of step 1, or of the
+    sample's step and on its frames): as a slice of ``frames``' own, and as the rows
+    of a stack that holds the sample's frames in order."""
+    start, stop, step = frames.indices(n_frames)
+    first, _, stride = sample.indices(n_frames)
+    head = first + max(0, -(-(start - first) // stride)) * stride  # first sampled >= start
+    count = len(range(head, stop, stride))
+    row = (head - first) // stride
+    return slice((head - start) // step, None, stride // step), slice(row, row + count)
 
 
 class FramePasses:
@@ -87,17 +116,27 @@ class FramePasses:
 
     def sample(self) -> slice:
         """The frames the next line search reads (class docstring)."""
-        n, limit = self.store.n, self.line_search_frames
-        stride = 1 if limit == 0 or n <= limit else -(-n // limit)
+        n = self.store.n
+        stride = sample_stride(n, self.line_search_frames)
         return slice(self._searches % stride, n, stride)
+
+    def _sampled_farfields(self) -> Any:
+        """``"farfields"``: the stack of the sample's ``a``, a frame for each it reads."""
+        store = self.store
+        capacity = sample_capacity(store.capacity, self.line_search_frames)
+        return store.work.get("sampled", frame_count(self._sample, store.n), capacity)
 
     def gradient(
         self, probe_terms: bool, noise_model: str = "poisson"
     ) -> tuple[Any, Any, Any, Any, Any]:
-        """(NLL as a one-element float64 array, g_O, illumination, g_P, probe power)."""
+        """(NLL as a one-element float64 array, g_O, illumination, g_P, probe power).
+        Draws the sample the iteration's line search reads."""
         store, ops = self.store, self.store.ops
         xp, n = store.xp, store.n
         self._taps = taps = ops.taps(store.probe)
+        self._sample = self.sample()
+        self._searches += 1
+        sampled = self._sampled_farfields() if self.storage == "farfields" else None
         fused = self._fused_step()
         if self.storage == "stacks" and store.n_fresh < n:
             fresh = slice(store.n_fresh, n)
@@ -114,12 +153,14 @@ class FramePasses:
                     linear, quadratic, tau = fused
                     step = (linear[frames], None if quadratic is None else quadratic[frames], tau)
                 ops.nll_and_chi(store.farfield[frames], counts, chi, noise_model, step, nll)
-            else:  # "farfields" keeps the far fields, "counts" does not
-                keep = self.storage == "farfields"
-                farfield = store.farfield[frames] if keep else None
-                chi = self._chunk("b" if keep else "a", frames)
+            else:  # "farfields" keeps the sample's far fields, "counts" none
+                farfield, kept = None, slice(None)
+                if sampled is not None:
+                    kept, rows = sampled_in(frames, self._sample, n)
+                    farfield = sampled[rows]
+                chi = self._chunk("a" if sampled is None else "b", frames)
                 ops.farfields_nll_and_chi(
-                    taps, store.object, frames, counts, farfield, chi, noise_model, nll
+                    taps, store.object, frames, counts, farfield, chi, noise_model, nll, kept
                 )
             ops.add_object_gradient(sums, chi, taps, store.object, frames)
         return (nll, *ops.gradients(sums))
@@ -129,8 +170,6 @@ class FramePasses:
         store, ops = self.store, self.store.ops
         self._take_step_alone()  # (normally the gradient pass has taken it already)
         dtaps = None if dprobe is None else ops.taps(dprobe)
-        self._sample = self.sample()
-        self._searches += 1
         stacks = None
         if self.storage == "stacks":
             quadratic = None
@@ -170,7 +209,7 @@ class FramePasses:
                     a_chunk = self._chunk("a", frames)
                     farfield = ops.farfields(self._taps, store.object, frames, a_chunk)
                 else:
-                    farfield = store.farfield[frames]
+                    farfield = self._sampled_farfields()[sampled_in(frames, sample, n)[1]]
                 ops.line_search_sums(
                     farfield, linear, quadratic, store.counts[frames], steps, noise_model, total
                 )

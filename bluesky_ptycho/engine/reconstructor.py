@@ -745,6 +745,7 @@ class Reconstructor:
         """
         per_store = -(-n_frames // len(self._stores))
         store, storage = self._stores[0], self.config.frame_storage
+        limit = self.config.line_search_frames
         return workspace.memory_estimate(
             per_store,
             self._shape,
@@ -756,6 +757,8 @@ class Reconstructor:
             passes.CHUNK_STACKS[storage],
             store.ops.max_chunk_pixels,
             store.ops.object_temporaries,
+            passes.SAMPLE_STACKS[storage],
+            per_store if limit == 0 else min(per_store, limit),
         )
 
     # ------------------------------------------- rollback hook (callback/run.py)

@@ -122,14 +122,23 @@ class FrameTransforms:
         eps: float,
         scale: float,
         amplitude: bool,
+        kept: slice = slice(None),
     ) -> None:
-        """``stack`` transformed along its rows: the far fields (to ``farfield``, which
-        may be ``stack``, unless None), their NLL (added to ``total``) and the gradient's
+        """``stack`` transformed along its rows: the far fields of the frames ``kept``
+        (a slice of the stack's frames, step >= 1) to ``farfield`` (one frame each;
+        none when it is None), the NLL of all (added to ``total``) and the gradient's
         inverse column transform (to ``chi``, which may be ``stack``)."""
         frames = self._check(stack)
         self._check(chi)
-        if farfield is not None:
-            self._check(farfield)
+        first, stop, stride = kept.indices(frames)
+        kept_count = len(range(first, stop, stride))
+        if stride < 1:
+            raise ValueError(f"columns_poisson: kept must step forward, got {kept}")
+        if farfield is not None and self._check(farfield) != kept_count:
+            raise ValueError(
+                f"columns_poisson: farfield holds {farfield.shape[0]} frames for the "
+                f"{kept_count} kept"
+            )
         if tuple(counts.shape) != tuple(stack.shape) or not counts.flags.c_contiguous:
             raise ValueError(f"columns_poisson: counts {counts.shape} do not match {stack.shape}")
         if not frames:
@@ -145,6 +154,9 @@ class FrameTransforms:
             (
                 stack,
                 np.uint64(0) if farfield is None else farfield,
+                np.int32(first),
+                np.int32(stride),
+                np.int32(kept_count),
                 counts,
                 chi,
                 self.twiddle,

@@ -2,8 +2,9 @@
 
 Per frame the engine keeps the stored counts (2 bytes a pixel in the compact
 form of :mod:`.counts`, else the real type's size) and, by ``frame_storage``
-(:mod:`.passes`), none, one (the model far field ``a``) or three complex
-stacks (``a`` and the search direction's far fields ``b`` and ``c``).
+(:mod:`.passes`), none or three complex stacks (the model far field ``a`` and
+the search direction's far fields ``b`` and ``c``), and for the frames of the
+line-search sample (at most ``line_search_frames``) none or one (their ``a``).
 Everything else an iteration allocates is bounded by a few chunks of frames
 (the storage's chunk stacks and ``EngineOperators.workspace_bytes``) or is
 object- or probe-sized.
@@ -63,18 +64,22 @@ def memory_estimate(
     chunk_stacks: int,
     max_chunk_pixels: int | None = None,
     object_temporaries: int = 0,
+    sample_stacks: int = 0,
+    sample_frames: int = 0,
 ) -> int:
     """Bytes an engine iterating over ``n_frames`` frames holds at its peak (module doc).
 
-    ``stacks_per_frame`` complex stacks are kept for every frame, ``chunk_stacks``
-    for one chunk of frames (``operators.chunk_pixels`` with ``max_chunk_pixels``),
+    ``stacks_per_frame`` complex stacks are kept for every frame, ``sample_stacks``
+    for each of ``sample_frames`` (the line-search sample), ``chunk_stacks`` for one
+    chunk of frames (``operators.chunk_pixels`` with ``max_chunk_pixels``),
     ``workspace_bytes`` of the operators' own temporaries, and ``OBJECT_ARRAYS`` plus
     ``object_temporaries`` object-sized complex arrays.
     """
     pixels = frame_shape[0] * frame_shape[1]
     complex_size = np.dtype(complex_dtype).itemsize
     per_frame = pixels * (np.dtype(count_dtype).itemsize + stacks_per_frame * complex_size)
+    sample = sample_stacks * sample_frames * pixels * complex_size
     chunks = chunk_stacks * chunk_pixels(n_frames, frame_shape, max_chunk_pixels) * complex_size
     object_pixels = object_shape[0] * object_shape[1]
     object_bytes = (OBJECT_ARRAYS + object_temporaries) * object_pixels * complex_size
-    return n_frames * per_frame + chunks + object_bytes + workspace_bytes
+    return n_frames * per_frame + sample + chunks + object_bytes + workspace_bytes
